@@ -1,0 +1,33 @@
+# Thin wrappers over scripts/setup.sh and the covidct CLI.
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint unit serve bench lock clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup lint
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+unit: setup
+	$(BIN)/python -m pytest -n 2 -m "not slow and not integration" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+serve: setup
+	@echo "make serve: the gateway and Triton start-up are not built yet (see the open issues)." >&2
+	@exit 1
+
+bench: setup
+	$(BIN)/covidct bench data | tee -a BENCHMARKS.md
+
+lock:
+	$(BIN)/pip freeze --exclude-editable | { echo "# Pinned versions of every Python package in .venv (pip constraints file)."; echo "# Regenerate: make lock  (after changing dependencies in pyproject.toml)."; cat; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

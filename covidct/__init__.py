@@ -1,0 +1,1 @@
+"""COVID-19 chest CT classification: shared core (contracts, preprocessing, data)."""

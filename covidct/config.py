@@ -1,0 +1,198 @@
+"""The contract shared by training, export and serving: ModelSpec (DESIGN.md section 2).
+
+A ModelSpec is saved as ``model_spec.json`` beside every trained and exported model.
+Nobody hard-codes the image size, class names or tensor names elsewhere: they read this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: COVIDx-CT class order (Normal=0, Pneumonia=1, COVID-19=2). Never reorder.
+CLASS_NAMES: tuple[str, ...] = ("Normal", "Pneumonia", "COVID-19")
+
+#: The COVIDx-CT lung window in Hounsfield units.
+WINDOW_CENTRE_HU = -600.0
+WINDOW_WIDTH_HU = 1500.0
+
+#: Crop policies: the label box while training, the automatic body box while serving.
+CROP_POLICIES = ("label-box-or-auto-body",)
+
+#: Resize interpolation used by covidct.preprocessing; recorded so a client can check it.
+INTERPOLATION = "bilinear-antialiased"
+
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 1024
+SCHEMA_VERSION = 1
+
+
+class SpecError(ValueError):
+    """A ModelSpec (or its JSON file) is invalid; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a model came from.
+
+    Attributes:
+        data_fingerprint: sha256 over the split label files the model was trained on.
+        synthetic: True when the training data was synthetic (a demo model). Every card and
+            prediction of such a model says so.
+        source_run: the training run directory, when known.
+    """
+
+    data_fingerprint: str = ""
+    synthetic: bool = False
+    source_run: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a consumer needs to feed a model and read its answer.
+
+    Attributes:
+        name: model name (also the Triton model name).
+        class_names: output order of ``probabilities``; must be the COVIDx-CT order.
+        image_size: S, the model input is ``[N, S, S, 1]``.
+        input_name / input_dtype: the single input tensor (uint8 grey after crop and resize).
+        probabilities_name / cam_name: the two outputs (``[N, 3]`` and ``[N, h, w, 3]``).
+        output_dtype: dtype of both outputs.
+        window_centre / window_width: CT window (HU) applied to DICOM before anything else.
+        crop_policy: how the body box is chosen (label box in training, automatic at serving).
+        interpolation: resize interpolation of the preprocessing.
+        backbone: Keras backbone name.
+        temperature: calibration temperature (1.0 means uncalibrated).
+        provenance: data fingerprint and synthetic flag.
+    """
+
+    name: str = "covidct"
+    class_names: tuple[str, ...] = CLASS_NAMES
+    image_size: int = 224
+    input_name: str = "image"
+    input_dtype: str = "UINT8"
+    probabilities_name: str = "probabilities"
+    cam_name: str = "cam"
+    output_dtype: str = "FP32"
+    window_centre: float = WINDOW_CENTRE_HU
+    window_width: float = WINDOW_WIDTH_HU
+    crop_policy: str = CROP_POLICIES[0]
+    interpolation: str = INTERPOLATION
+    backbone: str = "densenet201"
+    temperature: float = 1.0
+    provenance: Provenance = field(default_factory=Provenance)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; the dataclass is frozen and hashable with tuples.
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        self._validate()
+
+    def _validate(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "_-." for c in self.name):
+            raise SpecError(f"name {self.name!r}: use letters, digits, '_', '-' or '.'")
+        if self.class_names != CLASS_NAMES:
+            raise SpecError(
+                f"class_names {list(self.class_names)} must be exactly {list(CLASS_NAMES)} "
+                "(the COVIDx-CT order Normal=0, Pneumonia=1, COVID-19=2)"
+            )
+        if (
+            isinstance(self.image_size, bool)
+            or not isinstance(self.image_size, int)
+            or not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE
+        ):
+            raise SpecError(
+                f"image_size {self.image_size!r} must be an integer in "
+                f"[{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]"
+            )
+        if self.input_dtype != "UINT8":
+            raise SpecError(f"input_dtype {self.input_dtype!r}: the model input is UINT8")
+        if self.output_dtype not in ("FP32", "FP16"):
+            raise SpecError(f"output_dtype {self.output_dtype!r} must be FP32 or FP16")
+        names = [self.input_name, self.probabilities_name, self.cam_name]
+        if len(set(names)) != 3 or not all(names):
+            raise SpecError(f"tensor names must be distinct and non-empty, got {names}")
+        if not self.window_width > 0:
+            raise SpecError(f"window_width {self.window_width} must be positive")
+        if self.crop_policy not in CROP_POLICIES:
+            raise SpecError(f"crop_policy {self.crop_policy!r} must be one of {CROP_POLICIES}")
+        if self.interpolation != INTERPOLATION:
+            raise SpecError(
+                f"interpolation {self.interpolation!r}: the preprocessing implements only "
+                f"{INTERPOLATION!r}"
+            )
+        if not self.temperature > 0:
+            raise SpecError(f"temperature {self.temperature} must be positive")
+        if self.schema_version != SCHEMA_VERSION:
+            raise SpecError(
+                f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """(centre, width) of the CT window in HU."""
+        return (self.window_centre, self.window_width)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["class_names"] = list(self.class_names)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Build a spec from a dict, rejecting unknown keys (a typo must not pass silently)."""
+        if not isinstance(data, dict):
+            raise SpecError(f"a ModelSpec must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown ModelSpec field(s): {', '.join(unknown)}")
+        data = dict(data)
+        prov = data.get("provenance", {})
+        if isinstance(prov, dict):
+            prov_known = {f.name for f in dataclasses.fields(Provenance)}
+            bad = sorted(set(prov) - prov_known)
+            if bad:
+                raise SpecError(f"unknown provenance field(s): {', '.join(bad)}")
+            data["provenance"] = Provenance(**prov)
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise SpecError(str(e)) from e
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"not valid JSON: {e}") from e
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelSpec:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise SpecError(f"{path}: cannot read ModelSpec: {e.strerror}") from e
+        try:
+            return cls.from_json(text)
+        except SpecError as e:
+            raise SpecError(f"{path}: {e}") from e
+
+    def save(self, path: str | Path) -> None:
+        """Write the spec atomically (temporary file in the same folder, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        tmp.replace(path)

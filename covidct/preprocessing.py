@@ -1,0 +1,374 @@
+"""The one preprocessing: bytes -> grey uint8 -> body crop -> resize -> uint8 ``[S, S, 1]``.
+
+Training (through the prepared cache), ``covidct preprocess`` and the gateway all call
+:func:`preprocess_bytes`; nothing else may decode, window, crop or resize a slice, so the
+served model sees exactly what the trained model saw. NumPy, Pillow and pydicom only: this
+module must never import TensorFlow (a test enforces it).
+
+Steps:
+    1. decode by magic bytes (PNG, JPEG, DICOM), never by file name or declared type;
+    2. grey uint8: DICOM gets HU = raw x RescaleSlope + RescaleIntercept and the COVIDx-CT
+       lung window (centre -600, width 1500) with truncation, exactly as the dataset's PNGs
+       were made; PNG/JPEG are taken as already windowed;
+    3. crop to the body box: the label box in training, :func:`auto_body_box` at serving;
+    4. resize the crop (stretching it) to S x S with one fixed interpolation.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pydicom
+import pydicom.errors
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+from covidct.config import WINDOW_CENTRE_HU, WINDOW_WIDTH_HU
+
+Source = Literal["png", "jpeg", "dicom"]
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+DICOM_MAGIC_OFFSET = 128
+DICOM_MAGIC = b"DICM"
+
+#: One fixed interpolation for every resize (Pillow's bilinear filter, antialiased when
+#: shrinking). Recorded in ModelSpec.interpolation.
+RESAMPLE = Image.Resampling.BILINEAR
+
+#: Automatic body box: pixels brighter than this HU (after the window) are body or table;
+#: the largest connected component after a 3x3 opening is the body. -350 HU lies between
+#: lung/fat-free air and soft tissue, and gave mean IoU 0.98 with the official COVIDx-CT
+#: boxes on the 123 real slices in ../shared/data (tests/test_preprocessing.py).
+BODY_THRESHOLD_HU = -350.0
+BODY_OPENING = 3
+BODY_MARGIN = 1
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class PreprocessingError(Exception):
+    """Base of every error raised while turning bytes into a model input."""
+
+
+class EmptyInputError(PreprocessingError):
+    """No bytes at all."""
+
+
+class InputTooLargeError(PreprocessingError):
+    """Too many bytes, or a header declaring too many pixels (decompression bomb)."""
+
+
+class UnsupportedFormatError(PreprocessingError):
+    """The bytes are not PNG, JPEG or DICOM."""
+
+
+class CorruptImageError(PreprocessingError):
+    """A known format whose content cannot be decoded (truncated, garbled)."""
+
+
+class UnusableSliceError(PreprocessingError):
+    """Decodes, but is not a usable axial CT slice."""
+
+
+class NotCTError(UnusableSliceError):
+    """A DICOM whose Modality is not CT (or is missing)."""
+
+
+class MultiFrameError(UnusableSliceError):
+    """A DICOM with more than one frame: send single slices."""
+
+
+class ColourImageError(UnusableSliceError):
+    """A DICOM with colour pixels (SamplesPerPixel > 1 or a colour photometric)."""
+
+
+class NoPixelDataError(UnusableSliceError):
+    """A DICOM without pixel data."""
+
+
+class ImageTooSmallError(UnusableSliceError):
+    """Fewer pixels per side than a CT slice can have."""
+
+
+class InvalidBoxError(PreprocessingError):
+    """A given crop box is empty or lies outside the image."""
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds checked before any pixel is decoded.
+
+    Attributes:
+        max_bytes: largest accepted input.
+        max_pixels: largest rows x columns accepted (a 4096^2 slice is far beyond CT).
+        min_side: smallest accepted height or width.
+    """
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    min_side: int = 64
+
+
+DEFAULT_LIMITS = Limits()
+
+Box = tuple[int, int, int, int]
+"""(xmin, ymin, xmax, ymax) in image pixels, xmax/ymax exclusive (COVIDx-CT convention)."""
+
+
+@dataclass(frozen=True)
+class DecodedSlice:
+    """A decoded slice as grey uint8 ``[H, W]`` plus where it came from."""
+
+    pixels: np.ndarray
+    source: Source
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """The model input and how it was made.
+
+    Attributes:
+        image: uint8 ``[S, S, 1]``, what the model sees.
+        box: the crop box used, COVIDx-CT convention, in the decoded image's coordinates.
+        source: the detected format.
+        original_shape: (height, width) of the decoded image.
+        window: (centre, width) in HU of the CT window.
+    """
+
+    image: np.ndarray
+    box: Box
+    source: Source
+    original_shape: tuple[int, int]
+    window: tuple[float, float] = (WINDOW_CENTRE_HU, WINDOW_WIDTH_HU)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def preprocess_bytes(
+    data: bytes,
+    size: int,
+    box: Box | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Preprocessed:
+    """Turn one encoded slice into the model input.
+
+    Args:
+        data: PNG, JPEG or DICOM bytes.
+        size: S, the output is ``[S, S, 1]``.
+        box: crop box (training: the label box); None selects :func:`auto_body_box`.
+        limits: input bounds.
+
+    Returns:
+        The model input and the box, source and shape it came from.
+
+    Raises:
+        PreprocessingError: a subclass naming what is wrong with the input.
+    """
+    decoded = decode(data, limits)
+    grey = decoded.pixels
+    used = validate_box(box, grey.shape) if box is not None else auto_body_box(grey)
+    return Preprocessed(
+        image=crop_and_resize(grey, used, size),
+        box=used,
+        source=decoded.source,
+        original_shape=(int(grey.shape[0]), int(grey.shape[1])),
+    )
+
+
+def sniff(data: bytes) -> Source:
+    """Detect the format from magic bytes.
+
+    Raises:
+        EmptyInputError: no bytes.
+        UnsupportedFormatError: not PNG, JPEG or DICOM (Part 10 with the 'DICM' preamble).
+    """
+    if not data:
+        raise EmptyInputError("empty input: no bytes received")
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC:
+        return "dicom"
+    raise UnsupportedFormatError(
+        f"unsupported format: {len(data)} bytes starting {data[:8].hex(' ')} are not PNG, "
+        "JPEG or DICOM (Part 10 file with 'DICM' at byte 128)"
+    )
+
+
+def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedSlice:
+    """Decode PNG, JPEG or DICOM bytes into grey uint8 ``[H, W]`` after checking limits."""
+    if len(data) > limits.max_bytes:
+        raise InputTooLargeError(f"input is {len(data)} bytes; the limit is {limits.max_bytes}")
+    source = sniff(data)
+    pixels = _decode_dicom(data, limits) if source == "dicom" else _decode_raster(data, limits)
+    return DecodedSlice(pixels=pixels, source=source)
+
+
+def window_to_uint8(
+    hu: np.ndarray, centre: float = WINDOW_CENTRE_HU, width: float = WINDOW_WIDTH_HU
+) -> np.ndarray:
+    """Apply a CT window to HU values: the COVIDx-CT recipe, truncating to uint8.
+
+    ``uint8(255 * clip((HU - (centre - width / 2)) / width, 0, 1))``; truncation (not
+    rounding) reproduces the dataset's PNGs exactly.
+    """
+    scaled = (hu.astype(np.float32) - np.float32(centre - width / 2)) / np.float32(width)
+    return (np.float32(255.0) * np.clip(scaled, 0.0, 1.0)).astype(np.uint8)
+
+
+def hu_to_grey_level(hu: float) -> int:
+    """The uint8 grey level the COVIDx-CT window gives to one HU value."""
+    return int(window_to_uint8(np.array([hu], dtype=np.float32))[0])
+
+
+def auto_body_box(grey: np.ndarray) -> Box:
+    """Find the body in a windowed slice: threshold, 3x3 opening, largest component, margin.
+
+    The patient table is usually a separate, thinner component and is dropped with the
+    rest. An image with no bright region yields the whole image.
+
+    Args:
+        grey: uint8 ``[H, W]`` windowed slice.
+
+    Returns:
+        The body box, COVIDx-CT convention (exclusive max), clipped to the image.
+    """
+    h, w = grey.shape
+    mask = grey > hu_to_grey_level(BODY_THRESHOLD_HU)
+    mask = ndimage.binary_opening(mask, structure=np.ones((BODY_OPENING, BODY_OPENING), bool))
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return (0, 0, w, h)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    largest = int(sizes.argmax())
+    ys, xs = np.nonzero(labels == largest)
+    m = BODY_MARGIN
+    return (
+        max(0, int(xs.min()) - m),
+        max(0, int(ys.min()) - m),
+        min(w, int(xs.max()) + 1 + m),
+        min(h, int(ys.max()) + 1 + m),
+    )
+
+
+def validate_box(box: Box, shape: tuple[int, ...]) -> Box:
+    """Check a COVIDx-CT box against an image shape ``(H, W)``; return it as ints."""
+    h, w = shape[:2]
+    xmin, ymin, xmax, ymax = (int(v) for v in box)
+    if not (0 <= xmin < xmax <= w and 0 <= ymin < ymax <= h):
+        raise InvalidBoxError(
+            f"box {[xmin, ymin, xmax, ymax]} is empty or outside the {w}x{h} image "
+            "(need 0 <= xmin < xmax <= width and 0 <= ymin < ymax <= height)"
+        )
+    return (xmin, ymin, xmax, ymax)
+
+
+def crop_and_resize(grey: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """Crop ``grey`` to ``box`` and resize to ``[size, size, 1]`` uint8 (the fixed resample)."""
+    xmin, ymin, xmax, ymax = validate_box(box, grey.shape)
+    crop = Image.fromarray(np.ascontiguousarray(grey[ymin:ymax, xmin:xmax]))
+    resized = crop.resize((size, size), RESAMPLE)
+    return np.asarray(resized, dtype=np.uint8)[:, :, None]
+
+
+# --------------------------------------------------------------------------- decoders
+
+
+def _check_shape(rows: int, cols: int, limits: Limits) -> None:
+    if rows * cols > limits.max_pixels:
+        raise InputTooLargeError(
+            f"image declares {cols}x{rows} = {rows * cols} pixels; the limit is "
+            f"{limits.max_pixels} (decompression bomb guard)"
+        )
+    if min(rows, cols) < limits.min_side:
+        raise ImageTooSmallError(
+            f"image is {cols}x{rows}; a CT slice needs at least {limits.min_side} pixels a side"
+        )
+
+
+def _decode_raster(data: bytes, limits: Limits) -> np.ndarray:
+    """PNG (8/16-bit grey, RGB, RGBA, palette) or JPEG to grey uint8."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            _check_shape(img.height, img.width, limits)  # header only: nothing decoded yet
+            img.load()
+    except PreprocessingError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputTooLargeError(f"decompression bomb guard: {e}") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot decode image: {e}") from e
+    return _raster_to_grey(img)
+
+
+def _raster_to_grey(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8)
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: scale the full range linearly onto 0..255 (v * 255 / 65535).
+        wide = np.asarray(img, dtype=np.int64)
+        return ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Transparent pixels carry nothing: composite over black (the air of a CT slice).
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(canvas, rgba)
+    # RGB, palette, CMYK, 1-bit, YCbCr...: ITU-R 601 luma, as Pillow's "L" conversion.
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def _decode_dicom(data: bytes, limits: Limits) -> np.ndarray:
+    """A single-frame greyscale CT DICOM to windowed grey uint8 (COVIDx-CT recipe)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, KeyError) as e:
+        raise CorruptImageError(f"cannot parse DICOM: {e}") from e
+    except Exception as e:  # pydicom raises assorted errors on garbled element headers
+        raise CorruptImageError(f"cannot parse DICOM: {type(e).__name__}: {e}") from e
+
+    problems: list[tuple[type[UnusableSliceError], str]] = []
+    if "PixelData" not in ds:
+        problems.append((NoPixelDataError, "it has no pixel data"))
+    modality = str(ds.get("Modality", "") or "")
+    if modality != "CT":
+        what = f"Modality is {modality}" if modality else "the Modality tag is missing"
+        problems.append((NotCTError, f"{what}, only CT is accepted"))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        problems.append((MultiFrameError, f"it has {frames} frames; send one slice per file"))
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        problems.append(
+            (ColourImageError, f"it is a colour image ({photometric}, {samples} samples/pixel)")
+        )
+    if problems:
+        # Most specific first: no pixels > not CT > multi-frame > colour; list every reason.
+        raise problems[0][0]("not a usable CT slice: " + "; ".join(m for _, m in problems))
+
+    _check_shape(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), limits)
+    try:
+        raw = ds.pixel_array
+    except Exception as e:  # missing decoder, truncated pixel data, bad transfer syntax
+        raise CorruptImageError(f"cannot decode DICOM pixel data: {e}") from e
+    if raw.ndim != 2:
+        raise UnusableSliceError(f"DICOM pixel array has shape {raw.shape}; expected 2-D")
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    hu = raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return window_to_uint8(hu)
