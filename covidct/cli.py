@@ -147,7 +147,7 @@ def data_prepare(
     """Preprocess every slice once into memory-mapped uint8 shards (resumable)."""
     from rich.progress import Progress
 
-    from covidct.dataset import DatasetError
+    from covidct.dataset import SPLITS, DatasetError
     from training.cache import CacheError, prepare_cache
 
     try:
@@ -160,7 +160,7 @@ def data_prepare(
             manifest = prepare_cache(data, out, size, workers=workers, progress=report)
     except (DatasetError, CacheError) as e:
         fail(str(e))
-    counts = {k: v["count"] for k, v in manifest["splits"].items()}
+    counts = {k: manifest["splits"][k]["count"] for k in SPLITS if k in manifest["splits"]}
     print(f"cache {out} ready (S={size}): " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 

@@ -1,0 +1,116 @@
+"""``covidct bench data``: preprocessing, synthesis and cache-build speed, side by side.
+
+All figures come from one run on the machine at hand. Single-process figures are per core;
+each is the median over several rounds, since these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from covidct.preprocessing import preprocess_bytes
+
+REPO = Path(__file__).resolve().parent.parent
+ROUNDS = 5
+
+
+def real_data_dir() -> Path:
+    """Real CT data: $COVIDCT_REAL_DATA, else ../shared/data beside the checkout, else fixtures."""
+    env = os.environ.get("COVIDCT_REAL_DATA")
+    for candidate in (Path(env) if env else None, REPO.parent / "shared" / "data",
+                      REPO / "tests" / "fixtures"):
+        if candidate is not None and (candidate / "dicom").is_dir():
+            return candidate
+    raise FileNotFoundError("no real CT data found (set COVIDCT_REAL_DATA)")
+
+
+def _rate(items: int, fn: Callable[[], object], rounds: int = ROUNDS) -> tuple[float, float, float]:
+    """Median, min and max items/s over ``rounds`` calls of ``fn`` (each handles ``items``)."""
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        rates.append(items / (time.perf_counter() - start))
+    return statistics.median(rates), min(rates), max(rates)
+
+
+def _row(name: str, rate: tuple[float, float, float], note: str = "") -> str:
+    med, lo, hi = rate
+    return f"| {name} | {med:,.1f} | {lo:,.1f} – {hi:,.1f} | {note} |"
+
+
+def run_data_bench(png_slices: int = 200, synth_slices: int = 200, size: int = 224) -> str:
+    """Run the data benchmarks and return a Markdown section for BENCHMARKS.md."""
+    from training.cache import prepare_cache
+    from training.synth import plan_patients, synthesize, write_patient
+
+    root = real_data_dir()
+    pngs = sorted((root / "covidxct-real" / "images").glob("*.png")) or sorted(
+        (root / "covidxct-mini" / "images").glob("*.png"))
+    png_bytes = [p.read_bytes() for p in pngs]
+    png_batch = [png_bytes[i % len(png_bytes)] for i in range(png_slices)]
+    dicoms = {
+        "DICOM JPEG-Lossless 512²": [
+            p.read_bytes() for p in sorted((root / "dicom").glob("*.dcm"))
+            if p.name.count("__") and "uncompressed" not in p.name],
+        "DICOM uncompressed 512²": [
+            p.read_bytes() for p in sorted((root / "dicom").glob("*uncompressed.dcm"))],
+    }
+    rows = [
+        _row("PNG 512² → auto body box → S² (serving path)",
+             _rate(len(png_batch), lambda: [preprocess_bytes(b, size) for b in png_batch])),
+        _row("PNG 512² → label box → S² (cache path)",
+             _rate(len(png_batch),
+                   lambda: [preprocess_bytes(b, size, box=(0, 100, 512, 420)) for b in png_batch])),
+    ]
+    for name, blobs in dicoms.items():
+        if blobs:
+            batch = [blobs[i % len(blobs)] for i in range(max(png_slices // 2, 1))]
+            rows.append(_row(f"{name} → auto body box → S²",
+                             _rate(len(batch), lambda b=batch: [preprocess_bytes(x, size) for x in b])))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "synth"
+        (out / "images").mkdir(parents=True)
+        per_patient = 10
+        patients = plan_patients(max(synth_slices // per_patient, 1), seed=0)
+        n = len(patients) * per_patient
+        synth = _rate(n, lambda: [write_patient(p, out, per_patient, 512) for p in patients],
+                      rounds=3)
+        rows.append(_row("synthetic CT 512², render + PNG write", synth,
+                         f"1,000 slices in {1000 / synth[0]:.0f} s on one core"))
+        data = Path(tmp) / "data"
+        synthesize(data, len(patients), per_patient, seed=1, workers=os.cpu_count() or 1)
+        for workers in (1, 2):
+            cache = Path(tmp) / f"cache{workers}"
+            build = _rate(n, lambda w=workers, c=cache: _fresh_cache(prepare_cache, data, c, size, w),
+                          rounds=3)
+            per_core = tuple(v / workers for v in build)
+            rows.append(_row(f"cache build, {workers} worker(s), S={size}", build,
+                             f"{per_core[0]:,.1f} slices/s per core"))
+
+    header = [
+        f"## covidct bench data (S={size})",
+        "",
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; {png_slices} PNG slices from {root.name}/, "
+        f"median of {ROUNDS} rounds (synthesis and cache: 3).",
+        "",
+        "| what | slices/s (median) | range | note |",
+        "|---|---:|---:|---|",
+    ]
+    return "\n".join(header + rows) + "\n"
+
+
+def _fresh_cache(prepare: Callable[..., object], data: Path, cache: Path, size: int,
+                 workers: int) -> None:
+    import shutil
+
+    shutil.rmtree(cache, ignore_errors=True)
+    prepare(data, cache, size, workers=workers, shard_size=64)
