@@ -21,10 +21,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="COVIDx-CT folders: check, synthesize, prepare the cache.",
-                       no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks whose output goes into BENCHMARKS.md.",
-                        no_args_is_help=True)
+data_app = typer.Typer(
+    help="COVIDx-CT folders: check, synthesize, prepare the cache.", no_args_is_help=True
+)
+bench_app = typer.Typer(
+    help="Benchmarks whose output goes into BENCHMARKS.md.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
@@ -50,13 +52,18 @@ def parse_box(text: str) -> Box:
 @app.command()
 def preprocess(
     file: Annotated[Path, typer.Argument(help="PNG, JPEG or DICOM slice.")],
-    box: Annotated[str | None, typer.Option(
-        help="Crop box xmin,ymin,xmax,ymax (COVIDx-CT convention, max exclusive); "
-             "default: the automatic body box, as at serving.")] = None,
+    box: Annotated[
+        str | None,
+        typer.Option(
+            help="Crop box xmin,ymin,xmax,ymax (COVIDx-CT convention, max exclusive); "
+            "default: the automatic body box, as at serving."
+        ),
+    ] = None,
     size: Annotated[int | None, typer.Option(help="Output size S (default: 224).")] = None,
     spec: Annotated[Path | None, typer.Option(help="Take S from this model_spec.json.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the S x S model input here (PNG).")]
-    = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the S x S model input here (PNG).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Show what the model will see for FILE: decode, window, crop, resize."""
@@ -71,8 +78,7 @@ def preprocess(
     except OSError as e:
         fail(f"{file}: cannot read: {e.strerror}")
     try:
-        result = preprocess_bytes(data, model_spec.image_size,
-                                  box=parse_box(box) if box else None)
+        result = preprocess_bytes(data, model_spec.image_size, box=parse_box(box) if box else None)
     except PreprocessingError as e:
         fail(f"{file}: {e}")
     if out is not None:
@@ -131,10 +137,19 @@ def data_synth(
     total = patients * slices_per_patient
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("rendering slices", total=total)
-        counts = synthesize(out, patients, slices_per_patient, seed, size, workers,
-                            progress=lambda n: progress.advance(task, n))
-    print(f"wrote {sum(counts.values())} synthetic slices to {out}: "
-          + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        counts = synthesize(
+            out,
+            patients,
+            slices_per_patient,
+            seed,
+            size,
+            workers,
+            progress=lambda n: progress.advance(task, n),
+        )
+    print(
+        f"wrote {sum(counts.values())} synthetic slices to {out}: "
+        + ", ".join(f"{k}={v}" for k, v in counts.items())
+    )
 
 
 @data_app.command("prepare")
@@ -168,12 +183,13 @@ def data_prepare(
 def bench_data(
     png: Annotated[int, typer.Option(help="PNG slices to time.")] = 200,
     synth_slices: Annotated[int, typer.Option(help="Synthetic slices to time.")] = 200,
+    cache_slices: Annotated[int, typer.Option(help="Slices per cache build.")] = 1000,
     size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
 ) -> None:
     """Decode+crop+resize speed per core (PNG, DICOM), synthesis and cache build speed."""
     from covidct.bench import run_data_bench
 
-    print(run_data_bench(png_slices=png, synth_slices=synth_slices, size=size))
+    print(run_data_bench(png, synth_slices, cache_slices, size))
 
 
 def main() -> None:

@@ -222,7 +222,7 @@ def _check_image(path: Path, box: tuple[int, int, int, int], bad: Callable[[str]
     except (UnidentifiedImageError, OSError) as e:
         bad(f"{path.name}: unreadable image: {e}")
         return False
-    xmin, ymin, xmax, ymax = box
+    _, _, xmax, ymax = box
     if xmax > width or ymax > height:
         bad(f"{path.name}: box {list(box)} lies outside the {width}x{height} image")
         return False

@@ -335,7 +335,9 @@ def _raster_to_grey(img: Image.Image) -> np.ndarray:
 def _decode_dicom(data: bytes, limits: Limits) -> np.ndarray:
     """A single-frame greyscale CT DICOM to windowed grey uint8 (COVIDx-CT recipe)."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on every oddity; we judge below
+            ds = pydicom.dcmread(io.BytesIO(data))
     except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, KeyError) as e:
         raise CorruptImageError(f"cannot parse DICOM: {e}") from e
     except Exception as e:  # pydicom raises assorted errors on garbled element headers
@@ -363,7 +365,9 @@ def _decode_dicom(data: bytes, limits: Limits) -> np.ndarray:
 
     _check_shape(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), limits)
     try:
-        raw = ds.pixel_array
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = ds.pixel_array
     except Exception as e:  # missing decoder, truncated pixel data, bad transfer syntax
         raise CorruptImageError(f"cannot decode DICOM pixel data: {e}") from e
     if raw.ndim != 2:

@@ -9,15 +9,22 @@ def test_defaults_follow_the_contract() -> None:
     spec = ModelSpec()
     assert spec.class_names == ("Normal", "Pneumonia", "COVID-19")
     assert (spec.input_name, spec.probabilities_name, spec.cam_name) == (
-        "image", "probabilities", "cam")
+        "image",
+        "probabilities",
+        "cam",
+    )
     assert spec.window == (-600.0, 1500.0)
     assert spec.num_classes == 3
 
 
 def test_json_round_trip(tmp_path) -> None:
-    spec = ModelSpec(name="ct-demo", image_size=128, backbone="densenet121", temperature=1.7,
-                     provenance=Provenance(data_fingerprint="ab" * 32, synthetic=True,
-                                           source_run="runs/x"))
+    spec = ModelSpec(
+        name="ct-demo",
+        image_size=128,
+        backbone="densenet121",
+        temperature=1.7,
+        provenance=Provenance(data_fingerprint="ab" * 32, synthetic=True, source_run="runs/x"),
+    )
     path = tmp_path / "model_spec.json"
     spec.save(path)
     again = ModelSpec.load(path)

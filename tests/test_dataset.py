@@ -22,9 +22,13 @@ def test_real_folder_reads_clean(shared_data: Path) -> None:
     assert counts == {"Normal": expected[0], "Pneumonia": expected[1], "COVID-19": expected[2]}
     assert sum(counts.values()) == 123
     assert ds.summary_line("test") == (
-        f"test: Normal={expected[0]} Pneumonia={expected[1]} COVID-19={expected[2]}")
+        f"test: Normal={expected[0]} Pneumonia={expected[1]} COVID-19={expected[2]}"
+    )
     assert {s.patient for s in ds.splits["test"]} == {
-        "COVIDCTMD-P001", "COVIDCTMD-cap001", "COVIDCTMD-normal002"}
+        "COVIDCTMD-P001",
+        "COVIDCTMD-cap001",
+        "COVIDCTMD-normal002",
+    }
 
 
 @pytest.mark.parametrize(
@@ -51,8 +55,10 @@ def broken(fixtures: Path, tmp_path: Path) -> Path:
     shutil.copytree(fixtures / "covidxct-mini", root)
     (root / "images" / "COVIDCTMD-normal002-IM0001.png").unlink()
     (root / "images" / "not_an_image.png").write_bytes(b"this is text")
-    shutil.copy(root / "images" / "COVIDCTMD-cap001-IM0057.png",
-                root / "images" / "COVIDCTMD-cap001-IM9999.png")
+    shutil.copy(
+        root / "images" / "COVIDCTMD-cap001-IM0057.png",
+        root / "images" / "COVIDCTMD-cap001-IM9999.png",
+    )
     lines = (root / "test_COVIDx-CT.txt").read_text().splitlines()
     lines[1] = lines[1].replace(" 1 0 97", " 7 0 97")  # bad class
     lines[2] = "COVIDCTMD-normal002-IM0042.png 0 0 147 600 405"  # box outside the 512 image
@@ -96,9 +102,11 @@ def test_leakage_between_splits_is_reported(fixtures: Path, tmp_path: Path) -> N
     leaks = [str(p) for p in ds.problems if "leakage" in p.message]
     # normal002 (IM0042 in test, IM0001 in train) and cap001 (IM0070 / IM0057) leak.
     assert len(leaks) == 2
-    assert any("COVIDCTMD-normal002 appears in train (1 slices), test (1 slices)" in x
-               or "COVIDCTMD-normal002 appears in test (1 slices), train (1 slices)" in x
-               for x in leaks), leaks
+    assert any(
+        "COVIDCTMD-normal002 appears in train (1 slices), test (1 slices)" in x
+        or "COVIDCTMD-normal002 appears in test (1 slices), train (1 slices)" in x
+        for x in leaks
+    ), leaks
 
 
 def test_folder_without_label_files(tmp_path: Path) -> None:

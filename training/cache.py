@@ -94,8 +94,10 @@ def _build_shard(job: _ShardJob) -> tuple[str, int, str, list[str]]:
         return job.name, 0, "", errors
     tmp.replace(final)
     digest = _sha256_file(final)
-    _write_json(job.out / f"{job.name}.json",
-                {"count": len(job.paths), "content": job.content_hash, "sha256": digest})
+    _write_json(
+        job.out / f"{job.name}.json",
+        {"count": len(job.paths), "content": job.content_hash, "sha256": digest},
+    )
     return job.name, len(job.paths), digest, []
 
 
@@ -267,8 +269,10 @@ class PreparedCache:
                 "run `covidct data prepare`"
             ) from e
         if self.manifest.get("cache_version") != CACHE_VERSION:
-            raise CacheError(f"{self.path}: cache version {self.manifest.get('cache_version')} "
-                             f"is not {CACHE_VERSION}; prepare it again")
+            raise CacheError(
+                f"{self.path}: cache version {self.manifest.get('cache_version')} "
+                f"is not {CACHE_VERSION}; prepare it again"
+            )
 
     @property
     def size(self) -> int:

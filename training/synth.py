@@ -18,6 +18,7 @@ stays near chance (tests/training/test_synth.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -183,8 +184,15 @@ def _draw_lesions(patient: Patient, rng: np.random.Generator) -> tuple[Lesion, .
             sides.append(-sides[0])
         for side in sides:
             out.append(
-                Lesion("consolidation", side, rng.uniform(-0.1, 0.5), rng.uniform(0.0, 0.7),
-                       rng.uniform(0.6, 1.0), rng.uniform(0.3, 0.8), int(rng.integers(1 << 31)))
+                Lesion(
+                    "consolidation",
+                    side,
+                    rng.uniform(-0.1, 0.5),
+                    rng.uniform(0.0, 0.7),
+                    rng.uniform(0.6, 1.0),
+                    rng.uniform(0.3, 0.8),
+                    int(rng.integers(1 << 31)),
+                )
             )
     elif name == "COVID-19":
         n = int(rng.integers(3, 9))
@@ -194,14 +202,22 @@ def _draw_lesions(patient: Patient, rng: np.random.Generator) -> tuple[Lesion, .
             rad = rng.uniform(0.62, 0.85)  # peripheral: near the pleura
             kind = "crazy" if rng.random() < 0.35 else "ggo"
             out.append(
-                Lesion(kind, side, abs(math.cos(ang)) * rad, math.sin(ang) * rad,
-                       rng.uniform(0.2, 0.42), rng.uniform(0.2, 0.9), int(rng.integers(1 << 31)))
+                Lesion(
+                    kind,
+                    side,
+                    abs(math.cos(ang)) * rad,
+                    math.sin(ang) * rad,
+                    rng.uniform(0.2, 0.42),
+                    rng.uniform(0.2, 0.9),
+                    int(rng.integers(1 << 31)),
+                )
             )
     return tuple(out)
 
 
-def render_slice(patient: Patient, slice_index: int, n_slices: int, size: int = 512
-                 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def render_slice(
+    patient: Patient, slice_index: int, n_slices: int, size: int = 512
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Render one slice as windowed uint8 ``[size, size]`` and its body box (COVIDx-CT)."""
     an = _Anatomy(patient, size)
     rng = np.random.default_rng([patient.seed, 2, patient.index, slice_index])
@@ -218,8 +234,9 @@ def render_slice(patient: Patient, slice_index: int, n_slices: int, size: int = 
     rho = np.sqrt((dx / a) ** 2 + (dy / b) ** 2) / wobble
     body = rho < 1
     hu[body] = an.soft_hu
-    hu[(rho < 1) & (rho >= 1 - an.fat)] = FAT + 15 * _smooth_noise(rng, (size, size), 24)[
-        (rho < 1) & (rho >= 1 - an.fat)]
+    hu[(rho < 1) & (rho >= 1 - an.fat)] = (
+        FAT + 15 * _smooth_noise(rng, (size, size), 24)[(rho < 1) & (rho >= 1 - an.fat)]
+    )
     hu[(rho < 1 - an.fat) & (rho >= 1 - an.fat - an.muscle)] = MUSCLE
     ys, xs = np.nonzero(body)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
@@ -240,8 +257,9 @@ def render_slice(patient: Patient, slice_index: int, n_slices: int, size: int = 
     heart = None
     if z > 0.42:
         hs = an.heart * min(1.0, (z - 0.42) / 0.25)
-        heart = _ellipse(an.cx + 0.12 * a, an.cy - 0.02 * b, 0.30 * a * hs + 1, 0.36 * b * hs + 1,
-                         size)
+        heart = _ellipse(
+            an.cx + 0.12 * a, an.cy - 0.02 * b, 0.30 * a * hs + 1, 0.36 * b * hs + 1, size
+        )
     lungs = np.zeros((size, size), bool)
     centres = {}
     for side in (-1, 1):
@@ -307,7 +325,9 @@ def render_slice(patient: Patient, slice_index: int, n_slices: int, size: int = 
     hu[_ellipse(an.cx, vy + vb_r * 1.55, vb_r * 0.5, vb_r * 0.45, size)] = 20
     hu[_ellipse(an.cx, vy + vb_r * 2.4, vb_r * 0.25, vb_r * 0.6, size)] = 550
     for side in (-1, 1):
-        hu[_ellipse(an.cx + side * vb_r * 1.4, vy + vb_r * 1.2, vb_r * 0.7, vb_r * 0.25, size)] = 450
+        hu[_ellipse(an.cx + side * vb_r * 1.4, vy + vb_r * 1.2, vb_r * 0.7, vb_r * 0.25, size)] = (
+            450
+        )
     hu[_ellipse(an.cx, an.cy - b * (0.86 - an.fat - an.muscle), 0.06 * a, 0.035 * b, size)] = 450
     ribs = np.zeros((size, size), np.float32)
     rib_rho = 1 - an.fat - an.muscle * 0.5
@@ -327,9 +347,16 @@ def render_slice(patient: Patient, slice_index: int, n_slices: int, size: int = 
     return window_to_uint8(hu), box
 
 
-def _render_lesions(hu: np.ndarray, lungs: np.ndarray, an: _Anatomy,
-                    centres: dict[int, tuple[float, float]], lw: float, lh: float,
-                    z: float, size: int) -> None:
+def _render_lesions(
+    hu: np.ndarray,
+    lungs: np.ndarray,
+    an: _Anatomy,
+    centres: dict[int, tuple[float, float]],
+    lw: float,
+    lh: float,
+    z: float,
+    size: int,
+) -> None:
     for les in an.lesions:
         lx, ly = centres[les.side]
         cx = lx + les.side * les.u * lw
@@ -361,8 +388,12 @@ def _render_lesions(hu: np.ndarray, lungs: np.ndarray, an: _Anatomy,
                 ang = math.atan2(cy - hy, cx - hx) + lrng.normal(0, 0.5)
                 length = r * lrng.uniform(0.6, 1.3)
                 p = (cx - math.cos(ang) * r * 0.5, cy - math.sin(ang) * r * 0.5)
-                _segment_field(air, p, (p[0] + math.cos(ang) * length,
-                                        p[1] + math.sin(ang) * length), lrng.uniform(0.9, 1.6))
+                _segment_field(
+                    air,
+                    p,
+                    (p[0] + math.cos(ang) * length, p[1] + math.sin(ang) * length),
+                    lrng.uniform(0.9, 1.6),
+                )
             core = air[sl] * (alpha > 0.8)
             hu[sl] = dense + core * (-900 - dense)
         else:
@@ -407,8 +438,15 @@ def _write_patient_job(args: tuple[Patient, Path, int, int]) -> tuple[int, list[
     return patient.index, write_patient(patient, out, slices, size)
 
 
-def synthesize(out: str | Path, patients: int, slices_per_patient: int, seed: int,
-               size: int = 512, workers: int = 1, progress=None) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def synthesize(
+    out: str | Path,
+    patients: int,
+    slices_per_patient: int,
+    seed: int,
+    size: int = 512,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, int]:
     """Write a synthetic COVIDx-CT folder; return the number of slices per split.
 
     Label files are written last (atomically), so an interrupted run never leaves a folder

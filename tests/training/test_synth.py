@@ -68,7 +68,9 @@ def test_disease_changes_the_lungs_only_where_it_should() -> None:
         grey, (x0, y0, x1, y1) = render_slice(patient, 2, 5, 512)
         inner = grey[y0:y1, x0:x1]
         # Ground glass sits between aerated lung and soft tissue (about -700..-400 HU).
-        soft[label] = float(((inner > hu_to_grey_level(-700)) & (inner < hu_to_grey_level(-400))).mean())
+        soft[label] = float(
+            ((inner > hu_to_grey_level(-700)) & (inner < hu_to_grey_level(-400))).mean()
+        )
         assert (np.abs(inner.astype(int) - lung_grey) < 25).mean() > 0.1  # lungs are there
     assert soft[2] > soft[0]  # COVID-19 ground glass
 

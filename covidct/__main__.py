@@ -1,0 +1,3 @@
+from covidct.cli import main
+
+main()
