@@ -196,3 +196,82 @@ class ModelSpec:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(self.to_json(), encoding="utf-8")
         tmp.replace(path)
+
+
+BALANCE_MODES = ("class-weights", "sampling", "none")
+STRATEGIES = ("default", "mirrored", "multiworker")
+AUTO_SPLITS = ("none", "patient", "slice")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``covidct train`` was asked to do; saved as ``RUN/train_config.json``.
+
+    Phases: with pretrained weights (``imagenet`` or a file), ``head_epochs`` train the head
+    on a frozen backbone, then ``epochs`` fine-tune the last ``unfreeze`` backbone layers at
+    ``fine_tune_learning_rate`` (BatchNorm frozen). With ``weights="none"`` there is nothing
+    to fine-tune: one phase of ``epochs`` trains every layer, BatchNorm included.
+    """
+
+    backbone: str = "densenet201"
+    image_size: int = 224
+    weights: str = "imagenet"
+    unfreeze: int = 30
+    head_epochs: int = 1
+    epochs: int = 3
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    dropout: float = 0.3
+    augment: bool = True
+    flip: bool = True
+    rotation_degrees: float = 10.0
+    zoom: float = 0.1
+    shift: float = 0.05
+    brightness: float = 0.1
+    contrast: float = 0.1
+    balance: str = "class-weights"
+    mixed_precision: bool = False
+    strategy: str = "default"
+    seed: int = 0
+    patience: int = 3
+    calibrate: bool = True
+    auto_split: str = "none"
+    model_name: str = "covidct"
+
+    def __post_init__(self) -> None:
+        if self.balance not in BALANCE_MODES:
+            raise SpecError(f"balance {self.balance!r} must be one of {', '.join(BALANCE_MODES)}")
+        if self.strategy not in STRATEGIES:
+            raise SpecError(f"strategy {self.strategy!r} must be one of {', '.join(STRATEGIES)}")
+        if self.auto_split not in AUTO_SPLITS:
+            raise SpecError(f"auto_split {self.auto_split!r} must be one of {AUTO_SPLITS}")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise SpecError(
+                f"image_size {self.image_size} must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]"
+            )
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be at least 1")
+        if self.head_epochs < 0 or self.patience < 1:
+            raise SpecError("head_epochs must be >= 0 and patience >= 1")
+        if not (
+            0 <= self.dropout < 1 and self.learning_rate > 0 and self.fine_tune_learning_rate > 0
+        ):
+            raise SpecError("dropout must be in [0, 1) and learning rates positive")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**data)

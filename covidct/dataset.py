@@ -28,6 +28,14 @@ _CNCB = re.compile(r"^(.+?_\d+)_\d+_\d+$")  # NCP_96_1328_0032 -> NCP_96
 _TRAILING_INDEX = re.compile(r"^(.+?)[-_]\d+$")
 
 
+SYNTHETIC_MARKER = "SYNTHETIC.json"
+
+
+def is_synthetic(root: Path) -> bool:
+    """A folder written by ``covidct data synth`` carries a marker naming its generator."""
+    return (Path(root) / SYNTHETIC_MARKER).is_file()
+
+
 def label_file(root: Path, split: str) -> Path:
     return root / f"{split}_COVIDx-CT.txt"
 

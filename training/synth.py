@@ -17,6 +17,7 @@ stays near chance (tests/training/test_synth.py).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from PIL import Image
 from scipy import ndimage
 
 from covidct.config import CLASS_NAMES
-from covidct.dataset import SPLITS, label_file
+from covidct.dataset import SPLITS, SYNTHETIC_MARKER, label_file
 from covidct.preprocessing import window_to_uint8
 
 #: COVIDx-CT (CNCB) file-name prefixes by class: ``NCP_96_1328_0032.png``.
@@ -475,6 +476,15 @@ def synthesize(
             results[index] = lines
             if progress:
                 progress(len(lines))
+    marker = {
+        "generator": "covidct data synth",
+        "seed": seed,
+        "patients": patients,
+        "slices_per_patient": slices_per_patient,
+        "size": size,
+        "note": "synthetic CT: not patient data",
+    }
+    (out / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     counts = {}
     for split in SPLITS:
         lines = [ln for p in cohort if p.split == split for ln in results[p.index]]

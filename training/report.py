@@ -1,0 +1,272 @@
+"""After training: calibrate, export the SavedModel, evaluate it, write figures and the card.
+
+Evaluation runs the exported SavedModel's ``serving_default`` signature, the very artifact
+that export and serving consume, so the published figures are the served model's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.config import CLASS_NAMES, ModelSpec, TrainConfig
+from training.evaluate import (
+    apply_temperature,
+    classification_report,
+    expected_calibration_error,
+    fit_temperature,
+    format_table,
+    patient_level,
+    plot_confusion_matrix,
+    plot_roc,
+)
+
+log = logging.getLogger(__name__)
+
+SAVED_MODEL = "saved_model"
+NOT_A_DEVICE = (
+    "Not a medical device: for research only. It must not be used to diagnose, treat or "
+    "triage patients."
+)
+SYNTHETIC_NOTE = "Trained on synthetic data: its outputs say nothing about real patients."
+
+
+def intended_use(spec: ModelSpec) -> str:
+    """The note every card and every served prediction carries."""
+    note = (
+        "Research classifier of axial chest CT slices into Normal, Pneumonia and COVID-19. "
+        + NOT_A_DEVICE
+    )
+    return f"{note} {SYNTHETIC_NOTE}" if spec.provenance.synthetic else note
+
+
+class SavedModelRunner:
+    """Batched inference through a SavedModel's serving signature."""
+
+    def __init__(self, path: Path, spec: ModelSpec) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self.spec = spec
+        self._loaded = tf.saved_model.load(str(path))
+        self.signature = self._loaded.signatures["serving_default"]
+
+    def __call__(self, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+        outs: dict[str, list[np.ndarray]] = {
+            self.spec.probabilities_name: [],
+            self.spec.cam_name: [],
+        }
+        for i in range(0, len(images), batch_size):
+            batch = self._tf.constant(images[i : i + batch_size])
+            result = self.signature(**{self.spec.input_name: batch})
+            for key in outs:
+                outs[key].append(result[key].numpy())
+        return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
+
+
+def export_saved_model(serve_model: Any, path: Path) -> None:
+    """Export atomically: a temporary folder beside ``path`` renamed into place."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    serve_model.export(str(tmp), format="tf_saved_model", verbose=False)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.replace(path)
+
+
+def evaluate_split(runner: SavedModelRunner, pool: Any, indices: np.ndarray) -> dict[str, Any]:
+    """Slice- and patient-level report of one split, plus the raw probabilities."""
+    probs = runner(pool.gather(indices))[runner.spec.probabilities_name]
+    y = pool.labels[indices]
+    report = classification_report(y, probs)
+    report["patient_level"] = patient_level(y, probs, pool.patients[indices])
+    report["_probs"] = probs
+    report["_labels"] = y
+    return report
+
+
+def write_figures(report: dict[str, Any], out: Path, split: str, spec: ModelSpec) -> str:
+    """metrics.json, confusion_matrix.png and roc.png for one evaluated split; returns the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    probs, y = report.pop("_probs"), report.pop("_labels")
+    plot_confusion_matrix(
+        np.array(report["confusion_matrix"]),
+        out / "confusion_matrix.png",
+        f"{spec.name}: {split} (n={len(y)})",
+    )
+    plot_roc(y, probs, out / "roc.png", f"{spec.name}: {split}, one-vs-rest ROC")
+    table = format_table(report, f"{split} (slices)")
+    if report.get("patient_level"):
+        table += "\n\n" + format_table(report["patient_level"], f"{split} (patients)")
+    return table
+
+
+def finish_run(
+    run: Path,
+    clf: Any,
+    spec: ModelSpec,
+    cfg: TrainConfig,
+    pool: Any,
+    splits: dict[str, np.ndarray],
+    train_seconds: float,
+) -> dict[str, Any]:
+    """Calibrate on val, export, check the export against Keras, evaluate test, write all."""
+    import dataclasses
+
+    val_images = pool.gather(splits["val"])
+    val_probs = clf.train_model.predict(val_images, verbose=0)
+    val_y = pool.labels[splits["val"]]
+    calibration: dict[str, Any] = {"ece_before": expected_calibration_error(val_probs, val_y)}
+    temperature = 1.0
+    if cfg.calibrate:
+        temperature = fit_temperature(val_probs, val_y)
+        calibration["ece_after"] = expected_calibration_error(
+            apply_temperature(val_probs, temperature), val_y
+        )
+    calibration["temperature"] = temperature
+    clf.softmax.set_temperature(temperature)
+    spec = dataclasses.replace(spec, temperature=temperature)
+
+    export_saved_model(clf.serve_model, run / SAVED_MODEL)
+    spec.save(run / "model_spec.json")
+    runner = SavedModelRunner(run / SAVED_MODEL, spec)
+    probe = val_images[: min(len(val_images), 16)]
+    keras_out = clf.serve_model.predict(probe, verbose=0)
+    exported = runner(probe)
+    parity = float(
+        np.abs(keras_out[spec.probabilities_name] - exported[spec.probabilities_name]).max()
+    )
+
+    results: dict[str, Any] = {
+        "model": spec.name,
+        "backbone": spec.backbone,
+        "image_size": spec.image_size,
+        "train_seconds": round(train_seconds, 1),
+        "splits": {k: len(v) for k, v in splits.items()},
+        "calibration": calibration,
+        "saved_model_max_abs_diff": parity,
+        "synthetic": spec.provenance.synthetic,
+        "intended_use": intended_use(spec),
+    }
+    tables = []
+    for split in ("val", "test"):
+        if len(splits[split]):
+            report = evaluate_split(runner, pool, splits[split])
+            out = run if split == "test" else run / "val"
+            tables.append(write_figures(report, out, split, spec))
+            results[split] = report
+    (run / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_model_card(run, spec, cfg, results, tables)
+    print("\n\n".join(tables))
+    return results
+
+
+def write_model_card(
+    run: Path, spec: ModelSpec, cfg: TrainConfig, results: dict[str, Any], tables: list[str]
+) -> None:
+    split_files = (
+        json.loads((run / "data_fingerprint.json").read_text())
+        if (run / "data_fingerprint.json").is_file()
+        else {}
+    )
+    lines = [
+        f"# Model card: {spec.name}",
+        "",
+        f"**{NOT_A_DEVICE}**",
+        "",
+    ]
+    if spec.provenance.synthetic:
+        lines += [f"**{SYNTHETIC_NOTE}**", ""]
+    lines += [
+        "## Intended use",
+        "",
+        intended_use(spec),
+        "",
+        "## Model",
+        "",
+        f"- Backbone: {spec.backbone} ({'weights ' + cfg.weights})",
+        f"- Input: `{spec.input_name}` uint8 `[N, {spec.image_size}, {spec.image_size}, 1]`, "
+        "a windowed grey slice (centre "
+        f"{spec.window_centre:g} HU, width {spec.window_width:g} HU) cropped to the body and "
+        "resized by `covidct.preprocessing`",
+        f"- Outputs: `{spec.probabilities_name}` `[N, 3]` ({', '.join(CLASS_NAMES)}), "
+        f"`{spec.cam_name}` class activation maps",
+        f"- Calibration temperature: {spec.temperature:.4f} "
+        f"(val ECE {results['calibration']['ece_before']:.4f} before"
+        + (
+            f", {results['calibration']['ece_after']:.4f} after)"
+            if "ece_after" in results["calibration"]
+            else ")"
+        ),
+        "",
+        "## Training",
+        "",
+        f"- Data fingerprint (sha256 of the split label files): "
+        f"`{spec.provenance.data_fingerprint}`",
+        *(f"  - {k}: `{v}`" for k, v in split_files.items()),
+        "- Slices: " + ", ".join(f"{k} {v}" for k, v in results["splits"].items()),
+        f"- Split: {'the folder' + chr(39) + 's own' if cfg.auto_split == 'none' else 'automatic by ' + cfg.auto_split}",
+        f"- Epochs: head {cfg.head_epochs if cfg.pretrained else 0}, "
+        f"{'fine-tune' if cfg.pretrained else 'from scratch'} {cfg.epochs}; batch "
+        f"{cfg.batch_size}; unfreeze {cfg.unfreeze if cfg.pretrained else 'all'}; "
+        f"augmentation {'on' if cfg.augment else 'off'}; balance {cfg.balance}; seed {cfg.seed}",
+        f"- Training time: {results['train_seconds']:.0f} s",
+        "",
+        "## Figures",
+        "",
+        *tables,
+        "",
+        f"SavedModel vs Keras, max |difference| of probabilities: "
+        f"{results['saved_model_max_abs_diff']:.2e}",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.",
+    ]
+    (run / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def evaluate_run(
+    run: Path, data: Path, split: str, out: Path | None = None, cache_root: Path | None = None
+) -> str:
+    """``covidct evaluate``: the run's SavedModel on one split of a folder; returns the table.
+
+    The split is the folder's own, or, when the run was trained with ``--auto-split``, the
+    same automatic split (same seed), so "test" means the slices the run never trained on.
+    """
+    from training.cache import PreparedCache
+    from training.data import SlicePool
+    from training.train import load_spec, prepare_for_training
+
+    spec = load_spec(run)
+    cfg_path = run / "train_config.json"
+    cfg = (
+        TrainConfig.from_json(cfg_path.read_text())
+        if cfg_path.is_file()
+        else TrainConfig(image_size=spec.image_size)
+    )
+    pool = SlicePool.open(PreparedCache(prepare_for_training(data, spec.image_size, cache_root)))
+    if cfg.auto_split != "none":
+        indices = pool.splits(cfg.auto_split, cfg.seed)[split]
+    else:
+        indices = np.flatnonzero(pool.split_of == split)
+    if len(indices) == 0:
+        raise ValueError(f"{data}: the {split} split is empty")
+    runner = SavedModelRunner(run / SAVED_MODEL, spec)
+    report = evaluate_split(runner, pool, indices)
+    out = out or run
+    table = write_figures(report, out, split, spec)
+    payload = {
+        "model": spec.name,
+        "data": str(data),
+        "split": split,
+        "intended_use": intended_use(spec),
+        split: report,
+    }
+    (out / ("metrics.json" if out != run else f"metrics-{split}.json")).write_text(
+        json.dumps(payload, indent=2) + "\n"
+    )
+    return table

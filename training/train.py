@@ -1,0 +1,243 @@
+"""``covidct train``: a COVIDx-CT folder in, a servable run directory out.
+
+Run directory::
+
+    RUN/train_config.json, RUN/model_spec.json
+    RUN/checkpoints/best.weights.h5     best epoch on val macro-F1 (the documented metric)
+    RUN/checkpoints/backup-<phase>/     Keras BackupAndRestore state (resume mid-phase)
+    RUN/checkpoints/state.json          finished phases, best value so far
+    RUN/train_log.csv, RUN/tensorboard/
+    RUN/saved_model/                    serving_default: image -> probabilities, cam
+    RUN/metrics.json, RUN/confusion_matrix.png, RUN/roc.png, RUN/MODEL_CARD.md
+
+Phases: "head" (frozen backbone, ``head_epochs``) then "finetune" (last ``unfreeze``
+backbone layers, BatchNorm frozen, lower learning rate) when the weights are pretrained;
+one phase "scratch" (every layer) with ``--weights none``. Epochs are numbered across phases,
+so the CSV log reads as one run, and ``--resume`` continues from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.config import ModelSpec, Provenance, SpecError, TrainConfig
+from covidct.dataset import is_synthetic, read_covidx
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val_macro_f1"  # best checkpoint and early stopping: validation macro-F1
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or continue; the message says why and what to do."""
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("COVIDCT_CACHE_DIR", Path.home() / ".cache" / "covidct"))
+
+
+def prepare_for_training(
+    data: Path, size: int, cache_root: Path | None = None, workers: int | None = None
+) -> Path:
+    """Prepare (or reuse) the cache of ``data`` at ``size``; keyed by the data fingerprint."""
+    from covidct.dataset import DatasetError
+    from training.cache import prepare_cache
+
+    ds = read_covidx(data, check_images=False)
+    if ds.problems:
+        raise DatasetError(ds.root, ds.problems)
+    out = (cache_root or default_cache_root()) / f"{ds.fingerprint()[:16]}-S{size}"
+    prepare_cache(data, out, size, workers=workers or (os.cpu_count() or 1))
+    return out
+
+
+def _phases(cfg: TrainConfig) -> list[tuple[str, int, float, int]]:
+    """(name, epochs, learning rate, unfreeze) per phase."""
+    if not cfg.pretrained:
+        return [("scratch", cfg.epochs, cfg.learning_rate, -1)]
+    phases = [("head", cfg.head_epochs, cfg.learning_rate, 0)] if cfg.head_epochs else []
+    return [*phases, ("finetune", cfg.epochs, cfg.fine_tune_learning_rate, cfg.unfreeze)]
+
+
+def _strategy(name: str) -> Any:
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise TrainError("--strategy multiworker needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _read_state(run: Path) -> dict[str, Any]:
+    path = run / "checkpoints" / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {"done": [], "best": None}
+
+
+def _write_state(run: Path, state: dict[str, Any]) -> None:
+    path = run / "checkpoints" / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+
+def train(
+    data: str | Path,
+    run: str | Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    cache_root: Path | None = None,
+    verbose: int | str = "auto",
+) -> dict[str, Any]:
+    """Train, calibrate, export and evaluate; returns the metrics written to metrics.json."""
+    import keras
+    import tensorflow as tf
+
+    from training.data import SlicePool, class_weights, make_dataset
+    from training.model import build_classifier, check_backbone, set_trainable
+
+    data, run = Path(data), Path(run)
+    check_backbone(cfg.backbone)
+    config_path = run / "train_config.json"
+    if resume:
+        if not config_path.is_file():
+            raise TrainError(f"--resume: {run} holds no train_config.json to resume from")
+        saved = TrainConfig.from_json(config_path.read_text())
+        if saved != cfg:
+            diff = sorted(k for k, v in vars(cfg).items() if getattr(saved, k) != v)
+            raise TrainError(
+                f"--resume: options differ from the interrupted run ({', '.join(diff)})"
+                f"; resume with the same options as {config_path}"
+            )
+    elif run.exists() and any(run.iterdir()):
+        raise TrainError(f"{run} is not empty; choose a new --out, or pass --resume")
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    config_path.write_text(cfg.to_json())
+
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+    started = time.perf_counter()
+    cache_dir = prepare_for_training(data, cfg.image_size, cache_root)
+    from training.cache import PreparedCache
+
+    pool = SlicePool.open(PreparedCache(cache_dir))
+    splits = pool.splits(cfg.auto_split, cfg.seed)
+    for name in ("train", "val"):
+        if len(splits[name]) == 0:
+            raise TrainError(f"the {name} split is empty")
+    ds = read_covidx(data, check_images=False)
+    (run / "data_fingerprint.json").write_text(json.dumps(ds.label_file_checksums(), indent=2))
+    spec = ModelSpec(
+        name=cfg.model_name,
+        image_size=cfg.image_size,
+        backbone=cfg.backbone,
+        provenance=Provenance(
+            data_fingerprint=ds.fingerprint(),
+            synthetic=is_synthetic(data),
+            source_run=str(run.resolve()),
+        ),
+    )
+
+    strategy = _strategy(cfg.strategy)
+    with strategy.scope():
+        try:
+            clf = build_classifier(spec, cfg.weights, cfg.dropout)
+        except Exception as e:  # a failed ImageNet download surfaces as assorted errors
+            if cfg.weights == "imagenet":
+                raise TrainError(
+                    f"ImageNet weights for {cfg.backbone} could not be loaded ({e}); on a machine "
+                    "without internet use --weights none or --weights PATH.weights.h5"
+                ) from e
+            raise
+    train_ds, train_steps = make_dataset(pool, splits["train"], cfg, training=True)
+    val_ds, _ = make_dataset(pool, splits["val"], cfg, training=False)
+    weights = (
+        class_weights(pool.labels[splits["train"]]) if cfg.balance == "class-weights" else None
+    )
+
+    state = _read_state(run) if resume else {"done": [], "best": None}
+    best_path = run / "checkpoints" / "best.weights.h5"
+    first_epoch = 0
+    for name, epochs, lr, unfreeze in _phases(cfg):
+        end_epoch = first_epoch + epochs
+        if name in state["done"]:
+            first_epoch = end_epoch
+            continue
+        if state["done"] and best_path.is_file():
+            clf.train_model.load_weights(best_path)  # next phase starts from the best so far
+        with strategy.scope():
+            if unfreeze == -1:
+                clf.backbone.trainable = True
+            else:
+                set_trainable(clf, unfreeze)
+            clf.train_model.compile(
+                optimizer=keras.optimizers.Adam(lr),
+                loss=keras.losses.CategoricalCrossentropy(),
+                metrics=["accuracy", keras.metrics.F1Score(average="macro", name="macro_f1")],
+            )
+        callbacks = [
+            # First, so that a kill after an epoch's log line always finds its backup.
+            keras.callbacks.BackupAndRestore(str(run / "checkpoints" / f"backup-{name}")),
+            _best_checkpoint(best_path, run, state),
+            keras.callbacks.EarlyStopping(MONITOR, mode="max", patience=cfg.patience),
+            keras.callbacks.CSVLogger(str(run / "train_log.csv"), append=True),
+            keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False),
+        ]
+        log.info("phase %s: epochs %d-%d, learning rate %g", name, first_epoch + 1, end_epoch, lr)
+        clf.train_model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=end_epoch,
+            initial_epoch=first_epoch,
+            steps_per_epoch=train_steps,
+            class_weight=weights,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        state["done"].append(name)
+        _write_state(run, state)
+        first_epoch = end_epoch
+    train_seconds = time.perf_counter() - started
+
+    if best_path.is_file():
+        clf.train_model.load_weights(best_path)
+    from training.report import finish_run
+
+    return finish_run(run, clf, spec, cfg, pool, splits, train_seconds)
+
+
+def _best_checkpoint(path: Path, run: Path, state: dict[str, Any]) -> Any:
+    """A callback keeping the best epoch on MONITOR across phases and resumes."""
+    import keras
+
+    class BestCheckpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            value = float((logs or {}).get(MONITOR, float("nan")))
+            if np.isnan(value) or (state["best"] is not None and value <= state["best"]):
+                return
+            tmp = path.with_name("best.tmp.weights.h5")
+            self.model.save_weights(tmp)
+            tmp.replace(path)
+            state["best"], state["best_epoch"] = value, epoch + 1
+            _write_state(run, state)
+
+    return BestCheckpoint()
+
+
+def load_spec(run: Path) -> ModelSpec:
+    try:
+        return ModelSpec.load(run / "model_spec.json")
+    except SpecError as e:
+        raise TrainError(str(e)) from e
