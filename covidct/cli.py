@@ -203,8 +203,8 @@ def train(
         int,
         typer.Option(
             help=(
-                "Fine-tune the last N entries of the backbone's layer list (keras.applications order, "
-                "every layer type counted: conv, BatchNorm, activation, concat, pooling). "
+                "Fine-tune the last N entries of the backbone's layer list (keras.applications "
+                "order, every layer type counted: conv, BatchNorm, activation, concat, pooling). "
                 "BatchNorm layers among them stay frozen and in inference mode. 0: head only; "
                 "-1: the whole backbone. Ignored with --weights none (everything trains)."
             )

@@ -12,6 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -114,9 +115,8 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {c: (n / (k * counts[c]) if counts[c] else 0.0) for c in range(k)}
 
 
-def augmenter(cfg: TrainConfig) -> tf.keras.Sequential | None:  # type: ignore[name-defined]
+def augmenter(cfg: TrainConfig) -> keras.Sequential | None:
     """Keras preprocessing layers for the training split; None when augmentation is off."""
-    import keras
 
     if not cfg.augment:
         return None

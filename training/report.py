@@ -210,7 +210,8 @@ def write_model_card(
         f"`{spec.provenance.data_fingerprint}`",
         *(f"  - {k}: `{v}`" for k, v in split_files.items()),
         "- Slices: " + ", ".join(f"{k} {v}" for k, v in results["splits"].items()),
-        f"- Split: {'the folder' + chr(39) + 's own' if cfg.auto_split == 'none' else 'automatic by ' + cfg.auto_split}",
+        "- Split: "
+        + ("the folder's own" if cfg.auto_split == "none" else f"automatic by {cfg.auto_split}"),
         f"- Epochs: head {cfg.head_epochs if cfg.pretrained else 0}, "
         f"{'fine-tune' if cfg.pretrained else 'from scratch'} {cfg.epochs}; batch "
         f"{cfg.batch_size}; unfreeze {cfg.unfreeze if cfg.pretrained else 'all'}; "

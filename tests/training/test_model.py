@@ -28,7 +28,7 @@ def small() -> tuple[ModelSpec, object]:
 
 
 def test_tensors_follow_the_spec(small) -> None:
-    spec, clf = small
+    _, clf = small
     (inp,) = clf.serve_model.inputs
     assert inp.dtype == "uint8" and tuple(inp.shape) == (None, 64, 64, 1)
     x = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 1), dtype=np.uint8)
@@ -40,7 +40,7 @@ def test_tensors_follow_the_spec(small) -> None:
 
 def test_cam_identity(small) -> None:
     """Spatial mean of cam + bias equals the logits; softmax(logits / T) the probabilities."""
-    spec, clf = small
+    _, clf = small
     x = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 1), dtype=np.uint8)
     out = clf.serve_model.predict_on_batch(x)
     head = clf.serve_model.get_layer("cam_head")
