@@ -9,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 test: setup lint
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 unit: setup
 	$(BIN)/python -m pytest -n 2 -m "not slow and not integration" $(PYTEST_ARGS)

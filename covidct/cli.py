@@ -273,7 +273,9 @@ def train(
             auto_split=auto_split,
             model_name=name,
         )
-        run_training(data, out, cfg, resume=resume, cache_root=cache_dir)
+        # Progress bars on a terminal; one line per epoch in logs and CI.
+        verbose = "auto" if sys.stdout.isatty() else 2
+        run_training(data, out, cfg, resume=resume, cache_root=cache_dir, verbose=verbose)
     except (SpecError, DatasetError, CacheError, SplitError, ModelError, TrainError) as e:
         fail(str(e))
     print(f"run written to {out} (SavedModel, model card, metrics)")

@@ -133,6 +133,7 @@ def finish_run(
     spec = dataclasses.replace(spec, temperature=temperature)
 
     export_saved_model(clf.serve_model, run / SAVED_MODEL)
+    clf.serve_model.save(run / "model.keras")  # the same weights, for Keras users
     spec.save(run / "model_spec.json")
     runner = SavedModelRunner(run / SAVED_MODEL, spec)
     probe = val_images[: min(len(val_images), 16)]

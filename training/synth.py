@@ -208,7 +208,7 @@ def _draw_lesions(patient: Patient, rng: np.random.Generator) -> tuple[Lesion, .
                     side,
                     abs(math.cos(ang)) * rad,
                     math.sin(ang) * rad,
-                    rng.uniform(0.2, 0.42),
+                    rng.uniform(0.26, 0.48),
                     rng.uniform(0.2, 0.9),
                     int(rng.integers(1 << 31)),
                 )
@@ -362,7 +362,7 @@ def _render_lesions(
         lx, ly = centres[les.side]
         cx = lx + les.side * les.u * lw
         cy = ly + les.v * lh
-        extent = math.sqrt(max(0.3, 1 - ((z - les.zc) / 0.45) ** 2))  # never vanishes
+        extent = math.sqrt(max(0.45, 1 - ((z - les.zc) / 0.45) ** 2))  # never vanishes
         r = les.radius * lw * extent
         sl = _patch(cx, cy, r * 1.6, size)
         if sl is None:

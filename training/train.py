@@ -183,7 +183,10 @@ def train(
             else:
                 set_trainable(clf, unfreeze)
             clf.train_model.compile(
-                optimizer=keras.optimizers.Adam(lr),
+                # Cosine decay over the phase: late epochs settle instead of swinging.
+                optimizer=keras.optimizers.Adam(
+                    keras.optimizers.schedules.CosineDecay(lr, max(1, train_steps * epochs))
+                ),
                 loss=keras.losses.CategoricalCrossentropy(),
                 metrics=["accuracy", keras.metrics.F1Score(average="macro", name="macro_f1")],
             )

@@ -1,0 +1,202 @@
+"""End-to-end training on synthetic and real slices (real TensorFlow, CPU).
+
+The CI-sized configuration: DenseNet121 from scratch (``--weights none``) at 64x64, 12
+epochs, on 90 synthetic patients x 5 slices. All tests that read its run share one
+training (xdist group "ci-run"), so it is trained once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidct.config import ModelSpec
+from covidct.preprocessing import preprocess_bytes
+
+pytestmark = pytest.mark.slow
+
+CI_TRAIN = ["--backbone", "densenet121", "--image-size", "64", "--epochs", "12",
+            "--weights", "none", "--batch-size", "16", "--patience", "12", "--seed", "0"]
+TINY_TRAIN = ["--backbone", "densenet121", "--image-size", "32", "--weights", "none",
+              "--batch-size", "16"]
+
+
+def covidct(*args: str | Path, env: dict[str, str] | None = None,
+            timeout: int = 1200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "covidct", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {**os.environ, "COVIDCT_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Path:
+    root = tmp_path_factory.mktemp("ci-train")
+    data, run = root / "data", root / "run"
+    synth = covidct("data", "synth", "--out", data, "--patients", "90", "--slices-per-patient",
+                    "5", "--seed", "9", "--workers", "2")
+    assert synth.returncode == 0, synth.stderr
+    started = time.perf_counter()
+    result = covidct("train", "--data", data, "--out", run, *CI_TRAIN, env=cache_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run / "test-duration.txt").write_text(f"{time.perf_counter() - started:.0f}")
+    return run
+
+
+def _real_inputs(fixtures: Path, size: int) -> np.ndarray:
+    images = sorted((fixtures / "covidxct-mini" / "images").glob("*.png"))
+    return np.stack([preprocess_bytes(p.read_bytes(), size).image for p in images])
+
+
+@pytest.mark.xdist_group("ci-run")
+def test_ci_configuration_reaches_90_percent(ci_run: Path) -> None:
+    metrics = json.loads((ci_run / "metrics.json").read_text())
+    assert metrics["splits"]["test"] > 0
+    assert metrics["test"]["accuracy"] >= 0.90, metrics["test"]
+    assert metrics["synthetic"] is True
+
+
+@pytest.mark.xdist_group("ci-run")
+def test_run_directory_contents(ci_run: Path) -> None:
+    for name in ("saved_model/saved_model.pb", "model_spec.json", "train_config.json",
+                 "checkpoints/best.weights.h5", "train_log.csv", "metrics.json",
+                 "confusion_matrix.png", "roc.png", "MODEL_CARD.md", "model.keras"):
+        assert (ci_run / name).exists(), name
+    assert any((ci_run / "tensorboard").rglob("events.out.tfevents*"))
+    log_rows = (ci_run / "train_log.csv").read_text().splitlines()
+    assert log_rows[0].startswith("epoch") and len(log_rows) == 13
+    assert "val_macro_f1" in log_rows[0]
+    card = (ci_run / "MODEL_CARD.md").read_text()
+    assert "Not a medical device" in card and "Trained on synthetic data" in card
+    spec = ModelSpec.load(ci_run / "model_spec.json")
+    assert spec.image_size == 64 and spec.provenance.synthetic
+    assert spec.provenance.data_fingerprint in card
+    assert Image.open(ci_run / "confusion_matrix.png").size[0] > 300
+
+
+@pytest.mark.xdist_group("ci-run")
+def test_saved_model_reloads_with_the_same_probabilities_and_cam_identity(
+        ci_run: Path, fixtures: Path) -> None:
+    import keras
+    import tensorflow as tf
+
+    import training.model  # noqa: F401  (registers the custom layers for load_model)
+
+    spec = ModelSpec.load(ci_run / "model_spec.json")
+    x = _real_inputs(fixtures, spec.image_size)
+    served = tf.saved_model.load(str(ci_run / "saved_model")).signatures["serving_default"](
+        image=tf.constant(x))
+    model = keras.models.load_model(ci_run / "model.keras")
+    ref = model.predict_on_batch(x)
+    probs, cam = served["probabilities"].numpy(), served["cam"].numpy()
+    assert np.abs(probs - ref["probabilities"]).max() <= 1e-5
+    # CAM identity on the trained, calibrated model: softmax((mean cam + bias) / T).
+    bias = keras.ops.convert_to_numpy(model.get_layer("cam_head").bias)
+    logits = (cam.mean(axis=(1, 2)) + bias) / spec.temperature
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    assert np.abs(probs - expected).max() <= 1e-5
+
+
+@pytest.mark.xdist_group("ci-run")
+def test_evaluate_command_reproduces_the_test_figures(ci_run: Path, cache_env, tmp_path) -> None:
+    data = ci_run.parent / "data"
+    result = covidct("evaluate", "--run", ci_run, "--data", data, "--split", "test", "--out",
+                     tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr
+    assert "| Sensitivity (%) |" in result.stdout and "| PPV (%) |" in result.stdout
+    again = json.loads((tmp_path / "metrics.json").read_text())["test"]
+    trained = json.loads((ci_run / "metrics.json").read_text())["test"]
+    assert again["confusion_matrix"] == trained["confusion_matrix"]
+    assert (tmp_path / "roc.png").is_file()
+
+
+@pytest.mark.xdist_group("resume")
+def test_resume_after_a_kill_continues_with_the_next_epoch(
+        tmp_path: Path, synth_dir: Path, cache_env) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--data", synth_dir, "--out", run, *TINY_TRAIN, "--epochs", "3",
+            "--patience", "5"]
+    proc = subprocess.Popen([sys.executable, "-m", "covidct", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=cache_env)
+    log = run / "train_log.csv"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            proc.send_signal(signal.SIGKILL)  # hard kill right after epoch 1 was logged
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    assert len(log.read_text().splitlines()) == 2
+    assert not (run / "saved_model").exists()
+
+    refused = covidct("train", *map(str, args[1:]), env=cache_env)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    resumed = covidct(*map(str, args), "--resume", env=cache_env)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "Epoch 1/3" not in resumed.stdout
+    assert resumed.stdout.index("Epoch 2/3") < resumed.stdout.index("Epoch 3/3")
+    epochs = [int(r.split(",")[0]) for r in log.read_text().splitlines()[1:]]
+    assert epochs == [0, 1, 2]
+    assert (run / "saved_model" / "saved_model.pb").is_file()
+
+
+@pytest.mark.xdist_group("resume")
+def test_same_seed_same_model(tmp_path: Path, synth_dir: Path, cache_env, fixtures) -> None:
+    import tensorflow as tf
+
+    outputs = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        result = covidct("train", "--data", synth_dir, "--out", run, *TINY_TRAIN, "--epochs",
+                         "1", "--seed", "5", env=cache_env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        sig = tf.saved_model.load(str(run / "saved_model")).signatures["serving_default"]
+        outputs.append(sig(image=tf.constant(_real_inputs(fixtures, 32)))["probabilities"].numpy())
+    assert np.array_equal(outputs[0], outputs[1])
+
+
+@pytest.mark.xdist_group("real")
+def test_real_slices_end_to_end(shared_data: Path, tmp_path: Path, cache_env) -> None:
+    real = shared_data / "covidxct-real"
+    refused = covidct("train", "--data", real, "--out", tmp_path / "r0", *TINY_TRAIN,
+                      env=cache_env)
+    assert refused.returncode == 2
+    assert "--auto-split patient" in " ".join(refused.stderr.split())
+    by_patient = covidct("train", "--data", real, "--out", tmp_path / "r1", *TINY_TRAIN,
+                         "--auto-split", "patient", env=cache_env)
+    assert by_patient.returncode == 2 and "at least 3 are needed" in " ".join(
+        by_patient.stderr.split())
+    run = tmp_path / "r2"
+    ok = covidct("train", "--data", real, "--out", run, *TINY_TRAIN, "--epochs", "1",
+                 "--auto-split", "slice", env=cache_env)
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "Not a medical device" in card and "Trained on synthetic data" not in card
+    assert "automatic by slice" in card
+    evaluated = covidct("evaluate", "--run", run, "--data", real, "--split", "test",
+                        env=cache_env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert (run / "metrics-test.json").is_file()
+
+
+def test_unknown_backbone_is_a_clear_cli_error(tmp_path: Path, synth_dir: Path) -> None:
+    result = covidct("train", "--data", synth_dir, "--out", tmp_path / "r", "--backbone",
+                     "densenet161")
+    assert result.returncode == 2
+    assert "Keras has no DenseNet161" in result.stderr and "Traceback" not in result.stderr
