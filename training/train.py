@@ -120,14 +120,13 @@ def train(
             )
     elif run.exists() and any(run.iterdir()):
         raise TrainError(f"{run} is not empty; choose a new --out, or pass --resume")
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    config_path.write_text(cfg.to_json())
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
+    # Everything that can fail on bad input or options happens before RUN is written.
     started = time.perf_counter()
     cache_dir = prepare_for_training(data, cfg.image_size, cache_root)
     from training.cache import PreparedCache
@@ -138,7 +137,6 @@ def train(
         if len(splits[name]) == 0:
             raise TrainError(f"the {name} split is empty")
     ds = read_covidx(data, check_images=False)
-    (run / "data_fingerprint.json").write_text(json.dumps(ds.label_file_checksums(), indent=2))
     spec = ModelSpec(
         name=cfg.model_name,
         image_size=cfg.image_size,
@@ -149,7 +147,6 @@ def train(
             source_run=str(run.resolve()),
         ),
     )
-
     strategy = _strategy(cfg.strategy)
     with strategy.scope():
         try:
@@ -157,10 +154,14 @@ def train(
         except Exception as e:  # a failed ImageNet download surfaces as assorted errors
             if cfg.weights == "imagenet":
                 raise TrainError(
-                    f"ImageNet weights for {cfg.backbone} could not be loaded ({e}); on a machine "
-                    "without internet use --weights none or --weights PATH.weights.h5"
+                    f"ImageNet weights for {cfg.backbone} could not be loaded ({e}); on a "
+                    "machine without internet use --weights none or --weights PATH.weights.h5"
                 ) from e
             raise
+
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    config_path.write_text(cfg.to_json())
+    (run / "data_fingerprint.json").write_text(json.dumps(ds.label_file_checksums(), indent=2))
     train_ds, train_steps = make_dataset(pool, splits["train"], cfg, training=True)
     val_ds, _ = make_dataset(pool, splits["val"], cfg, training=False)
     weights = (

@@ -42,8 +42,13 @@ def test_training_batches_are_augmented_uint8_and_deterministic(pool: SlicePool)
     cfg = TrainConfig(batch_size=len(idx), seed=3)
     first = next(iter(make_dataset(pool, idx, cfg, training=True)[0]))[0].numpy()
     again = next(iter(make_dataset(pool, idx, cfg, training=True)[0]))[0].numpy()
-    plain = next(iter(make_dataset(pool, idx, TrainConfig(batch_size=len(idx), seed=3,
-                                                          augment=False), training=True)[0]))
+    plain = next(
+        iter(
+            make_dataset(
+                pool, idx, TrainConfig(batch_size=len(idx), seed=3, augment=False), training=True
+            )[0]
+        )
+    )
     assert first.dtype == np.uint8
     assert np.array_equal(first, again)  # same seed, same augmented batch
     assert not np.array_equal(np.sort(first.ravel()), np.sort(plain[0].numpy().ravel()))

@@ -127,3 +127,15 @@ def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
             ModelSpec(image_size=32, backbone="densenet121"),
             weights=str(tmp_path / "nope.weights.h5"),
         )
+
+
+def test_local_backbone_weights_are_loaded(tmp_path: Path) -> None:
+    spec = ModelSpec(image_size=32, backbone="densenet121")
+    keras.utils.set_random_seed(7)
+    donor = build_classifier(spec, weights=None)
+    path = tmp_path / "backbone.weights.h5"
+    donor.backbone.save_weights(path)
+    keras.utils.set_random_seed(8)
+    other = build_classifier(spec, weights=str(path))
+    for a, b in zip(donor.backbone.weights, other.backbone.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))

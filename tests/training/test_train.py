@@ -24,16 +24,44 @@ from covidct.preprocessing import preprocess_bytes
 
 pytestmark = pytest.mark.slow
 
-CI_TRAIN = ["--backbone", "densenet121", "--image-size", "64", "--epochs", "12",
-            "--weights", "none", "--batch-size", "16", "--patience", "12", "--seed", "0"]
-TINY_TRAIN = ["--backbone", "densenet121", "--image-size", "32", "--weights", "none",
-              "--batch-size", "16"]
+CI_TRAIN = [
+    "--backbone",
+    "densenet121",
+    "--image-size",
+    "64",
+    "--epochs",
+    "12",
+    "--weights",
+    "none",
+    "--batch-size",
+    "16",
+    "--patience",
+    "12",
+    "--seed",
+    "0",
+]
+TINY_TRAIN = [
+    "--backbone",
+    "densenet121",
+    "--image-size",
+    "32",
+    "--weights",
+    "none",
+    "--batch-size",
+    "16",
+]
 
 
-def covidct(*args: str | Path, env: dict[str, str] | None = None,
-            timeout: int = 1200) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "covidct", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+def covidct(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: int = 1200
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "covidct", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +73,20 @@ def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def ci_run(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Path:
     root = tmp_path_factory.mktemp("ci-train")
     data, run = root / "data", root / "run"
-    synth = covidct("data", "synth", "--out", data, "--patients", "90", "--slices-per-patient",
-                    "5", "--seed", "9", "--workers", "2")
+    synth = covidct(
+        "data",
+        "synth",
+        "--out",
+        data,
+        "--patients",
+        "90",
+        "--slices-per-patient",
+        "5",
+        "--seed",
+        "9",
+        "--workers",
+        "2",
+    )
     assert synth.returncode == 0, synth.stderr
     started = time.perf_counter()
     result = covidct("train", "--data", data, "--out", run, *CI_TRAIN, env=cache_env)
@@ -70,9 +110,18 @@ def test_ci_configuration_reaches_90_percent(ci_run: Path) -> None:
 
 @pytest.mark.xdist_group("ci-run")
 def test_run_directory_contents(ci_run: Path) -> None:
-    for name in ("saved_model/saved_model.pb", "model_spec.json", "train_config.json",
-                 "checkpoints/best.weights.h5", "train_log.csv", "metrics.json",
-                 "confusion_matrix.png", "roc.png", "MODEL_CARD.md", "model.keras"):
+    for name in (
+        "saved_model/saved_model.pb",
+        "model_spec.json",
+        "train_config.json",
+        "checkpoints/best.weights.h5",
+        "train_log.csv",
+        "metrics.json",
+        "confusion_matrix.png",
+        "roc.png",
+        "MODEL_CARD.md",
+        "model.keras",
+    ):
         assert (ci_run / name).exists(), name
     assert any((ci_run / "tensorboard").rglob("events.out.tfevents*"))
     log_rows = (ci_run / "train_log.csv").read_text().splitlines()
@@ -88,7 +137,8 @@ def test_run_directory_contents(ci_run: Path) -> None:
 
 @pytest.mark.xdist_group("ci-run")
 def test_saved_model_reloads_with_the_same_probabilities_and_cam_identity(
-        ci_run: Path, fixtures: Path) -> None:
+    ci_run: Path, fixtures: Path
+) -> None:
     import keras
     import tensorflow as tf
 
@@ -97,7 +147,8 @@ def test_saved_model_reloads_with_the_same_probabilities_and_cam_identity(
     spec = ModelSpec.load(ci_run / "model_spec.json")
     x = _real_inputs(fixtures, spec.image_size)
     served = tf.saved_model.load(str(ci_run / "saved_model")).signatures["serving_default"](
-        image=tf.constant(x))
+        image=tf.constant(x)
+    )
     model = keras.models.load_model(ci_run / "model.keras")
     ref = model.predict_on_batch(x)
     probs, cam = served["probabilities"].numpy(), served["cam"].numpy()
@@ -113,8 +164,18 @@ def test_saved_model_reloads_with_the_same_probabilities_and_cam_identity(
 @pytest.mark.xdist_group("ci-run")
 def test_evaluate_command_reproduces_the_test_figures(ci_run: Path, cache_env, tmp_path) -> None:
     data = ci_run.parent / "data"
-    result = covidct("evaluate", "--run", ci_run, "--data", data, "--split", "test", "--out",
-                     tmp_path, env=cache_env)
+    result = covidct(
+        "evaluate",
+        "--run",
+        ci_run,
+        "--data",
+        data,
+        "--split",
+        "test",
+        "--out",
+        tmp_path,
+        env=cache_env,
+    )
     assert result.returncode == 0, result.stderr
     assert "| Sensitivity (%) |" in result.stdout and "| PPV (%) |" in result.stdout
     again = json.loads((tmp_path / "metrics.json").read_text())["test"]
@@ -125,13 +186,28 @@ def test_evaluate_command_reproduces_the_test_figures(ci_run: Path, cache_env, t
 
 @pytest.mark.xdist_group("resume")
 def test_resume_after_a_kill_continues_with_the_next_epoch(
-        tmp_path: Path, synth_dir: Path, cache_env) -> None:
+    tmp_path: Path, synth_dir: Path, cache_env
+) -> None:
     run = tmp_path / "run"
-    args = ["train", "--data", synth_dir, "--out", run, *TINY_TRAIN, "--epochs", "3",
-            "--patience", "5"]
-    proc = subprocess.Popen([sys.executable, "-m", "covidct", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=cache_env)
+    args = [
+        "train",
+        "--data",
+        synth_dir,
+        "--out",
+        run,
+        *TINY_TRAIN,
+        "--epochs",
+        "3",
+        "--patience",
+        "5",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "covidct", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cache_env,
+    )
     log = run / "train_log.csv"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -163,8 +239,19 @@ def test_same_seed_same_model(tmp_path: Path, synth_dir: Path, cache_env, fixtur
     outputs = []
     for name in ("a", "b"):
         run = tmp_path / name
-        result = covidct("train", "--data", synth_dir, "--out", run, *TINY_TRAIN, "--epochs",
-                         "1", "--seed", "5", env=cache_env)
+        result = covidct(
+            "train",
+            "--data",
+            synth_dir,
+            "--out",
+            run,
+            *TINY_TRAIN,
+            "--epochs",
+            "1",
+            "--seed",
+            "5",
+            env=cache_env,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         sig = tf.saved_model.load(str(run / "saved_model")).signatures["serving_default"]
         outputs.append(sig(image=tf.constant(_real_inputs(fixtures, 32)))["probabilities"].numpy())
@@ -174,29 +261,68 @@ def test_same_seed_same_model(tmp_path: Path, synth_dir: Path, cache_env, fixtur
 @pytest.mark.xdist_group("real")
 def test_real_slices_end_to_end(shared_data: Path, tmp_path: Path, cache_env) -> None:
     real = shared_data / "covidxct-real"
-    refused = covidct("train", "--data", real, "--out", tmp_path / "r0", *TINY_TRAIN,
-                      env=cache_env)
+    refused = covidct("train", "--data", real, "--out", tmp_path / "r0", *TINY_TRAIN, env=cache_env)
     assert refused.returncode == 2
     assert "--auto-split patient" in " ".join(refused.stderr.split())
-    by_patient = covidct("train", "--data", real, "--out", tmp_path / "r1", *TINY_TRAIN,
-                         "--auto-split", "patient", env=cache_env)
+    by_patient = covidct(
+        "train",
+        "--data",
+        real,
+        "--out",
+        tmp_path / "r1",
+        *TINY_TRAIN,
+        "--auto-split",
+        "patient",
+        env=cache_env,
+    )
     assert by_patient.returncode == 2 and "at least 3 are needed" in " ".join(
-        by_patient.stderr.split())
+        by_patient.stderr.split()
+    )
     run = tmp_path / "r2"
-    ok = covidct("train", "--data", real, "--out", run, *TINY_TRAIN, "--epochs", "1",
-                 "--auto-split", "slice", env=cache_env)
+    ok = covidct(
+        "train",
+        "--data",
+        real,
+        "--out",
+        run,
+        *TINY_TRAIN,
+        "--epochs",
+        "1",
+        "--auto-split",
+        "slice",
+        env=cache_env,
+    )
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
     card = (run / "MODEL_CARD.md").read_text()
     assert "Not a medical device" in card and "Trained on synthetic data" not in card
     assert "automatic by slice" in card
-    evaluated = covidct("evaluate", "--run", run, "--data", real, "--split", "test",
-                        env=cache_env)
+    evaluated = covidct("evaluate", "--run", run, "--data", real, "--split", "test", env=cache_env)
     assert evaluated.returncode == 0, evaluated.stderr
     assert (run / "metrics-test.json").is_file()
 
 
 def test_unknown_backbone_is_a_clear_cli_error(tmp_path: Path, synth_dir: Path) -> None:
-    result = covidct("train", "--data", synth_dir, "--out", tmp_path / "r", "--backbone",
-                     "densenet161")
+    result = covidct(
+        "train", "--data", synth_dir, "--out", tmp_path / "r", "--backbone", "densenet161"
+    )
     assert result.returncode == 2
     assert "Keras has no DenseNet161" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_weights_fail_before_the_run_directory_is_written(
+    tmp_path: Path, synth_dir: Path, cache_env
+) -> None:
+    run = tmp_path / "r"
+    result = covidct(
+        "train",
+        "--data",
+        synth_dir,
+        "--out",
+        run,
+        *TINY_TRAIN[:4],
+        "--weights",
+        tmp_path / "missing.weights.h5",
+        env=cache_env,
+    )
+    assert result.returncode == 2 and "no such file" in result.stderr
+    assert not run.exists()
