@@ -25,6 +25,7 @@ serve: setup
 
 bench: setup
 	$(BIN)/covidct bench data | tee -a BENCHMARKS.md
+	$(BIN)/covidct bench train | tee -a BENCHMARKS.md
 
 lock:
 	$(BIN)/pip freeze --exclude-editable | { echo "# Pinned versions of every Python package in .venv (pip constraints file)."; echo "# Regenerate: make lock  (after changing dependencies in pyproject.toml)."; cat; } > requirements.lock
