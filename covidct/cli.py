@@ -306,6 +306,101 @@ def evaluate(
         fail(str(e))
 
 
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Option(help="Run directory from covidct train.")],
+    repository: Annotated[Path, typer.Option(help="Triton model repository.")] = Path(
+        "model_repository"
+    ),
+    target: Annotated[
+        str,
+        typer.Option(
+            help="cpu (Python backend + ONNX Runtime, local "
+            "server), onnx-trt (ONNX Runtime + TensorRT, GPU) or "
+            "tensorrt-plan (trtexec engine, GPU)."
+        ),
+    ] = "cpu",
+    int8: Annotated[bool, typer.Option(help="Static INT8 (QDQ) for the cpu target.")] = False,
+    calibration_data: Annotated[
+        Path | None, typer.Option(help="COVIDx-CT folder whose val slices calibrate --int8.")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Largest batch Triton forms.")] = 8,
+    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batcher wait.")] = 2000,
+    instances: Annotated[int, typer.Option(help="Model instances.")] = 1,
+) -> None:
+    """Export a run as the next version of its Triton model: ONNX, parity check, config."""
+    from export.onnx import ExportError
+    from export.pipeline import export_run
+    from export.repository import RepositoryError, ServingConfig
+    from training.train import TrainError
+
+    try:
+        serving = ServingConfig(
+            target=target,
+            max_batch_size=max_batch_size,
+            max_queue_delay_us=max_queue_delay_us,
+            instance_count=instances,
+        )
+        manifest = export_run(
+            run, repository, serving, int8=int8, calibration_data=calibration_data
+        )
+    except (ExportError, RepositoryError, TrainError) as e:
+        fail(str(e))
+    print(
+        json.dumps(
+            {
+                k: manifest[k]
+                for k in ("version", "target", "parity", "export_seconds")
+                if k in manifest
+            }
+            | ({"int8": manifest["int8"]} if "int8" in manifest else {})
+        )
+    )
+
+
+@app.command()
+def triton(
+    repository: Annotated[Path, typer.Option(help="Triton model repository.")] = Path(
+        "model_repository"
+    ),
+    grpc_port: Annotated[int, typer.Option(help="gRPC port on 127.0.0.1.")] = 8001,
+    http_port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1.")] = 8000,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port on 127.0.0.1.")] = 8002,
+    model_control: Annotated[str, typer.Option(help="explicit, poll or none.")] = "poll",
+    log_file: Annotated[
+        Path | None, typer.Option(help="Server log (default: beside the repository).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0,
+) -> None:
+    """Run the real tritonserver on this machine until Ctrl-C or SIGTERM."""
+    import signal
+
+    from export.server import TritonError, TritonServer
+
+    server = TritonServer(
+        repository, grpc_port, http_port, metrics_port, model_control, log_file=log_file
+    )
+    try:
+        server.start(timeout)
+    except TritonError as e:
+        fail(str(e))
+    err.print(
+        f"tritonserver ready: gRPC 127.0.0.1:{grpc_port}, HTTP {server.url}, log {server.log_file}"
+    )
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        assert server.process is not None
+        server.process.wait()
+        fail(f"tritonserver exited: {server.failure_reason()}")
+    except KeyboardInterrupt:
+        server.stop()
+        err.print("tritonserver stopped")
+
+
 @bench_app.command("data")
 def bench_data(
     png: Annotated[int, typer.Option(help="PNG slices to time.")] = 200,

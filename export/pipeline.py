@@ -1,0 +1,131 @@
+"""``covidct export``: a training run in, a new verified version of a Triton model out."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.config import ModelSpec
+from export.onnx import (
+    ExportError,
+    check_parity,
+    convert,
+    onnx_session,
+    parity_images,
+    run_onnx,
+)
+from export.repository import ServingConfig, publish_version, staged_version
+
+log = logging.getLogger(__name__)
+
+BACKEND_MODEL = Path(__file__).parent / "python_backend" / "model.py"
+
+
+def _calibration_images(data: Path, spec: ModelSpec, limit: int = 64) -> np.ndarray:
+    """Validation slices of a COVIDx-CT folder from its prepared cache (val, else any split)."""
+    from training.cache import PreparedCache
+    from training.data import SlicePool
+    from training.train import prepare_for_training
+
+    pool = SlicePool.open(PreparedCache(prepare_for_training(data, spec.image_size)))
+    idx = np.flatnonzero(pool.split_of == "val")
+    if len(idx) == 0:
+        idx = np.arange(len(pool))
+    rng = np.random.default_rng(0)
+    return pool.gather(np.sort(rng.permutation(idx)[:limit]))
+
+
+def _tensorrt_script(spec: ModelSpec, serving: ServingConfig) -> str:
+    s, mb = spec.image_size, serving.max_batch_size
+    opt = max(1, mb // 2)
+    precision = "--fp16" if serving.fp16 else ""
+    return f"""#!/usr/bin/env bash
+# Builds model.plan for the GPU this runs on (TensorRT engines are specific to the GPU
+# model and the TensorRT version: run it on the serving host, e.g. inside the NGC
+# tritonserver container, before loading this version).
+set -euo pipefail
+cd "$(dirname "$0")"
+trtexec --onnx=model.onnx --saveEngine=model.plan {precision} \\
+    --minShapes={spec.input_name}:1x{s}x{s}x1 \\
+    --optShapes={spec.input_name}:{opt}x{s}x{s}x1 \\
+    --maxShapes={spec.input_name}:{mb}x{s}x{s}x1 \\
+    --memPoolSize=workspace:{serving.workspace_mb}
+"""
+
+
+def export_run(
+    run: Path,
+    repository: Path,
+    serving: ServingConfig,
+    int8: bool = False,
+    calibration_data: Path | None = None,
+) -> dict[str, Any]:
+    """Export ``run`` as the next version in ``repository``; returns the manifest.
+
+    Raises:
+        ExportError: conversion, parity or INT8 agreement failed (repository untouched).
+    """
+    from training.report import SAVED_MODEL, SavedModelRunner
+    from training.train import load_spec
+
+    started = time.perf_counter()
+    spec = load_spec(run)
+    saved_model = run / SAVED_MODEL
+    if not (saved_model / "saved_model.pb").is_file():
+        raise ExportError(f"{run} has no SavedModel ({saved_model}); train it first")
+    if int8 and serving.target != "cpu":
+        raise ExportError("--int8 is for the cpu target; the GPU targets use TensorRT FP16")
+    if int8 and calibration_data is None:
+        raise ExportError("--int8 needs --calibration-data DIR (a COVIDx-CT folder)")
+    for stale in repository.glob(f"{spec.name}/.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+
+    manifest: dict[str, Any] = {
+        "source_run": str(run.resolve()),
+        "model_spec": spec.to_dict(),
+        "target": serving.target,
+        "serving": asdict(serving),
+        "tools": {
+            p: metadata.version(p) for p in ("tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime")
+        },
+    }
+    with staged_version(repository, spec.name) as stage:
+        onnx_path = stage / "model.onnx"
+        t0 = time.perf_counter()
+        convert(saved_model, onnx_path, spec)
+        manifest["onnx_seconds"] = round(time.perf_counter() - t0, 1)
+
+        images = parity_images(spec)
+        reference = SavedModelRunner(saved_model, spec)(images)
+        session = onnx_session(onnx_path)
+        outputs = run_onnx(session, spec, images)
+        manifest["parity"] = {**check_parity(reference, outputs, spec), "slices": len(images)}
+        cam_hw = (int(outputs[spec.cam_name].shape[1]), int(outputs[spec.cam_name].shape[2]))
+
+        if int8:
+            from export.quantize import compare, quantize
+
+            assert calibration_data is not None
+            fp32 = stage / "model.fp32.onnx"
+            onnx_path.rename(fp32)
+            quantize(fp32, onnx_path, spec, _calibration_images(calibration_data, spec))
+            manifest["int8"] = compare(fp32, onnx_path, spec, parity_images(spec, limit=123))
+            fp32.unlink()
+        if serving.target == "cpu":
+            shutil.copy(BACKEND_MODEL, stage / "model.py")
+        elif serving.target == "tensorrt-plan":
+            script = stage / "build_plan.sh"
+            script.write_text(_tensorrt_script(spec, serving))
+            script.chmod(0o755)
+        manifest["export_seconds"] = round(time.perf_counter() - started, 1)
+        version = publish_version(repository, spec, serving, stage, cam_hw, manifest)
+    manifest["version"] = version
+    log.info("exported %s version %d to %s", spec.name, version, repository)
+    return manifest

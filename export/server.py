@@ -1,0 +1,200 @@
+"""``covidct triton``: the real tritonserver (from the nvidia-pytriton wheel) on this machine.
+
+Prepares what the binary needs (the Python backend stub in the backend folder, the wheel's
+libraries and this interpreter's libpython on LD_LIBRARY_PATH, the venv's site-packages for
+the backend's ``model.py``), starts it bound to 127.0.0.1, waits until it is ready or says why
+not (port in use, a model that failed to load: the server's own reason), logs to a file,
+and stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODEL_CONTROL = ("explicit", "poll", "none")
+
+
+class TritonError(RuntimeError):
+    """The server could not start or become ready; the message carries its reason."""
+
+
+def pytriton_dir() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def prepare_backends() -> Path:
+    """Put the Python 3.11 stub where the Python backend looks for it; return backends dir."""
+    root = pytriton_dir()
+    stub = root / "backends" / "python" / "triton_python_backend_stub"
+    if not stub.is_file():
+        shutil.copy(root / "python_backend_stubs" / "3.11" / "triton_python_backend_stub", stub)
+        stub.chmod(0o755)
+    return root / "backends"
+
+
+def server_env() -> dict[str, str]:
+    site = sysconfig.get_paths()["purelib"]
+    libs = [str(Path(site) / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]
+    old = os.environ.get("LD_LIBRARY_PATH")
+    return {
+        **os.environ,
+        "LD_LIBRARY_PATH": ":".join([*libs, *([old] if old else [])]),
+        "COVIDCT_SITE_PACKAGES": site,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class TritonServer:
+    """One tritonserver process. Use as a context manager, or start()/stop()."""
+
+    repository: Path
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    model_control: str = "none"
+    models: list[str] = field(default_factory=list)
+    log_file: Path | None = None
+    poll_seconds: int = 2
+    process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        cmd = [
+            str(pytriton_dir() / "bin" / "tritonserver"),
+            f"--model-repository={self.repository.resolve()}",
+            f"--backend-directory={prepare_backends()}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-sagemaker=false",
+            "--allow-vertex-ai=false",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            "--log-verbose=0",
+        ]
+        if self.model_control == "explicit":
+            cmd.append("--model-control-mode=explicit")
+            cmd += [f"--load-model={m}" for m in self.models] or ["--load-model=*"]
+        elif self.model_control == "poll":
+            cmd += ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_seconds}"]
+        return cmd
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 120.0) -> TritonServer:
+        if self.model_control not in MODEL_CONTROL:
+            raise TritonError(f"--model-control must be one of {', '.join(MODEL_CONTROL)}")
+        if not self.repository.is_dir():
+            raise TritonError(f"model repository {self.repository} does not exist")
+        for name, port in (
+            ("gRPC", self.grpc_port),
+            ("HTTP", self.http_port),
+            ("metrics", self.metrics_port),
+        ):
+            if port_in_use(port):
+                raise TritonError(f"{name} port {port} on 127.0.0.1 is already in use")
+        self.log_file = self.log_file or self.repository.parent / "tritonserver.log"
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_file.open("wb")
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_env(),
+            start_new_session=True,
+        )
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise TritonError(
+                    f"tritonserver exited ({self.process.returncode}): {self.failure_reason()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        reason = self.failure_reason()
+        self.stop()
+        raise TritonError(f"tritonserver not ready after {timeout:.0f} s: {reason}")
+
+    def failure_reason(self) -> str:
+        """The server's own words: model load errors first, else the log's last lines."""
+        if self.log_file is None or not self.log_file.is_file():
+            return "no log"
+        lines = self.log_file.read_text(errors="replace").splitlines()
+        errors = [
+            ln
+            for ln in lines
+            if ("failed to load" in ln or ln.startswith("E"))
+            and "NVML" not in ln
+            and "dcgm" not in ln.lower()
+        ]
+        picked = errors[-5:] or lines[-10:]
+        return " | ".join(x.strip() for x in picked)
+
+    def model_ready(self, name: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/v2/models/{name}/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def statistics(self, name: str) -> dict[str, object]:
+        with urllib.request.urlopen(f"{self.url}/v2/models/{name}/stats", timeout=5) as r:
+            return dict(json.loads(r.read()))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # Triton drains in-flight requests
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
