@@ -162,12 +162,11 @@ class TritonServer:
         if self.log_file is None or not self.log_file.is_file():
             return "no log"
         lines = self.log_file.read_text(errors="replace").splitlines()
+        noise = ("NVML", "dcgm", "DCGM", "CudaDriverHelper", "pinned memory")
         errors = [
             ln
             for ln in lines
-            if ("failed to load" in ln or ln.startswith("E"))
-            and "NVML" not in ln
-            and "dcgm" not in ln.lower()
+            if ("failed to load" in ln or ln.startswith("E")) and not any(n in ln for n in noise)
         ]
         picked = errors[-5:] or lines[-10:]
         return " | ".join(x.strip() for x in picked)

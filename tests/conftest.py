@@ -3,11 +3,14 @@ one synthetic COVIDx-CT folder per test session."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from covidct.bench import REPO
+from tests.cli_helpers import CI_TRAIN, covidct
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -34,3 +37,41 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, patients=12, slices_per_patient=3, seed=7, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for covidct subprocesses with a session-private prepared-cache root."""
+    return {**os.environ, "COVIDCT_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Path:
+    """The CI-sized training run (DenseNet121 from scratch, 64x64, 12 epochs, 90 synthetic
+    patients x 5 slices). Every test using it is in xdist group "ci-run", so it trains once.
+    COVIDCT_TEST_CI_RUN=RUN reuses a finished run whose data folder is RUN/../data."""
+    reuse = os.environ.get("COVIDCT_TEST_CI_RUN")
+    if reuse:  # developer shortcut: a finished CI-sized run with its data beside it
+        return Path(reuse)
+    root = tmp_path_factory.mktemp("ci-train")
+    data, run = root / "data", root / "run"
+    synth = covidct(
+        "data",
+        "synth",
+        "--out",
+        data,
+        "--patients",
+        "90",
+        "--slices-per-patient",
+        "5",
+        "--seed",
+        "9",
+        "--workers",
+        "2",
+    )
+    assert synth.returncode == 0, synth.stderr
+    started = time.perf_counter()
+    result = covidct("train", "--data", data, "--out", run, *CI_TRAIN, env=cache_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run / "test-duration.txt").write_text(f"{time.perf_counter() - started:.0f}")
+    return run

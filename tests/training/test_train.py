@@ -8,7 +8,6 @@ training (xdist group "ci-run"), so it is trained once.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,78 +20,9 @@ from PIL import Image
 
 from covidct.config import ModelSpec
 from covidct.preprocessing import preprocess_bytes
+from tests.cli_helpers import TINY_TRAIN, covidct
 
 pytestmark = pytest.mark.slow
-
-CI_TRAIN = [
-    "--backbone",
-    "densenet121",
-    "--image-size",
-    "64",
-    "--epochs",
-    "12",
-    "--weights",
-    "none",
-    "--batch-size",
-    "16",
-    "--patience",
-    "12",
-    "--seed",
-    "0",
-]
-TINY_TRAIN = [
-    "--backbone",
-    "densenet121",
-    "--image-size",
-    "32",
-    "--weights",
-    "none",
-    "--batch-size",
-    "16",
-]
-
-
-def covidct(
-    *args: str | Path, env: dict[str, str] | None = None, timeout: int = 1200
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "covidct", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
-@pytest.fixture(scope="session")
-def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return {**os.environ, "COVIDCT_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
-
-
-@pytest.fixture(scope="session")
-def ci_run(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Path:
-    root = tmp_path_factory.mktemp("ci-train")
-    data, run = root / "data", root / "run"
-    synth = covidct(
-        "data",
-        "synth",
-        "--out",
-        data,
-        "--patients",
-        "90",
-        "--slices-per-patient",
-        "5",
-        "--seed",
-        "9",
-        "--workers",
-        "2",
-    )
-    assert synth.returncode == 0, synth.stderr
-    started = time.perf_counter()
-    result = covidct("train", "--data", data, "--out", run, *CI_TRAIN, env=cache_env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (run / "test-duration.txt").write_text(f"{time.perf_counter() - started:.0f}")
-    return run
 
 
 def _real_inputs(fixtures: Path, size: int) -> np.ndarray:

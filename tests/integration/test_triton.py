@@ -1,0 +1,209 @@
+"""Export the CI-trained model and serve it with the real tritonserver over real gRPC.
+
+All tests here share the CI training run (xdist group "ci-run") and one server per session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covidct.config import ModelSpec
+from covidct.preprocessing import preprocess_bytes
+from export.server import TritonError, TritonServer, free_port
+from tests.cli_helpers import covidct
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
+
+
+@pytest.fixture(scope="session")
+def repository(ci_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("served") / "models"
+    result = covidct("export", "--run", ci_run, "--repository", repo, "--target", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads(result.stdout.strip().splitlines()[-1])
+    assert manifest["version"] == 1
+    assert manifest["parity"]["probabilities_max_abs_diff"] <= 1e-4
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path):
+    srv = TritonServer(
+        repository,
+        free_port(),
+        free_port(),
+        free_port(),
+        model_control="poll",
+        poll_seconds=1,
+        log_file=repository.parent / "triton.log",
+    )
+    with srv:
+        yield srv
+
+
+def _real_slices(shared_or_fixtures: Path, size: int) -> np.ndarray:
+    pngs = sorted((shared_or_fixtures / "covidxct-real" / "images").glob("*.png")) or sorted(
+        (shared_or_fixtures / "covidxct-mini" / "images").glob("*.png")
+    )
+    return np.stack([preprocess_bytes(p.read_bytes(), size).image for p in pngs])
+
+
+def _infer(port: int, images: np.ndarray) -> np.ndarray:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    inp = grpcclient.InferInput("image", list(images.shape), "UINT8")
+    inp.set_data_from_numpy(images)
+    out = client.infer("covidct", [inp], outputs=[grpcclient.InferRequestedOutput("probabilities")])
+    return out.as_numpy("probabilities")
+
+
+def test_grpc_matches_the_saved_model_on_real_slices(server, ci_run: Path, shared_data) -> None:
+    import tensorflow as tf
+
+    spec = ModelSpec.load(ci_run / "model_spec.json")
+    images = _real_slices(shared_data, spec.image_size)
+    assert len(images) == 123
+    served = np.concatenate(
+        [_infer(server.grpc_port, images[i : i + 8]) for i in range(0, len(images), 8)]
+    )
+    sig = tf.saved_model.load(str(ci_run / "saved_model")).signatures["serving_default"]
+    reference = sig(image=tf.constant(images))["probabilities"].numpy()
+    assert np.abs(served - reference).max() <= 1e-4
+
+
+def test_model_spec_is_readable_from_the_server(server, ci_run: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    config = client.get_model_config("covidct", as_json=True)["config"]
+    spec = ModelSpec.from_dict(
+        json.loads(config["parameters"]["covidct_model_spec"]["string_value"])
+    )
+    assert spec == ModelSpec.load(ci_run / "model_spec.json")
+
+
+def test_dynamic_batching_groups_concurrent_requests(server, fixtures: Path, ci_run) -> None:
+    spec = ModelSpec.load(ci_run / "model_spec.json")
+    one = _real_slices(fixtures, spec.image_size)[:1]
+
+    def stats() -> tuple[int, int]:
+        s = server.statistics("covidct")["model_stats"]
+        return (
+            sum(int(m["inference_count"]) for m in s),
+            sum(int(m["execution_count"]) for m in s),
+        )
+
+    inf0, exe0 = stats()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(lambda _: _infer(server.grpc_port, one), range(32)))
+    assert all(r.shape == (1, 3) for r in results)
+    inf1, exe1 = stats()
+    assert inf1 - inf0 == 32
+    assert exe1 - exe0 < 32, (inf1 - inf0, exe1 - exe0)
+
+
+def _tree_digest(repo: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and ".tmp-" not in str(p)
+    }
+
+
+def test_killed_export_leaves_the_repository_unchanged_and_served(
+    server, repository: Path, ci_run: Path, fixtures: Path
+) -> None:
+    before = _tree_digest(repository)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "covidct",
+            "export",
+            "--run",
+            str(ci_run),
+            "--repository",
+            str(repository),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list(repository.glob("covidct/.tmp-version-*/model.onnx")):
+            proc.send_signal(signal.SIGKILL)  # midway: converted, not yet checked or published
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "export finished before it could be killed"
+    assert _tree_digest(repository) == before
+    assert server.model_ready("covidct")
+    spec = ModelSpec.load(ci_run / "model_spec.json")
+    assert _infer(server.grpc_port, _real_slices(fixtures, spec.image_size)[:2]).shape == (2, 3)
+    # The next export cleans the leftovers and publishes version 2, which the server loads.
+    again = covidct("export", "--run", ci_run, "--repository", repository)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not list(repository.glob("covidct/.tmp-*"))
+    assert (repository / "covidct" / "2" / "manifest.json").is_file()
+
+
+def test_int8_export_reports_agreement_and_speed(ci_run: Path, tmp_path: Path, cache_env) -> None:
+    data = ci_run.parent / "data"
+    result = covidct(
+        "export",
+        "--run",
+        ci_run,
+        "--repository",
+        tmp_path,
+        "--int8",
+        "--calibration-data",
+        data,
+        env=cache_env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    int8 = json.loads(result.stdout.strip().splitlines()[-1])["int8"]
+    assert int8["top1_agreement"] >= 0.99 and int8["slices"] >= 5
+    assert int8["int8_images_per_s"] > 0 and int8["fp32_images_per_s"] > 0
+
+
+def test_gpu_targets_are_generated(ci_run: Path, tmp_path: Path) -> None:
+    for target in ("onnx-trt", "tensorrt-plan"):
+        repo = tmp_path / target
+        result = covidct("export", "--run", ci_run, "--repository", repo, "--target", target)
+        assert result.returncode == 0, result.stderr[-2000:]
+        version = repo / "covidct" / "1"
+        assert (version / "model.onnx").is_file()
+        assert "KIND_GPU" in (repo / "covidct" / "config.pbtxt").read_text()
+    script = (tmp_path / "tensorrt-plan" / "covidct" / "1" / "build_plan.sh").read_text()
+    assert "--maxShapes=image:8x64x64x1" in script and "--saveEngine=model.plan" in script
+
+
+def test_server_start_errors_are_explained(tmp_path: Path, repository: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        with pytest.raises(TritonError, match=f"port {port} on 127.0.0.1 is already in use"):
+            TritonServer(repository, port, free_port(), free_port()).start()
+    broken = tmp_path / "broken" / "covidct"
+    broken.mkdir(parents=True)
+    for name in ("config.pbtxt", "labels.txt"):
+        (broken / name).write_text((repository / "covidct" / name).read_text())
+    (broken / "1").mkdir()
+    (broken / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n    def initialize(self, args):\n"
+        "        raise RuntimeError('weights are missing on purpose')\n"
+    )
+    with pytest.raises(TritonError, match="weights are missing on purpose"):
+        TritonServer(broken.parent, free_port(), free_port(), free_port()).start(timeout=60)
