@@ -257,3 +257,102 @@ def run_train_bench(
             "",
         ]
     )
+
+
+def run_serving_bench(
+    run: Path,
+    calibration_data: Path,
+    concurrency: tuple[int, ...] = (1, 2, 4, 8),
+    requests: int = 48,
+) -> str:
+    """Export ``run`` (fp32 and INT8, cpu target), then compare single-image throughput of
+    in-process ONNX Runtime with the Triton-served model at each concurrency, in one run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.grpc as grpcclient
+
+    from covidct.config import ModelSpec
+    from export.onnx import ExportError, onnx_session, parity_images
+    from export.pipeline import export_run
+    from export.repository import ServingConfig
+    from export.server import TritonServer, free_port
+
+    spec = ModelSpec.load(run / "model_spec.json")
+    images = parity_images(spec, limit=16)
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "models"
+        serving = ServingConfig(target="cpu", max_batch_size=8)
+        manifests = {"fp32": export_run(run, repo, serving)}
+        notes.append(f"export (tf2onnx + parity) {manifests['fp32']['export_seconds']} s")
+        try:
+            manifests["int8"] = export_run(
+                run, repo, serving, int8=True, calibration_data=calibration_data
+            )
+            figures = manifests["int8"]["int8"]
+            notes.append(
+                f"INT8 export {manifests['int8']['export_seconds']} s; top-1 agreement "
+                f"{100 * figures['top1_agreement']:.1f}% on {figures['slices']} real slices; "
+                f"batch-8 in-process {figures['fp32_images_per_s']} (fp32) vs "
+                f"{figures['int8_images_per_s']} (INT8) img/s"
+            )
+        except ExportError as e:
+            notes.append(f"INT8 refused by the export's own check: {e}")
+        with TritonServer(
+            repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / "triton.log"
+        ) as server:
+            clients = [
+                grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+                for _ in range(max(concurrency))
+            ]
+            for precision, manifest in manifests.items():
+                version = str(manifest["version"])
+                session = onnx_session(repo / spec.name / version / "model.onnx")
+
+                def local(i: int, session: object = session) -> None:
+                    session.run(None, {spec.input_name: images[i % len(images)][None]})  # type: ignore[attr-defined]
+
+                def remote(i: int, version: str = version) -> None:
+                    x = images[i % len(images)][None]
+                    inp = grpcclient.InferInput(spec.input_name, list(x.shape), "UINT8")
+                    inp.set_data_from_numpy(x)
+                    clients[i % len(clients)].infer(spec.name, [inp], model_version=version)
+
+                for fn in (local, remote):
+                    fn(0)  # warm
+                for c in concurrency:
+                    rates = {}
+                    for name, fn in (("ort", local), ("triton", remote)):
+                        start = time.perf_counter()
+                        with ThreadPoolExecutor(max_workers=c) as pool:
+                            list(pool.map(fn, range(requests)))
+                        rates[name] = requests / (time.perf_counter() - start)
+                    rows.append(
+                        f"| {precision} | {c} | {rates['ort']:.1f} | "
+                        f"{rates['triton']:.1f} | {rates['triton'] / rates['ort']:.2f} |"
+                    )
+            stats = server.statistics(spec.name)["model_stats"]
+            batched = {
+                s["version"]: (int(s["inference_count"]), int(s["execution_count"])) for s in stats
+            }
+    notes.append(
+        "Triton inferences/executions by version: "
+        + ", ".join(f"v{v}: {i}/{e}" for v, (i, e) in sorted(batched.items()))
+    )
+    return "\n".join(
+        [
+            f"## covidct bench serving ({spec.backbone}, S={spec.image_size})",
+            "",
+            f"{platform.machine()}, {os.cpu_count()} cores; single-image requests, {requests} per "
+            "cell; in-process ONNX Runtime (one shared session, default threads) vs the same "
+            "ONNX model served by tritonserver (Python backend, dynamic batching, max batch 8) over gRPC on "
+            "127.0.0.1, client and server on the same cores.",
+            "",
+            "| precision | concurrency | ONNX Runtime img/s | Triton img/s | Triton / ORT |",
+            "|---|---:|---:|---:|---:|",
+            *rows,
+            "",
+            *[f"- {n}" for n in notes],
+            "",
+        ]
+    )

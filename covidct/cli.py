@@ -427,6 +427,20 @@ def bench_train(
     print(run_train_bench(backbone, size, batch_size, steps))
 
 
+@bench_app.command("serving")
+def bench_serving(
+    run: Annotated[Path, typer.Option(help="Run directory to export and serve.")],
+    calibration_data: Annotated[Path, typer.Option(help="COVIDx-CT folder for INT8.")],
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,2,4,8",
+    requests: Annotated[int, typer.Option(help="Requests per cell.")] = 48,
+) -> None:
+    """In-process ONNX Runtime vs Triton-served throughput, fp32 and INT8, same run."""
+    from covidct.bench import run_serving_bench
+
+    levels = tuple(int(c) for c in concurrency.split(","))
+    print(run_serving_bench(run, calibration_data, levels, requests))
+
+
 def main() -> None:
     import logging
 

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MODEL_CONTROL = ("explicit", "poll", "none")
 
@@ -178,7 +179,7 @@ class TritonServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
-    def statistics(self, name: str) -> dict[str, object]:
+    def statistics(self, name: str) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/v2/models/{name}/stats", timeout=5) as r:
             return dict(json.loads(r.read()))
 
