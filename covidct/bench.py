@@ -345,8 +345,8 @@ def run_serving_bench(
             "",
             f"{platform.machine()}, {os.cpu_count()} cores; single-image requests, {requests} per "
             "cell; in-process ONNX Runtime (one shared session, default threads) vs the same "
-            "ONNX model served by tritonserver (Python backend, dynamic batching, max batch 8) over gRPC on "
-            "127.0.0.1, client and server on the same cores.",
+            "ONNX model served by tritonserver (Python backend, dynamic batching, max batch 8) "
+            "over gRPC on 127.0.0.1, client and server on the same cores.",
             "",
             "| precision | concurrency | ONNX Runtime img/s | Triton img/s | Triton / ORT |",
             "|---|---:|---:|---:|---:|",
