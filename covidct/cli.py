@@ -275,9 +275,10 @@ def train(
         )
         # Progress bars on a terminal; one line per epoch in logs and CI.
         verbose = "auto" if sys.stdout.isatty() else 2
-        run_training(data, out, cfg, resume=resume, cache_root=cache_dir, verbose=verbose)
+        results = run_training(data, out, cfg, resume=resume, cache_root=cache_dir, verbose=verbose)
     except (SpecError, DatasetError, CacheError, SplitError, ModelError, TrainError) as e:
         fail(str(e))
+    print("\n\n".join(results["tables"]))
     print(f"run written to {out} (SavedModel, model card, metrics)")
 
 

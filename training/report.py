@@ -163,8 +163,7 @@ def finish_run(
             results[split] = report
     (run / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     write_model_card(run, spec, cfg, results, tables)
-    print("\n\n".join(tables))
-    return results
+    return {**results, "tables": tables}
 
 
 def write_model_card(

@@ -98,7 +98,11 @@ def train(
     cache_root: Path | None = None,
     verbose: int | str = "auto",
 ) -> dict[str, Any]:
-    """Train, calibrate, export and evaluate; returns the metrics written to metrics.json."""
+    """Train, calibrate, export and evaluate.
+
+    Returns:
+        The metrics written to metrics.json, plus "tables": the printed evaluation tables.
+    """
     import keras
     import tensorflow as tf
 
