@@ -289,7 +289,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     out: Annotated[
         Path | None,
-        typer.Option(help="Folder for the figures (default: RUN, as metrics-SPLIT.json)."),
+        typer.Option(help="Folder for metrics.json and the figures (default: RUN/eval-SPLIT)."),
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache root.")] = None,
 ) -> None:

@@ -211,7 +211,12 @@ def write_model_card(
         *(f"  - {k}: `{v}`" for k, v in split_files.items()),
         "- Slices: " + ", ".join(f"{k} {v}" for k, v in results["splits"].items()),
         "- Split: "
-        + ("the folder's own" if cfg.auto_split == "none" else f"automatic by {cfg.auto_split}"),
+        + ("the folder's own" if cfg.auto_split == "none" else f"automatic by {cfg.auto_split}")
+        + (
+            " (slices of one patient are in several splits: the figures are optimistic)"
+            if cfg.auto_split == "slice"
+            else ""
+        ),
         f"- Epochs: head {cfg.head_epochs if cfg.pretrained else 0}, "
         f"{'fine-tune' if cfg.pretrained else 'from scratch'} {cfg.epochs}; batch "
         f"{cfg.batch_size}; unfreeze {cfg.unfreeze if cfg.pretrained else 'all'}; "
@@ -258,7 +263,7 @@ def evaluate_run(
         raise ValueError(f"{data}: the {split} split is empty")
     runner = SavedModelRunner(run / SAVED_MODEL, spec)
     report = evaluate_split(runner, pool, indices)
-    out = out or run
+    out = out or run / f"eval-{split}"
     table = write_figures(report, out, split, spec)
     payload = {
         "model": spec.name,
@@ -267,7 +272,5 @@ def evaluate_run(
         "intended_use": intended_use(spec),
         split: report,
     }
-    (out / ("metrics.json" if out != run else f"metrics-{split}.json")).write_text(
-        json.dumps(payload, indent=2) + "\n"
-    )
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     return table

@@ -228,7 +228,8 @@ def test_real_slices_end_to_end(shared_data: Path, tmp_path: Path, cache_env) ->
     assert "automatic by slice" in card
     evaluated = covidct("evaluate", "--run", run, "--data", real, "--split", "test", env=cache_env)
     assert evaluated.returncode == 0, evaluated.stderr
-    assert (run / "metrics-test.json").is_file()
+    assert (run / "eval-test" / "metrics.json").is_file()
+    assert (run / "eval-test" / "confusion_matrix.png").is_file()
 
 
 def test_unknown_backbone_is_a_clear_cli_error(tmp_path: Path, synth_dir: Path) -> None:
