@@ -207,3 +207,18 @@ def test_server_start_errors_are_explained(tmp_path: Path, repository: Path) -> 
     )
     with pytest.raises(TritonError, match="weights are missing on purpose"):
         TritonServer(broken.parent, free_port(), free_port(), free_port()).start(timeout=60)
+
+
+def test_explicit_model_control_loads_the_named_model(repository: Path) -> None:
+    srv = TritonServer(
+        repository,
+        free_port(),
+        free_port(),
+        free_port(),
+        model_control="explicit",
+        models=["covidct"],
+        log_file=repository.parent / "triton-explicit.log",
+    )
+    with srv:
+        assert srv.model_ready("covidct")
+    assert srv.process is not None and srv.process.returncode is not None  # stopped
