@@ -34,6 +34,13 @@ def real_data_dir() -> Path:
     raise FileNotFoundError("no real CT data found (set COVIDCT_REAL_DATA)")
 
 
+def real_pngs(root: Path) -> list[Path]:
+    """The real 512x512 slices under a data root: all 123, or the fixtures' five."""
+    return sorted((root / "covidxct-real" / "images").glob("*.png")) or sorted(
+        (root / "covidxct-mini" / "images").glob("*.png")
+    )
+
+
 def _rate(items: int, fn: Callable[[], object], rounds: int = ROUNDS) -> tuple[float, float, float]:
     """Median, min and max items/s over ``rounds`` calls of ``fn`` (each handles ``items``)."""
     rates = []
@@ -57,9 +64,7 @@ def run_data_bench(
     from training.synth import plan_patients, write_patient
 
     root = real_data_dir()
-    pngs = sorted((root / "covidxct-real" / "images").glob("*.png")) or sorted(
-        (root / "covidxct-mini" / "images").glob("*.png")
-    )
+    pngs = real_pngs(root)
     png_bytes = [p.read_bytes() for p in pngs]
     png_batch = [png_bytes[i % len(png_bytes)] for i in range(png_slices)]
     dicoms = {

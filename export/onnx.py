@@ -89,13 +89,11 @@ def run_onnx(session: object, spec: ModelSpec, images: np.ndarray) -> dict[str, 
 
 def parity_images(spec: ModelSpec, limit: int = 16) -> np.ndarray:
     """Real CT slices preprocessed for this model (shared data when present, else fixtures)."""
-    from covidct.bench import real_data_dir
+    from covidct.bench import real_data_dir, real_pngs
     from covidct.preprocessing import preprocess_bytes
 
     root = real_data_dir()
-    pngs = sorted((root / "covidxct-real" / "images").glob("*.png")) or sorted(
-        (root / "covidxct-mini" / "images").glob("*.png")
-    )
+    pngs = real_pngs(root)
     dicoms = sorted((root / "dicom").glob("*_uncompressed.dcm"))[:2]
     step = max(1, len(pngs) // max(1, limit - len(dicoms)))
     files = [*pngs[::step][: limit - len(dicoms)], *dicoms]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from covidct.bench import real_pngs
 from covidct.config import ModelSpec
 from covidct.preprocessing import preprocess_bytes
 from export.server import TritonError, TritonServer, free_port
@@ -53,9 +54,7 @@ def server(repository: Path):
 
 
 def _real_slices(shared_or_fixtures: Path, size: int) -> np.ndarray:
-    pngs = sorted((shared_or_fixtures / "covidxct-real" / "images").glob("*.png")) or sorted(
-        (shared_or_fixtures / "covidxct-mini" / "images").glob("*.png")
-    )
+    pngs = real_pngs(shared_or_fixtures)
     return np.stack([preprocess_bytes(p.read_bytes(), size).image for p in pngs])
 
 
