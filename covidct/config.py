@@ -9,8 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: COVIDx-CT class order (Normal=0, Pneumonia=1, COVID-19=2). Never reorder.
 CLASS_NAMES: tuple[str, ...] = ("Normal", "Pneumonia", "COVID-19")
@@ -28,6 +32,13 @@ INTERPOLATION = "bilinear-antialiased"
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
 SCHEMA_VERSION = 1
+
+
+NOT_A_MEDICAL_DEVICE = (
+    "Not a medical device: for research only. It must not be used to diagnose, treat or "
+    "triage patients."
+)
+SYNTHETIC_DATA_NOTE = "Trained on synthetic data: its outputs say nothing about real patients."
 
 
 class SpecError(ValueError):
@@ -130,6 +141,14 @@ class ModelSpec:
             raise SpecError(
                 f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})"
             )
+
+    def intended_use(self) -> str:
+        """The note every model card and every served prediction carries."""
+        note = (
+            "Research classifier of axial chest CT slices into Normal, Pneumonia and COVID-19. "
+            + NOT_A_MEDICAL_DEVICE
+        )
+        return f"{note} {SYNTHETIC_DATA_NOTE}" if self.provenance.synthetic else note
 
     @property
     def num_classes(self) -> int:
@@ -275,3 +294,30 @@ class TrainConfig:
         if unknown:
             raise SpecError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
         return cls(**data)
+
+
+class GatewaySettings(BaseSettings):
+    """Gateway settings, from ``COVIDCT_*`` environment variables (or a ``.env`` file).
+
+    Every variable is listed in ``.env.example``. Tests override them by passing an instance
+    to ``gateway.app.create_app``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="COVIDCT_", env_file=".env", extra="ignore")
+
+    triton_url: str = "127.0.0.1:8001"
+    model_name: str = "covidct"
+    model_version: str = ""  # empty: the newest ready version
+    request_timeout_s: float = 10.0
+    max_in_flight: int = 32
+    max_upload_bytes: int = 32 * 1024 * 1024
+    preprocess_workers: int = 2
+    grpc_max_message_mb: int = 256
+    api_key: SecretStr | None = None
+    cors_origins: list[str] = []
+    retry_after_s: int = 1
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> GatewaySettings:
+    return GatewaySettings()

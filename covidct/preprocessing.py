@@ -142,6 +142,7 @@ class Preprocessed:
         source: the detected format.
         original_shape: (height, width) of the decoded image.
         window: (centre, width) in HU of the CT window.
+        decoded: the windowed grey slice ``[H, W]`` before cropping (for overlays).
     """
 
     image: np.ndarray
@@ -149,6 +150,7 @@ class Preprocessed:
     source: Source
     original_shape: tuple[int, int]
     window: tuple[float, float] = (WINDOW_CENTRE_HU, WINDOW_WIDTH_HU)
+    decoded: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -182,6 +184,7 @@ def preprocess_bytes(
         box=used,
         source=decoded.source,
         original_shape=(int(grey.shape[0]), int(grey.shape[1])),
+        decoded=grey,
     )
 
 

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from covidct.config import CLASS_NAMES, ModelSpec, TrainConfig
+from covidct.config import (
+    CLASS_NAMES,
+    NOT_A_MEDICAL_DEVICE,
+    SYNTHETIC_DATA_NOTE,
+    ModelSpec,
+    TrainConfig,
+)
 from training.evaluate import (
     apply_temperature,
     classification_report,
@@ -30,20 +36,12 @@ from training.evaluate import (
 log = logging.getLogger(__name__)
 
 SAVED_MODEL = "saved_model"
-NOT_A_DEVICE = (
-    "Not a medical device: for research only. It must not be used to diagnose, treat or "
-    "triage patients."
-)
-SYNTHETIC_NOTE = "Trained on synthetic data: its outputs say nothing about real patients."
+NOT_A_DEVICE = NOT_A_MEDICAL_DEVICE
+SYNTHETIC_NOTE = SYNTHETIC_DATA_NOTE
 
 
 def intended_use(spec: ModelSpec) -> str:
-    """The note every card and every served prediction carries."""
-    note = (
-        "Research classifier of axial chest CT slices into Normal, Pneumonia and COVID-19. "
-        + NOT_A_DEVICE
-    )
-    return f"{note} {SYNTHETIC_NOTE}" if spec.provenance.synthetic else note
+    return spec.intended_use()
 
 
 class SavedModelRunner:

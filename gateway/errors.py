@@ -1,0 +1,77 @@
+"""One exception tree for the gateway, mapped to HTTP statuses in one handler.
+
+Every error answer is JSON problem details (RFC 9457): ``type``, ``title``, ``status``,
+``detail`` and the request id. Bad input is never a 500.
+"""
+
+from __future__ import annotations
+
+from covidct import preprocessing as pp
+
+
+class GatewayError(Exception):
+    """Base: ``status`` and ``title`` name the HTTP answer, the message is the detail."""
+
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    status, title = 400, "Malformed request"
+
+
+class Unauthorized(GatewayError):
+    status, title = 401, "Missing or wrong API key"
+
+
+class PayloadTooLarge(GatewayError):
+    status, title = 413, "Upload too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, title = 415, "Unsupported image format"
+
+
+class UnusableSlice(GatewayError):
+    status, title = 422, "Not a usable CT slice"
+
+
+class Saturated(GatewayError):
+    status, title = 503, "Too many requests in flight"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail, {"Retry-After": str(retry_after_s)})
+
+
+class NotReady(GatewayError):
+    status, title = 503, "Model not ready"
+
+
+class InferenceTimeout(GatewayError):
+    status, title = 504, "Inference timed out"
+
+
+class InferenceError(GatewayError):
+    status, title = 502, "Inference server error"
+
+
+# Preprocessing errors are the input's fault: each maps to a 4xx.
+PREPROCESSING_MAP: list[tuple[type[pp.PreprocessingError], type[GatewayError]]] = [
+    (pp.EmptyInputError, BadRequest),
+    (pp.CorruptImageError, BadRequest),
+    (pp.InvalidBoxError, BadRequest),
+    (pp.InputTooLargeError, PayloadTooLarge),
+    (pp.UnsupportedFormatError, UnsupportedMediaType),
+    (pp.UnusableSliceError, UnusableSlice),
+]
+
+
+def from_preprocessing(error: pp.PreprocessingError) -> GatewayError:
+    for source, target in PREPROCESSING_MAP:
+        if isinstance(error, source):
+            return target(str(error))
+    return BadRequest(str(error))

@@ -1,0 +1,131 @@
+"""The gateway's Triton client: tritonclient.grpc.aio, opened once, closed on shutdown.
+
+The ModelSpec is read from the served model's config (parameter ``covidct_model_spec``),
+so the gateway hard-codes neither the image size nor the class names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from covidct.config import GatewaySettings, ModelSpec
+from gateway.errors import InferenceError, InferenceTimeout, NotReady
+
+SPEC_PARAMETER = "covidct_model_spec"
+
+
+@dataclass(frozen=True)
+class Inference:
+    probabilities: np.ndarray  # [N, 3]
+    cam: np.ndarray  # [N, h, w, 3]
+    model_version: str
+
+
+class Backend(Protocol):
+    """What the routes need from Triton (the real client, or a fake in unit tests)."""
+
+    async def model_spec(self) -> tuple[ModelSpec, str]: ...
+    async def ready(self) -> bool: ...
+    async def infer(self, images: np.ndarray, spec: ModelSpec) -> Inference: ...
+    async def versions(self) -> list[dict[str, Any]]: ...
+    async def close(self) -> None: ...
+
+
+class TritonBackend:
+    """Async gRPC client for one model."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        size = settings.grpc_max_message_mb * 1024 * 1024
+        self._grpc = grpcclient
+        self._client = grpcclient.InferenceServerClient(
+            settings.triton_url,
+            channel_args=[
+                ("grpc.max_send_message_length", size),
+                ("grpc.max_receive_message_length", size),
+            ],
+        )
+        self._settings = settings
+
+    def _translate(self, e: Exception) -> Exception:
+        status = str(getattr(e, "status", lambda: "")() or "")
+        text = str(e)
+        if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in text:
+            return InferenceTimeout(
+                f"no answer from Triton within {self._settings.request_timeout_s:g} s"
+            )
+        if "UNAVAILABLE" in status or "unavailable" in text.lower() or "not ready" in text:
+            return NotReady(f"Triton or model {self._settings.model_name} is not available")
+        return InferenceError(f"Triton error: {text[:300]}")
+
+    async def model_spec(self) -> tuple[ModelSpec, str]:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            config = await self._client.get_model_config(
+                self._settings.model_name, self._settings.model_version, as_json=True
+            )
+        except InferenceServerException as e:
+            raise self._translate(e) from e
+        params = config["config"].get("parameters", {})
+        if SPEC_PARAMETER not in params:
+            raise InferenceError(
+                f"model {self._settings.model_name} carries no ModelSpec "
+                f"parameter {SPEC_PARAMETER}; export it with covidct export"
+            )
+        spec = ModelSpec.from_dict(json.loads(params[SPEC_PARAMETER]["string_value"]))
+        return spec, self._settings.model_version
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready()) and bool(
+                await self._client.is_model_ready(
+                    self._settings.model_name, self._settings.model_version
+                )
+            )
+        except Exception:  # an unreachable server is simply not ready
+            return False
+
+    async def infer(self, images: np.ndarray, spec: ModelSpec) -> Inference:
+        from tritonclient.utils import InferenceServerException
+
+        grpc = self._grpc
+        inp = grpc.InferInput(spec.input_name, list(images.shape), "UINT8")
+        inp.set_data_from_numpy(images)
+        outputs = [
+            grpc.InferRequestedOutput(spec.probabilities_name),
+            grpc.InferRequestedOutput(spec.cam_name),
+        ]
+        try:
+            result = await self._client.infer(
+                self._settings.model_name,
+                [inp],
+                model_version=self._settings.model_version,
+                outputs=outputs,
+                client_timeout=self._settings.request_timeout_s,
+            )
+        except InferenceServerException as e:
+            raise self._translate(e) from e
+        response = result.get_response()
+        return Inference(
+            result.as_numpy(spec.probabilities_name),
+            result.as_numpy(spec.cam_name),
+            str(response.model_version),
+        )
+
+    async def versions(self) -> list[dict[str, Any]]:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            index = await self._client.get_model_repository_index(as_json=True)
+        except InferenceServerException as e:
+            raise self._translate(e) from e
+        return [m for m in index.get("models", []) if m.get("name") == self._settings.model_name]
+
+    async def close(self) -> None:
+        await self._client.close()

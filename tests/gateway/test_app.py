@@ -1,0 +1,291 @@
+"""Gateway behaviour with a fake Triton: statuses, limits, privacy, metrics, API key."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from covidct.config import GatewaySettings, ModelSpec, Provenance
+from gateway.app import create_app
+from gateway.errors import InferenceTimeout, NotReady
+from gateway.triton import Inference
+
+SPEC = ModelSpec(image_size=64, provenance=Provenance(synthetic=True))
+
+
+class FakeTriton:
+    """Answers like Triton: probabilities from the input's mean, a 2x2 CAM."""
+
+    def __init__(
+        self, delay: float = 0.0, fail: Exception | None = None, ready: bool = True
+    ) -> None:
+        self.delay, self.fail, self._ready = delay, fail, ready
+        self.calls: list[np.ndarray] = []
+
+    async def model_spec(self) -> tuple[ModelSpec, str]:
+        return SPEC, ""
+
+    async def ready(self) -> bool:
+        return self._ready
+
+    async def infer(self, images: np.ndarray, spec: ModelSpec) -> Inference:
+        self.calls.append(images)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            raise self.fail
+        m = float(images.mean()) / 255
+        probs = np.array([[1 - m, m * 0.3, m * 0.7]], np.float32)
+        cam = np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3)
+        return Inference(probs, cam, "3")
+
+    async def versions(self) -> list[dict[str, str]]:
+        return [{"name": "covidct", "version": "3", "state": "READY"}]
+
+    async def close(self) -> None:
+        pass
+
+
+def client(fake: FakeTriton | None = None, **settings) -> TestClient:
+    fake = fake or FakeTriton()
+    app = create_app(GatewaySettings(**settings), backend_factory=lambda s: fake)
+    return TestClient(app)
+
+
+@pytest.fixture(scope="module")
+def png(fixtures: Path) -> bytes:
+    return (fixtures / "covidxct-mini" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
+
+
+def test_predict_multipart_png(png: bytes) -> None:
+    with client() as c:
+        r = c.post("/v1/predict", files={"file": ("slice.png", png, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body["probabilities"]) == {"Normal", "Pneumonia", "COVID-19"}
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["model"] == {"name": "covidct", "version": "3"}
+    assert body["preprocessing"]["source"] == "png" and body["preprocessing"]["size"] == 64
+    assert "Not a medical device" in body["intended_use"]
+    assert "synthetic" in body["intended_use"] and body["demo"] is True
+    assert r.headers["x-request-id"] == body["request_id"]
+    assert "heatmap" not in body
+    assert set(body["timings"]) == {"preprocess_ms", "inference_ms", "total_ms"}
+
+
+def test_raw_dicom_body_and_heatmap(fixtures: Path) -> None:
+    dcm = (fixtures / "dicom" / "normal002__IM0042.dcm").read_bytes()
+    with client() as c:
+        r = c.post(
+            "/predict?heatmap=true", content=dcm, headers={"content-type": "application/dicom"}
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["preprocessing"]["source"] == "dicom"
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["heatmap"])))
+    assert overlay.size == (512, 512) and overlay.mode == "RGB"
+
+
+def _dicom(edit) -> bytes:
+    from tests.conftest import FIXTURES
+
+    ds = pydicom.dcmread(FIXTURES / "dicom" / "CT_small.dcm")
+    edit(ds)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.txt", "x")
+    return buf.getvalue()
+
+
+def _png(shape: tuple[int, ...], mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros(shape, np.uint8), mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _huge_png() -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+        + chunk(b"IEND", b"")
+    )
+
+
+BAD_INPUTS = [
+    ("empty", lambda png, fx: b"", 400),
+    ("truncated png", lambda png, fx: png[:3000], 400),
+    ("png magic then garbage", lambda png, fx: png[:8] + b"\x00" * 500, 400),
+    ("truncated jpeg", lambda png, fx: b"\xff\xd8\xff\xe0" + b"\x00" * 300, 400),
+    ("plain text", lambda png, fx: b"hello, this is not an image", 415),
+    ("pdf", lambda png, fx: b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n", 415),
+    ("zip", lambda png, fx: _zip(), 415),
+    ("gif", lambda png, fx: b"GIF89a" + b"\x00" * 100, 415),
+    ("json", lambda png, fx: b'{"image": "slice.png"}', 415),
+    ("huge dimensions", lambda png, fx: _huge_png(), 413),
+    ("too small png", lambda png, fx: _png((16, 16)), 422),
+    ("non-CT dicom (MR)", lambda png, fx: _dicom(lambda d: setattr(d, "Modality", "MR")), 422),
+    ("colour dicom", lambda png, fx: (fx / "dicom" / "c_dicom.dcm").read_bytes(), 422),
+    ("angiography multi-frame", lambda png, fx: (fx / "dicom" / "0002.dcm").read_bytes(), 422),
+    ("dicom without pixels", lambda png, fx: _dicom(lambda d: delattr(d, "PixelData")), 422),
+    (
+        "dicom cut before its pixel data",
+        lambda png, fx: (fx / "dicom" / "normal002__IM0042.dcm").read_bytes()[:20000],
+        422,
+    ),
+    (
+        "dicom cut inside its pixel data",
+        lambda png, fx: (fx / "dicom" / "cap001__98C1066-ASAD_137_uncompressed.dcm").read_bytes()[
+            :-5000
+        ],
+        400,
+    ),
+]
+
+
+def test_bad_inputs_get_documented_statuses_and_the_server_keeps_serving(
+    png: bytes, fixtures: Path
+) -> None:
+    with client() as c:
+        for name, make, status in BAD_INPUTS:
+            r = c.post(
+                "/v1/predict",
+                content=make(png, fixtures),
+                headers={"content-type": "application/octet-stream"},
+            )
+            assert r.status_code == status, (name, r.status_code, r.text)
+            body = r.json()
+            assert r.headers["content-type"] == "application/problem+json", name
+            assert body["status"] == status and body["detail"] and body["request_id"], name
+        # multipart mistakes
+        r = c.post("/v1/predict", files={"image": ("x.png", png, "image/png")})
+        assert r.status_code == 400 and "field named 'file'" in r.json()["detail"]
+        r = c.post(
+            "/v1/predict",
+            content=b"--x\r\nbroken",
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        )
+        assert r.status_code == 400
+        assert c.post("/v1/predict", files={"file": ("s.png", png, "image/png")}).status_code == 200
+
+
+def test_upload_limit(png: bytes) -> None:
+    with client(max_upload_bytes=1000) as c:
+        r = c.post("/v1/predict", content=png)
+    assert r.status_code == 413
+
+
+def test_saturation_answers_503_with_retry_after_at_once(png: bytes) -> None:
+    fake = FakeTriton(delay=0.5)
+    app = create_app(
+        GatewaySettings(max_in_flight=1, retry_after_s=3), backend_factory=lambda s: fake
+    )
+
+    async def run() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                return await asyncio.gather(*[c.post("/v1/predict", content=png) for _ in range(3)])
+
+    responses = asyncio.run(run())
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 503, 503]
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.headers["retry-after"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(InferenceTimeout("slow"), 504), (NotReady("down"), 503)]
+)
+def test_triton_failures_map_to_statuses(png: bytes, error: Exception, status: int) -> None:
+    with client(FakeTriton(fail=error)) as c:
+        r = c.post("/v1/predict", content=png)
+    assert r.status_code == status and r.json()["title"]
+
+
+def test_health_ready_models_and_metrics(png: bytes) -> None:
+    with client() as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/readyz").status_code == 200
+        models = c.get("/v1/models").json()
+        assert models["model_spec"]["image_size"] == 64 and models["versions"][0]["version"] == "3"
+        c.post("/v1/predict", content=png)
+        c.post("/v1/predict", content=b"")
+        text = c.get("/metrics").text
+    assert 'covidct_requests_total{route="/v1/predict",status="200"} 1.0' in text
+    assert 'covidct_requests_total{route="/v1/predict",status="400"} 1.0' in text
+    assert "covidct_inference_seconds_count 1.0" in text
+    with client(FakeTriton(ready=False)) as c:
+        assert c.get("/readyz").status_code == 503
+
+
+def test_api_key_required_everywhere_but_health(png: bytes) -> None:
+    with client(api_key="s3cret") as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/readyz").status_code == 200
+        assert c.post("/v1/predict", content=png).status_code == 401
+        assert c.get("/v1/models", headers={"x-api-key": "wrong"}).status_code == 401
+        r = c.post("/v1/predict", content=png, headers={"x-api-key": "s3cret"})
+        assert r.status_code == 200
+
+
+def test_no_image_bytes_or_patient_tags_in_logs(caplog: pytest.LogCaptureFixture) -> None:
+    def tag(d: pydicom.Dataset) -> None:
+        d.PatientName = "Doe^Jane"
+        d.PatientID = "PID-424242"
+
+    dcm = _dicom(tag)
+    caplog.set_level(logging.DEBUG)
+    with client() as c:
+        assert c.post("/v1/predict", content=dcm).status_code == 200
+        assert c.post("/v1/predict", content=dcm[:500]).status_code == 422  # header only
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/v1/predict 200" in text
+    for secret in ("Doe^Jane", "PID-424242", "DICM"):
+        assert secret not in text
+
+
+def test_cors_off_by_default(png: bytes) -> None:
+    with client() as c:
+        r = c.options(
+            "/v1/predict",
+            headers={"origin": "http://evil.example", "access-control-request-method": "POST"},
+        )
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_gateway_never_imports_tensorflow() -> None:
+    code = (
+        "import sys, gateway.app, gateway.routes, gateway.triton; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
