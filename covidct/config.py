@@ -313,6 +313,8 @@ class GatewaySettings(BaseSettings):
     max_upload_bytes: int = 32 * 1024 * 1024
     preprocess_workers: int = 2
     grpc_max_message_mb: int = 256
+    max_study_slices: int = 512
+    max_study_bytes: int = 512 * 1024 * 1024
     api_key: SecretStr | None = None
     cors_origins: list[str] = []
     retry_after_s: int = 1

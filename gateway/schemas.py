@@ -39,6 +39,34 @@ class Prediction(BaseModel):
     )
 
 
+class SliceResult(BaseModel):
+    name: str
+    prediction: Prediction | None = None
+    error: dict[str, str | int] | None = Field(
+        default=None, description="problem details when this slice could not be used"
+    )
+
+
+class StudySummary(BaseModel):
+    rule: str
+    label: str
+    class_index: int
+    probabilities: dict[str, float]
+    slices_used: int
+    slices_rejected: int
+    label_counts: dict[str, int]
+
+
+class StudyPrediction(BaseModel):
+    summary: StudySummary
+    slices: list[SliceResult]
+    model: ModelInfo
+    request_id: str
+    intended_use: str
+    demo: bool
+    timings: Timings
+
+
 class Problem(BaseModel):
     type: str
     title: str

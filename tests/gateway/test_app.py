@@ -289,3 +289,49 @@ def test_gateway_never_imports_tensorflow() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_study_from_files_and_zip(png: bytes, fixtures: Path) -> None:
+    dcm = (fixtures / "dicom" / "normal002__IM0042.dcm").read_bytes()
+    fake = FakeTriton()
+    with client(fake) as c:
+        r = c.post(
+            "/v1/predict/study",
+            files=[
+                ("files", ("a.png", png)),
+                ("files", ("b.dcm", dcm)),
+                ("files", ("c.txt", b"not a slice")),
+            ],
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [s["name"] for s in body["slices"]] == ["a.png", "b.dcm", "c.txt"]
+        assert body["slices"][2]["error"]["status"] == 415
+        summary = body["summary"]
+        assert summary["slices_used"] == 2 and summary["slices_rejected"] == 1
+        probs = [s["prediction"]["probabilities"] for s in body["slices"][:2]]
+        for name in ("Normal", "Pneumonia", "COVID-19"):
+            assert summary["probabilities"][name] == pytest.approx(
+                (probs[0][name] + probs[1][name]) / 2
+            )
+        assert "mean of the slice probabilities" in summary["rule"]
+        assert body["demo"] is True and "Not a medical device" in body["intended_use"]
+
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for i in range(4):
+                z.writestr(f"IM{i:04d}.dcm", dcm)
+        r = c.post(
+            "/v1/predict/study", content=buf.getvalue(), headers={"content-type": "application/zip"}
+        )
+        assert r.status_code == 200 and r.json()["summary"]["slices_used"] == 4
+
+
+def test_study_limits(png: bytes) -> None:
+    with client(max_study_slices=2) as c:
+        r = c.post("/v1/predict/study", files=[("files", (f"{i}.png", png)) for i in range(3)])
+        assert r.status_code == 413
+        r = c.post("/v1/predict/study", files=[("files", ("x.txt", b"nope"))])
+        assert r.status_code == 422
+        r = c.post("/v1/predict/study", content=b"PK\x03\x04broken zip")
+        assert r.status_code == 400

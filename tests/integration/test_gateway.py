@@ -63,3 +63,26 @@ def test_gateway_reports_not_ready_without_triton() -> None:
         assert client.get("/readyz").status_code == 503
         r = client.post("/v1/predict", content=b"\x89PNG\r\n\x1a\n")
         assert r.status_code == 503, r.text
+
+
+def test_study_slices_reach_triton_together(server, shared_data: Path) -> None:
+    pngs = sorted((shared_data / "covidxct-real" / "images").glob("*.png"))[:16]
+
+    def counts() -> tuple[int, int]:
+        stats = server.statistics("covidct")["model_stats"]
+        return (
+            sum(int(m["inference_count"]) for m in stats),
+            sum(int(m["execution_count"]) for m in stats),
+        )
+
+    settings = GatewaySettings(triton_url=f"127.0.0.1:{server.grpc_port}")
+    with TestClient(create_app(settings)) as client:
+        before = counts()
+        r = client.post(
+            "/v1/predict/study", files=[("files", (p.name, p.read_bytes())) for p in pngs]
+        )
+        after = counts()
+    assert r.status_code == 200, r.text
+    assert r.json()["summary"]["slices_used"] == 16
+    assert after[0] - before[0] == 16
+    assert after[1] - before[1] < 16  # the dynamic batcher grouped the study's slices
