@@ -6,12 +6,13 @@ import asyncio
 import io
 import time
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from covidct.preprocessing import Preprocessed, PreprocessingError, preprocess_bytes
@@ -235,6 +236,15 @@ async def predict_study(request: Request) -> StudyPrediction:
             total_ms=elapsed,
         ),
     )
+
+
+STATIC = Path(__file__).parent / "static"
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    """The web page: drop a slice, see the label, probabilities and heatmap."""
+    return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
 @router.get("/healthz")

@@ -335,3 +335,10 @@ def test_study_limits(png: bytes) -> None:
         assert r.status_code == 422
         r = c.post("/v1/predict/study", content=b"PK\x03\x04broken zip")
         assert r.status_code == 400
+
+
+def test_page_is_served_and_calls_the_api() -> None:
+    with client(api_key=None) as c:
+        r = c.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "Not a medical device" in r.text and 'fetch("v1/predict?heatmap=true"' in r.text

@@ -1,0 +1,112 @@
+"""``covidct serve`` (``make serve``): Triton and the gateway on this machine, demo if needed.
+
+When the repository holds no model, a demo one is built first (synthetic CT, a short
+DenseNet201 training, CPU export) in subprocesses, so this process never imports TensorFlow.
+The demo model is marked synthetic in its card and in every answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEMO_SYNTH = ["--patients", "60", "--slices-per-patient", "4", "--seed", "1"]
+DEMO_TRAIN = [
+    "--backbone",
+    "densenet201",
+    "--image-size",
+    "128",
+    "--epochs",
+    "4",
+    "--weights",
+    "none",
+    "--batch-size",
+    "16",
+    "--patience",
+    "4",
+]
+
+
+def has_model(repository: Path) -> bool:
+    """True when some model folder has a config and at least one numeric version."""
+    if not repository.is_dir():
+        return False
+    return any(
+        (m / "config.pbtxt").is_file() and any(v.is_dir() and v.name.isdigit() for v in m.iterdir())
+        for m in repository.iterdir()
+        if m.is_dir()
+    )
+
+
+def _covidct(*args: str | Path) -> None:
+    cmd = [sys.executable, "-m", "covidct", *map(str, args)]
+    log.info("running: covidct %s", " ".join(map(str, args)))
+    subprocess.run(cmd, check=True)
+
+
+def build_demo(repository: Path, work: Path) -> None:
+    """Synthetic data -> short DenseNet201 run -> CPU export into ``repository``."""
+    data, run = work / "data", work / "run"
+    if not (data / "train_COVIDx-CT.txt").is_file():
+        _covidct("data", "synth", "--out", data, *DEMO_SYNTH)
+    if not (run / "saved_model" / "saved_model.pb").is_file():
+        resume = ["--resume"] if (run / "train_config.json").is_file() else []
+        _covidct("train", "--data", data, "--out", run, *DEMO_TRAIN, *resume)
+    _covidct("export", "--run", run, "--repository", repository, "--target", "cpu")
+
+
+def serve(
+    repository: Path,
+    host: str,
+    port: int,
+    grpc_port: int,
+    http_port: int,
+    metrics_port: int,
+    demo_dir: Path,
+) -> None:
+    """Start Triton, then the gateway in this process; Ctrl-C stops both."""
+    import uvicorn
+
+    from covidct.config import GatewaySettings
+    from export.server import TritonServer
+    from gateway.app import create_app
+
+    if not has_model(repository):
+        print(
+            f"{repository} holds no model: building a demo one (synthetic data, short "
+            "DenseNet201 training; several minutes on 2 cores)",
+            flush=True,
+        )
+        build_demo(repository, demo_dir)
+    server = TritonServer(
+        repository,
+        grpc_port,
+        http_port,
+        metrics_port,
+        model_control="poll",
+        log_file=repository.parent / "tritonserver.log",
+    )
+    server.start()
+    try:
+        settings = GatewaySettings(triton_url=f"127.0.0.1:{grpc_port}")
+        url = f"http://{host}:{port}"
+        print(
+            f"gateway: {url}/  (page)\n"
+            f"try:     curl -F file=@slice.png {url}/v1/predict\n"
+            f"Triton:  gRPC 127.0.0.1:{grpc_port}, log {server.log_file}\n"
+            "Ctrl-C stops both.",
+            flush=True,
+        )
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    finally:
+        server.stop()
+        print("stopped", flush=True)
+
+
+def default_demo_dir() -> Path:
+    return Path(os.environ.get("COVIDCT_DEMO_DIR", "runs/demo"))
