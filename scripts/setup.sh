@@ -9,7 +9,7 @@ VENV=.venv
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 PERF_ANALYZER_WHEEL_VERSION=2.50.0
-DEB_PACKAGES=(libb64-0d)
+DEB_PACKAGES=(libb64-0d chromium chromium-driver)
 
 log() { printf '[setup] %s\n' "$*"; }
 

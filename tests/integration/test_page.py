@@ -1,0 +1,84 @@
+"""The web page in headless Chromium against the gateway and the real tritonserver."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from covidct.config import GatewaySettings
+from export.server import free_port
+from gateway.app import create_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
+
+
+@pytest.fixture
+def gateway_url(server):
+    import uvicorn
+
+    port = free_port()
+    app = create_app(GatewaySettings(triton_url=f"127.0.0.1:{server.grpc_port}"))
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not uv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_page_shows_the_result_for_a_real_slice(gateway_url: str, shared_data: Path) -> None:
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("Debian chromium and chromium-driver are not installed (make setup does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or ""
+    profile = tempfile.mkdtemp(prefix="covidct-chromium-")
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(gateway_url + "/")
+        assert "Not a medical device" in driver.page_source
+        slice_png = shared_data / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png"
+        driver.find_element(By.ID, "file").send_keys(str(slice_png))
+        WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.ID, "result")))
+        label = driver.find_element(By.ID, "label").text
+        assert label.split(" ")[0] in ("Normal", "Pneumonia", "COVID-19")
+        assert "(demo model)" in label
+        shown = {
+            e.get_attribute("data-class"): float(e.text.rstrip("%"))
+            for e in driver.find_elements(By.CSS_SELECTOR, "td.p")
+        }
+        assert set(shown) == {"Normal", "Pneumonia", "COVID-19"}
+        assert abs(sum(shown.values()) - 100) < 0.5
+        assert max(shown, key=shown.get) == label.split(" ")[0]
+        heat = driver.find_element(By.ID, "heatmap")
+        assert driver.execute_script("return arguments[0].naturalWidth", heat) == 512
+        assert "Not a medical device" in driver.find_element(By.ID, "use").text
+        driver.save_screenshot(str(Path(profile) / "page.png"))
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
