@@ -361,3 +361,71 @@ def run_serving_bench(
             "",
         ]
     )
+
+
+def run_overhead_bench(
+    url: str, triton_url: str, concurrency: tuple[int, ...] = (1, 8), requests: int = 64
+) -> str:
+    """Latency of the gateway (PNG upload -> answer) against a direct Triton gRPC call on the
+    same preprocessed tensor, p50/p99 at each concurrency, measured side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from covidct.config import ModelSpec
+
+    with httpx.Client(base_url=url, timeout=60) as probe:
+        spec = ModelSpec.from_dict(probe.get("/v1/models").json()["model_spec"])
+    pngs = real_pngs(real_data_dir())[:16]
+    blobs = [p.read_bytes() for p in pngs]
+    tensors = [preprocess_bytes(b, spec.image_size).image[None] for b in blobs]
+    clients = [grpcclient.InferenceServerClient(triton_url) for _ in range(max(concurrency))]
+    http = [httpx.Client(base_url=url, timeout=60) for _ in range(max(concurrency))]
+
+    def direct(i: int) -> float:
+        x = tensors[i % len(tensors)]
+        inp = grpcclient.InferInput(spec.input_name, list(x.shape), "UINT8")
+        inp.set_data_from_numpy(x)
+        start = time.perf_counter()
+        clients[i % len(clients)].infer(spec.name, [inp])
+        return time.perf_counter() - start
+
+    def gateway(i: int) -> float:
+        start = time.perf_counter()
+        r = http[i % len(http)].post("/v1/predict", files={"file": ("s.png", blobs[i % 16])})
+        r.raise_for_status()
+        return time.perf_counter() - start
+
+    rows = []
+    for c in concurrency:
+        lat = {}
+        for name, fn in (("direct", direct), ("gateway", gateway)):
+            fn(0)
+            with ThreadPoolExecutor(max_workers=c) as pool:
+                lat[name] = np.array(list(pool.map(fn, range(requests)))) * 1000
+        d50, d99 = np.percentile(lat["direct"], [50, 99])
+        g50, g99 = np.percentile(lat["gateway"], [50, 99])
+        rows.append(
+            f"| {c} | {d50:.1f} | {d99:.1f} | {g50:.1f} | {g99:.1f} | "
+            f"{g50 - d50:+.1f} | {g99 - d99:+.1f} |"
+        )
+    for h in http:
+        h.close()
+    return "\n".join(
+        [
+            f"## covidct bench overhead ({spec.backbone}, S={spec.image_size})",
+            "",
+            f"{platform.machine()}, {os.cpu_count()} cores; {requests} requests per cell; direct: "
+            "Triton gRPC with the preprocessed uint8 tensor; gateway: the 512² PNG uploaded to "
+            "/v1/predict (decode, body box, resize, gRPC, JSON). Client, gateway and Triton share "
+            "the cores.",
+            "",
+            "| concurrency | direct p50 ms | direct p99 ms | gateway p50 ms | gateway p99 ms | "
+            "overhead p50 | overhead p99 |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+        ]
+    )

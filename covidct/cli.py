@@ -504,6 +504,20 @@ def bench_serving(
     print(run_serving_bench(run, calibration_data, levels, requests))
 
 
+@bench_app.command("overhead")
+def bench_overhead(
+    url: Annotated[str, typer.Option(help="Gateway URL.")] = "http://127.0.0.1:8080",
+    triton_url: Annotated[str, typer.Option(help="Triton gRPC address.")] = "127.0.0.1:8001",
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,8",
+    requests: Annotated[int, typer.Option(help="Requests per cell.")] = 64,
+) -> None:
+    """Gateway p50/p99 latency against a direct Triton call on the same tensor."""
+    from covidct.bench import run_overhead_bench
+
+    levels = tuple(int(c) for c in concurrency.split(","))
+    print(run_overhead_bench(url, triton_url, levels, requests))
+
+
 def main() -> None:
     import logging
 
