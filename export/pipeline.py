@@ -34,7 +34,8 @@ def _calibration_images(data: Path, spec: ModelSpec, limit: int = 64) -> np.ndar
     from training.data import SlicePool
     from training.train import prepare_for_training
 
-    pool = SlicePool.open(PreparedCache(prepare_for_training(data, spec.image_size)))
+    cache_dir, _ = prepare_for_training(data, spec.image_size)
+    pool = SlicePool.open(PreparedCache(cache_dir))
     idx = np.flatnonzero(pool.split_of == "val")
     if len(idx) == 0:
         idx = np.arange(len(pool))

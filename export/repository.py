@@ -13,7 +13,6 @@ leaves the repository as it was. Versions only increase.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from covidct.config import ModelSpec
+from training.cache import sha256_file
 
 TARGETS = ("cpu", "onnx-trt", "tensorrt-plan")
 SPEC_PARAMETER = "covidct_model_spec"
@@ -195,14 +195,10 @@ def versions(model_dir: Path) -> list[int]:
 
 
 def sha256_tree(root: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        out[str(path.relative_to(root))] = digest.hexdigest()
-    return out
+    return {
+        str(path.relative_to(root)): sha256_file(path)
+        for path in sorted(p for p in root.rglob("*") if p.is_file())
+    }
 
 
 def _atomic_write(path: Path, text: str) -> None:

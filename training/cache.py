@@ -61,7 +61,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -93,7 +93,7 @@ def _build_shard(job: _ShardJob) -> tuple[str, int, str, list[str]]:
         tmp.unlink(missing_ok=True)
         return job.name, 0, "", errors
     tmp.replace(final)
-    digest = _sha256_file(final)
+    digest = sha256_file(final)
     _write_json(
         job.out / f"{job.name}.json",
         {"count": len(job.paths), "content": job.content_hash, "sha256": digest},
@@ -137,11 +137,12 @@ def prepare_cache(
         DatasetError: the folder has problems (all listed).
         CacheError: ``out`` holds a cache built differently, or slices failed to preprocess.
     """
-    ds = read_covidx(data_dir)
+    # The label files alone decide whether a finished cache can be reused; the image
+    # headers (slow for 425,000 files) are checked only when something must be built.
+    ds = read_covidx(data_dir, check_images=False)
     if ds.problems:
         raise DatasetError(ds.root, ds.problems)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     params = {
         "cache_version": CACHE_VERSION,
         "size": size,
@@ -162,7 +163,11 @@ def prepare_cache(
             )
         if manifest_path.is_file():
             return dict(json.loads(manifest_path.read_text(encoding="utf-8")))
-    else:
+    ds = read_covidx(data_dir)
+    if ds.problems:
+        raise DatasetError(ds.root, ds.problems)
+    out.mkdir(parents=True, exist_ok=True)
+    if not params_path.is_file():
         _write_json(params_path, params)
     for stale in out.glob(".tmp-*"):
         stale.unlink()  # a half-written shard from an interrupted run is never used
@@ -307,5 +312,5 @@ class PreparedCache:
             s["name"]
             for split in self.splits
             for s in self.manifest["splits"][split]["shards"]
-            if _sha256_file(self.path / f"{s['name']}.npy") != s["sha256"]
+            if sha256_file(self.path / f"{s['name']}.npy") != s["sha256"]
         ]

@@ -36,12 +36,6 @@ from training.evaluate import (
 log = logging.getLogger(__name__)
 
 SAVED_MODEL = "saved_model"
-NOT_A_DEVICE = NOT_A_MEDICAL_DEVICE
-SYNTHETIC_NOTE = SYNTHETIC_DATA_NOTE
-
-
-def intended_use(spec: ModelSpec) -> str:
-    return spec.intended_use()
 
 
 class SavedModelRunner:
@@ -150,7 +144,7 @@ def finish_run(
         "calibration": calibration,
         "saved_model_max_abs_diff": parity,
         "synthetic": spec.provenance.synthetic,
-        "intended_use": intended_use(spec),
+        "intended_use": spec.intended_use(),
     }
     tables = []
     for split in ("val", "test"):
@@ -175,15 +169,15 @@ def write_model_card(
     lines = [
         f"# Model card: {spec.name}",
         "",
-        f"**{NOT_A_DEVICE}**",
+        f"**{NOT_A_MEDICAL_DEVICE}**",
         "",
     ]
     if spec.provenance.synthetic:
-        lines += [f"**{SYNTHETIC_NOTE}**", ""]
+        lines += [f"**{SYNTHETIC_DATA_NOTE}**", ""]
     lines += [
         "## Intended use",
         "",
-        intended_use(spec),
+        spec.intended_use(),
         "",
         "## Model",
         "",
@@ -252,7 +246,8 @@ def evaluate_run(
         if cfg_path.is_file()
         else TrainConfig(image_size=spec.image_size)
     )
-    pool = SlicePool.open(PreparedCache(prepare_for_training(data, spec.image_size, cache_root)))
+    cache_dir, _ = prepare_for_training(data, spec.image_size, cache_root)
+    pool = SlicePool.open(PreparedCache(cache_dir))
     if cfg.auto_split != "none":
         indices = pool.splits(cfg.auto_split, cfg.seed)[split]
     else:
@@ -267,7 +262,7 @@ def evaluate_run(
         "model": spec.name,
         "data": str(data),
         "split": split,
-        "intended_use": intended_use(spec),
+        "intended_use": spec.intended_use(),
         split: report,
     }
     (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")

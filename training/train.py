@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from covidct.config import ModelSpec, Provenance, SpecError, TrainConfig
-from covidct.dataset import is_synthetic, read_covidx
+from covidct.dataset import Dataset, is_synthetic, read_covidx
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,12 @@ def default_cache_root() -> Path:
 
 def prepare_for_training(
     data: Path, size: int, cache_root: Path | None = None, workers: int | None = None
-) -> Path:
-    """Prepare (or reuse) the cache of ``data`` at ``size``; keyed by the data fingerprint."""
+) -> tuple[Path, Dataset]:
+    """Prepare (or reuse) the cache of ``data`` at ``size``; keyed by the data fingerprint.
+
+    Returns:
+        The cache folder and the folder's labels (read once, images not opened).
+    """
     from covidct.dataset import DatasetError
     from training.cache import prepare_cache
 
@@ -55,7 +59,7 @@ def prepare_for_training(
         raise DatasetError(ds.root, ds.problems)
     out = (cache_root or default_cache_root()) / f"{ds.fingerprint()[:16]}-S{size}"
     prepare_cache(data, out, size, workers=workers or (os.cpu_count() or 1))
-    return out
+    return out, ds
 
 
 def _phases(cfg: TrainConfig) -> list[tuple[str, int, float, int]]:
@@ -132,7 +136,7 @@ def train(
 
     # Everything that can fail on bad input or options happens before RUN is written.
     started = time.perf_counter()
-    cache_dir = prepare_for_training(data, cfg.image_size, cache_root)
+    cache_dir, ds = prepare_for_training(data, cfg.image_size, cache_root)
     from training.cache import PreparedCache
 
     pool = SlicePool.open(PreparedCache(cache_dir))
@@ -140,7 +144,6 @@ def train(
     for name in ("train", "val"):
         if len(splits[name]) == 0:
             raise TrainError(f"the {name} split is empty")
-    ds = read_covidx(data, check_images=False)
     spec = ModelSpec(
         name=cfg.model_name,
         image_size=cfg.image_size,
