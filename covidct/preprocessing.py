@@ -248,22 +248,49 @@ def auto_body_box(grey: np.ndarray) -> Box:
         The body box, COVIDx-CT convention (exclusive max), clipped to the image.
     """
     h, w = grey.shape
-    mask = grey > hu_to_grey_level(BODY_THRESHOLD_HU)
-    mask = ndimage.binary_opening(mask, structure=np.ones((BODY_OPENING, BODY_OPENING), bool))
+    mask = _open_square(grey > hu_to_grey_level(BODY_THRESHOLD_HU), BODY_OPENING // 2)
     labels, count = ndimage.label(mask)
     if count == 0:
         return (0, 0, w, h)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    largest = int(sizes.argmax())
-    ys, xs = np.nonzero(labels == largest)
+    body = labels == int(sizes.argmax())
+    rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
     m = BODY_MARGIN
     return (
-        max(0, int(xs.min()) - m),
-        max(0, int(ys.min()) - m),
-        min(w, int(xs.max()) + 1 + m),
-        min(h, int(ys.max()) + 1 + m),
+        max(0, int(cols[0]) - m),
+        max(0, int(rows[0]) - m),
+        min(w, int(cols[-1]) + 1 + m),
+        min(h, int(rows[-1]) + 1 + m),
     )
+
+
+def _open_square(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary opening with a (2r+1)² square, outside the image counted as background.
+
+    Equal to ``ndimage.binary_opening`` with that structure (a test pins it) but about 20x
+    faster: the square is separable, so erosion and dilation are two 1-D passes each over
+    shifted views of one padded array.
+    """
+    if r == 0:
+        return mask
+    h, w = mask.shape
+    pad = np.zeros((h + 2 * r, w + 2 * r), bool)
+    core = (slice(r, r + h), slice(r, r + w))
+    pad[core] = mask
+    for combine in (np.logical_and, np.logical_or):  # erosion, then dilation
+        for axis in (1, 0):
+            out = pad[core].copy()
+            for k in range(-r, r + 1):
+                if k:
+                    shifted = (
+                        pad[r : r + h, r + k : r + k + w]
+                        if axis
+                        else pad[r + k : r + k + h, r : r + w]
+                    )
+                    combine(out, shifted, out=out)
+            pad[core] = out
+    return pad[core]
 
 
 def validate_box(box: Box, shape: tuple[int, ...]) -> Box:

@@ -136,6 +136,19 @@ def test_auto_body_box_finds_synthetic_bodies_not_the_table(synth_dir: Path) -> 
             assert iou(auto_body_box(grey), s.box) >= 0.9, s.filename
 
 
+@pytest.mark.parametrize("radius", [1, 2])
+def test_fast_opening_equals_scipy(radius: int) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(radius)
+    square = np.ones((2 * radius + 1,) * 2, bool)
+    for shape in [(37, 53), (5, 5), (64, 1)]:
+        for density in (0.3, 0.6, 0.9):
+            mask = rng.random(shape) < density
+            expected = ndimage.binary_opening(mask, structure=square)
+            np.testing.assert_array_equal(pp._open_square(mask, radius), expected)
+
+
 def test_blank_image_box_is_whole_image() -> None:
     assert auto_body_box(np.zeros((100, 120), np.uint8)) == (0, 0, 120, 100)
 
