@@ -14,6 +14,9 @@ from rich.console import Console
 
 from covidct.config import ModelSpec, SpecError
 from covidct.preprocessing import Box, PreprocessingError, preprocess_bytes
+from export.repository import ServingConfig
+
+SERVING_DEFAULTS = ServingConfig()
 
 app = typer.Typer(
     help="COVID-19 chest CT slice classification: data, training, export, serving.",
@@ -325,9 +328,18 @@ def export_cmd(
     calibration_data: Annotated[
         Path | None, typer.Option(help="COVIDx-CT folder whose val slices calibrate --int8.")
     ] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Largest batch Triton forms.")] = 8,
-    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batcher wait.")] = 2000,
-    instances: Annotated[int, typer.Option(help="Model instances.")] = 1,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Largest batch Triton forms.")
+    ] = SERVING_DEFAULTS.max_batch_size,
+    dynamic_batching: Annotated[
+        bool, typer.Option(help="Dynamic batching (default: what `covidct bench settings` chose).")
+    ] = SERVING_DEFAULTS.dynamic_batching,
+    max_queue_delay_us: Annotated[
+        int, typer.Option(help="Dynamic batcher wait.")
+    ] = SERVING_DEFAULTS.max_queue_delay_us,
+    instances: Annotated[
+        int, typer.Option(help="Model instances.")
+    ] = SERVING_DEFAULTS.instance_count,
 ) -> None:
     """Export a run as the next version of its Triton model: ONNX, parity check, config."""
     from export.onnx import ExportError
@@ -339,6 +351,7 @@ def export_cmd(
         serving = ServingConfig(
             target=target,
             max_batch_size=max_batch_size,
+            dynamic_batching=dynamic_batching,
             max_queue_delay_us=max_queue_delay_us,
             instance_count=instances,
         )
@@ -516,6 +529,152 @@ def bench_overhead(
 
     levels = tuple(int(c) for c in concurrency.split(","))
     print(run_overhead_bench(url, triton_url, levels, requests))
+
+
+def _bench_out(out: Path | None, name: str) -> Path:
+    from bench.sweep import RESULTS
+
+    return out or RESULTS / name
+
+
+def _levels(text: str) -> list[int]:
+    from bench.sweep import BenchError, parse_levels
+
+    try:
+        return parse_levels(text)
+    except BenchError as e:
+        fail(str(e))
+
+
+@bench_app.command("triton")
+def bench_triton(
+    repository: Annotated[
+        Path | None, typer.Option(help="Model repository: a tritonserver is started on it.")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Use this running server instead (HOST:PORT).")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Model name.")] = "covidct",
+    versions: Annotated[
+        str, typer.Option(help="Comma-separated versions, measured interleaved (default: latest).")
+    ] = "",
+    concurrency: Annotated[str, typer.Option(help="Levels: 1:16:x2, 1:8:2 or 1,2,8.")] = "1:16:x2",
+    protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
+    batch: Annotated[int, typer.Option(help="Batch size per request.")] = 1,
+    measurement_ms: Annotated[int, typer.Option(help="perf_analyzer window (ms).")] = 4000,
+    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+) -> None:
+    """perf_analyzer sweep with real CT slices: CSV, throughput-latency PNG, report section."""
+    from bench.perf import run_triton_bench
+    from bench.sweep import BenchError
+
+    levels = _levels(concurrency)
+    chosen = [v.strip() for v in versions.split(",") if v.strip()]
+    try:
+        print(
+            run_triton_bench(
+                repository,
+                url,
+                model,
+                chosen,
+                levels,
+                _bench_out(out, "triton"),
+                protocol,
+                batch,
+                measurement_ms,
+            )
+        )
+    except BenchError as e:
+        fail(str(e))
+
+
+@bench_app.command("gateway")
+def bench_gateway(
+    url: Annotated[str, typer.Option(help="Gateway URL.")] = "http://127.0.0.1:8080",
+    triton: Annotated[
+        str | None, typer.Option(help="Also measure Triton directly (gRPC HOST:PORT).")
+    ] = None,
+    concurrency: Annotated[str, typer.Option(help="Levels: 1:16:x2, 1:8:2 or 1,2,8.")] = "1:16:x2",
+    requests: Annotated[int, typer.Option(help="Most requests per level.")] = 200,
+    seconds: Annotated[float, typer.Option(help="Most seconds per level.")] = 30.0,
+    measurement_ms: Annotated[int, typer.Option(help="perf_analyzer window (ms).")] = 4000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="COVIDCT_API_KEY", help="X-API-Key, if the gateway has one."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+) -> None:
+    """Load test of /v1/predict with real PNG and DICOM slices, beside Triton direct."""
+    from bench.load import run_gateway_bench
+    from bench.sweep import BenchError
+
+    levels = _levels(concurrency)
+    try:
+        print(
+            run_gateway_bench(
+                url,
+                levels,
+                _bench_out(out, "gateway"),
+                triton,
+                requests,
+                seconds,
+                measurement_ms,
+                api_key,
+            )
+        )
+    except BenchError as e:
+        fail(str(e))
+
+
+@bench_app.command("engines")
+def bench_engines(
+    run: Annotated[Path, typer.Option(help="Finished training run (its SavedModel).")],
+    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4,8,16",
+    rounds: Annotated[int, typer.Option(help="Timed calls per batch size.")] = 10,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="COVIDx-CT folder whose val slices calibrate INT8 (default: half "
+            "the real slices, agreement judged on the other half)."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+) -> None:
+    """TF SavedModel, ONNX Runtime fp32, OpenVINO fp32, ONNX Runtime INT8: one run."""
+    from bench.engines import run_engines_bench
+    from bench.sweep import BenchError
+    from export.onnx import ExportError
+    from training.train import TrainError
+
+    sizes = _levels(batches)
+    try:
+        print(run_engines_bench(run, _bench_out(out, "engines"), sizes, rounds, calibration_data))
+    except (BenchError, ExportError, TrainError) as e:
+        fail(str(e))
+
+
+@bench_app.command("settings")
+def bench_settings(
+    repository: Annotated[Path, typer.Option(help="Repository with an exported cpu version.")],
+    model: Annotated[str, typer.Option(help="Model name.")] = "covidct",
+    version: Annotated[int | None, typer.Option(help="Version (default: latest).")] = None,
+    concurrency: Annotated[str, typer.Option(help="Levels: 1:16:x2, 1:8:2 or 1,2,8.")] = "1:16:x2",
+    measurement_ms: Annotated[int, typer.Option(help="perf_analyzer window (ms).")] = 4000,
+    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+) -> None:
+    """Dynamic batching off/on (two delays), one/two instances: which should export use?"""
+    from bench.settings import run_settings_bench
+    from bench.sweep import BenchError
+
+    levels = _levels(concurrency)
+    try:
+        print(
+            run_settings_bench(
+                repository, _bench_out(out, "settings"), levels, model, version, measurement_ms
+            )
+        )
+    except BenchError as e:
+        fail(str(e))
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ class ServingConfig:
         target: cpu (Python backend running ONNX Runtime), onnx-trt (ONNX Runtime backend
             with the TensorRT accelerator) or tensorrt-plan (a TensorRT engine).
         max_batch_size: largest batch Triton forms.
+        dynamic_batching: let Triton group concurrent requests into one execution.
         max_queue_delay_us: how long the dynamic batcher waits to fill a batch.
         instance_count: model instances (CPU: processes; GPU: per device).
         versions_kept: version_policy latest N.
@@ -54,6 +55,7 @@ class ServingConfig:
 
     target: str = "cpu"
     max_batch_size: int = 8
+    dynamic_batching: bool = True
     max_queue_delay_us: int = 2000
     instance_count: int = 1
     versions_kept: int = 2
@@ -123,10 +125,15 @@ def render_config(spec: ModelSpec, serving: ServingConfig, cam_hw: tuple[int, in
         f"    dims: {_dims([cam_hw[0], cam_hw[1], spec.num_classes])}",
         "  }",
         "]",
-        "dynamic_batching {",
-        f"  preferred_batch_size: {_dims(serving.preferred_batch_sizes())}",
-        f"  max_queue_delay_microseconds: {serving.max_queue_delay_us}",
-        "}",
+    ]
+    if serving.dynamic_batching:
+        lines += [
+            "dynamic_batching {",
+            f"  preferred_batch_size: {_dims(serving.preferred_batch_sizes())}",
+            f"  max_queue_delay_microseconds: {serving.max_queue_delay_us}",
+            "}",
+        ]
+    lines += [
         "instance_group [",
         "  {",
         f"    count: {serving.instance_count}",

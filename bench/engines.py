@@ -1,0 +1,212 @@
+"""``covidct bench engines``: one run's model in four engines, batch by batch, in one run.
+
+TF SavedModel (in process), ONNX Runtime fp32, OpenVINO fp32 and ONNX Runtime static INT8
+(QDQ). Each engine runs in its own child process so its peak resident memory is its own;
+images/s and latency are medians over rounds, ratios are to ONNX Runtime fp32.
+
+Run as ``python -m bench.engines ENGINE MODEL SPEC IMAGES BATCHES ROUNDS`` it is that child.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.sweep import BenchError, save
+from covidct.config import ModelSpec
+
+ENGINES = ("tf-savedmodel", "ort-fp32", "openvino-fp32", "ort-int8")
+
+
+def _runner(engine: str, model: Path, spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from a uint8 batch to probabilities, for one engine."""
+    if engine == "tf-savedmodel":
+        from training.report import SavedModelRunner
+
+        tf_runner = SavedModelRunner(model, spec)
+        return lambda x: tf_runner(x, batch_size=len(x))[spec.probabilities_name]
+    if engine in ("ort-fp32", "ort-int8"):
+        from export.onnx import onnx_session
+
+        session: Any = onnx_session(model)
+        return lambda x: session.run([spec.probabilities_name], {spec.input_name: x})[0]
+    if engine == "openvino-fp32":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(model), "CPU")
+        request = compiled.create_infer_request()
+        return lambda x: request.infer({spec.input_name: x})[spec.probabilities_name]
+    raise BenchError(f"engine {engine!r} must be one of {', '.join(ENGINES)}")
+
+
+def measure(
+    engine: str,
+    model: Path,
+    spec: ModelSpec,
+    images: np.ndarray,
+    batches: Sequence[int],
+    rounds: int,
+) -> dict[str, Any]:
+    """This process's figures for one engine (call it in a fresh process)."""
+    start = time.perf_counter()
+    run = _runner(engine, model, spec)
+    load_s = time.perf_counter() - start
+    probabilities = np.concatenate([run(images[i : i + 8]) for i in range(0, len(images), 8)])
+    figures: dict[str, Any] = {"engine": engine, "load_seconds": round(load_s, 1), "batches": {}}
+    for b in batches:
+        x = np.stack([images[i % len(images)] for i in range(b)])
+        run(x)  # warm this shape
+        latencies = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            run(x)
+            latencies.append(time.perf_counter() - t0)
+        med = statistics.median(latencies)
+        figures["batches"][str(b)] = {"images_per_s": b / med, "latency_ms": 1000 * med}
+    figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["top1"] = probabilities.argmax(1).tolist()
+    return figures
+
+
+def _child(engine: str, model: Path, spec: Path, images: Path, batches: str, rounds: int) -> None:
+    figures = measure(
+        engine,
+        model,
+        ModelSpec.load(spec),
+        np.load(images),
+        [int(b) for b in batches.split(",")],
+        rounds,
+    )
+    print(json.dumps(figures))
+
+
+def prepare_models(
+    run: Path, workdir: Path, spec: ModelSpec, calibration: np.ndarray
+) -> dict[str, Path]:
+    """The run's SavedModel, its ONNX conversion and a static INT8 quantisation of that."""
+    from export.onnx import convert
+    from export.quantize import quantize
+    from training.report import SAVED_MODEL
+
+    saved = run / SAVED_MODEL
+    if not (saved / "saved_model.pb").is_file():
+        raise BenchError(f"{run} has no SavedModel ({saved}); train it first")
+    fp32, int8 = workdir / "model.onnx", workdir / "model.int8.onnx"
+    convert(saved, fp32, spec)
+    quantize(fp32, int8, spec, calibration)
+    return {"tf-savedmodel": saved, "ort-fp32": fp32, "openvino-fp32": fp32, "ort-int8": int8}
+
+
+def run_engines_bench(
+    run: Path,
+    out: Path,
+    batches: Sequence[int] = (1, 4, 8, 16),
+    rounds: int = 10,
+    calibration_data: Path | None = None,
+) -> str:
+    """The whole ``covidct bench engines`` command; returns its Markdown section."""
+    from export.onnx import parity_images
+    from training.train import load_spec
+
+    spec = load_spec(run)
+    real = parity_images(spec, limit=123)
+    if calibration_data is not None:
+        from export.pipeline import _calibration_images
+
+        calibration, held_out = _calibration_images(calibration_data, spec), real
+        calib_note = f"INT8 calibrated on {len(calibration)} val slices of {calibration_data}"
+    else:  # calibrate on half the real slices, judge agreement on the other half
+        calibration, held_out = real[1::2], real[0::2]
+        calib_note = (
+            f"INT8 calibrated on {len(calibration)} real slices, agreement judged on the other "
+            f"{len(held_out)}"
+        )
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        models = prepare_models(run, work, spec, calibration)
+        spec_path, images_path = work / "spec.json", work / "images.npy"
+        spec.save(spec_path)
+        np.save(images_path, held_out)
+        for engine in ENGINES:
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.engines",
+                engine,
+                str(models[engine]),
+                str(spec_path),
+                str(images_path),
+                ",".join(map(str, batches)),
+                str(rounds),
+            ]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                tail = "\n".join(done.stderr.strip().splitlines()[-6:])
+                raise BenchError(f"engine {engine} failed:\n{tail}")
+            results[engine] = json.loads(done.stdout.strip().splitlines()[-1])
+    base = results["ort-fp32"]
+    agreement = {e: float(np.mean(np.equal(r["top1"], base["top1"]))) for e, r in results.items()}
+    lines = [
+        f"## covidct bench engines ({spec.backbone}, S={spec.image_size})",
+        "",
+        f"One process per engine (peak RSS is the engine's own, model load included); "
+        f"median of {rounds} timed calls per batch after a warm-up call; {calib_note}; "
+        "top-1 agreement with ONNX Runtime fp32 on the held-out real slices.",
+        "",
+        "| engine | batch | images/s | latency ms | vs ORT fp32 | peak RSS MiB | top-1 agreement |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for engine, r in results.items():
+        for b in batches:
+            cell, ref = r["batches"][str(b)], base["batches"][str(b)]
+            lines.append(
+                f"| {engine} | {b} | {cell['images_per_s']:.1f} | {cell['latency_ms']:.1f} | "
+                f"{cell['images_per_s'] / ref['images_per_s']:.2f}x | {r['peak_rss_mib']:.0f} | "
+                f"{100 * agreement[engine]:.1f}% |"
+            )
+    best = {e: max(c["images_per_s"] for c in r["batches"].values()) for e, r in results.items()}
+    lines += [
+        "",
+        "Best batch per engine: "
+        + ", ".join(f"{e} {v:.1f} img/s" for e, v in best.items())
+        + f"; INT8 / fp32 (ONNX Runtime, best batch): {best['ort-int8'] / best['ort-fp32']:.2f}x.",
+        "",
+    ]
+    section = "\n".join(lines)
+    for r in results.values():
+        r.pop("top1")
+    save(
+        out,
+        "engines",
+        section,
+        {
+            "run": str(run),
+            "spec": spec.to_dict(),
+            "results": results,
+            "agreement": agreement,
+            "best_images_per_s": best,
+        },
+    )
+    return section
+
+
+if __name__ == "__main__":
+    _child(
+        sys.argv[1],
+        Path(sys.argv[2]),
+        Path(sys.argv[3]),
+        Path(sys.argv[4]),
+        sys.argv[5],
+        int(sys.argv[6]),
+    )

@@ -1,0 +1,267 @@
+"""``covidct bench triton``: perf_analyzer against a real tritonserver, fed real CT slices.
+
+Each concurrency level is one perf_analyzer run (its own ``--concurrency-range c:c``, so
+geometric sweeps such as 1:16:x2 work); several model versions (fp32 and INT8, say) are
+measured level by level, interleaved, so they see the same machine noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bench.sweep import BenchError, Row, plot, rel, save, table, write_csv
+from covidct.config import ModelSpec
+
+PROTOCOLS = ("grpc", "http")
+
+
+def perf_analyzer_path() -> Path:
+    """The perf_analyzer that ``make setup`` installs into the virtual environment."""
+    local = Path(sys.prefix) / "bin" / "perf_analyzer"
+    found = local if local.is_file() else shutil.which("perf_analyzer")
+    if not found:
+        raise BenchError("perf_analyzer not found: run `make setup` (it installs it into .venv)")
+    return Path(found)
+
+
+def write_input_data(path: Path, spec: ModelSpec, images: np.ndarray) -> None:
+    """perf_analyzer's ``--input-data`` JSON: one entry per real preprocessed slice."""
+    entries = [
+        {spec.input_name: {"content": img.ravel().tolist(), "shape": list(img.shape)}}
+        for img in images
+    ]
+    path.write_text(json.dumps({"data": entries}))
+
+
+def run_level(
+    url: str,
+    model: str,
+    version: str,
+    concurrency: int,
+    input_data: Path,
+    raw_csv: Path,
+    protocol: str = "grpc",
+    batch: int = 1,
+    measurement_ms: int = 4000,
+) -> Row:
+    """One perf_analyzer measurement at a fixed concurrency; its CSV is kept at ``raw_csv``."""
+    cmd = [
+        str(perf_analyzer_path()),
+        "-m",
+        model,
+        "-u",
+        url,
+        "-i",
+        protocol,
+        "-b",
+        str(batch),
+        "--concurrency-range",
+        f"{concurrency}:{concurrency}",
+        "--input-data",
+        str(input_data),
+        "--measurement-interval",
+        str(measurement_ms),
+        "--stability-percentage",
+        "50",
+        "--max-trials",
+        "6",
+        "-f",
+        str(raw_csv),
+    ]
+    if version:
+        cmd += ["-x", version]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0 or not raw_csv.is_file():
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-8:])
+        raise BenchError(f"perf_analyzer failed at concurrency {concurrency}:\n{tail}")
+    return parse_perf_csv(raw_csv)[0]
+
+
+def parse_perf_csv(path: Path) -> list[Row]:
+    """Rows of a perf_analyzer CSV (its own column names; latencies in microseconds)."""
+    with path.open(newline="") as f:
+        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    # perf_analyzer appends server metrics blocks after a blank line; the first block is ours.
+    records = list(csv.DictReader(lines))
+    rows = []
+    for r in records:
+        if not r.get("Concurrency", "").strip().isdigit():
+            break
+        parts = (
+            "Client Send",
+            "Network+Server Send/Recv",
+            "Server Queue",
+            "Server Compute Input",
+            "Server Compute Infer",
+            "Server Compute Output",
+            "Client Recv",
+        )
+        avg = r.get("Avg latency") or sum(float(r[p]) for p in parts if r.get(p))
+        rows.append(
+            Row(
+                int(r["Concurrency"]),
+                float(r["Inferences/Second"]),
+                float(r["p50 latency"]),
+                float(r["p90 latency"]),
+                float(r["p95 latency"]),
+                float(r["p99 latency"]),
+                float(avg),
+                float(r["Server Queue"]) if r.get("Server Queue") else None,
+                float(r["Server Compute Infer"]) if r.get("Server Compute Infer") else None,
+            )
+        )
+    if not rows:
+        raise BenchError(f"{path}: no perf_analyzer rows")
+    return rows
+
+
+@contextlib.contextmanager
+def triton(repository: Path | None, url: str | None, protocol: str) -> Iterator[str]:
+    """The address to measure: ``url`` as given, or a tritonserver started on ``repository``."""
+    if url:
+        yield url
+        return
+    if repository is None:
+        raise BenchError("give --repository DIR (a server is started) or --url HOST:PORT")
+    from export.server import TritonError, TritonServer, free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = TritonServer(
+            repository, free_port(), free_port(), free_port(), log_file=Path(tmp) / "triton.log"
+        )
+        try:
+            server.start()
+        except TritonError as e:
+            raise BenchError(str(e)) from e
+        try:
+            port = server.grpc_port if protocol == "grpc" else server.http_port
+            yield f"127.0.0.1:{port}"
+        finally:
+            server.stop()
+
+
+def served_spec(url: str, model: str, version: str, protocol: str) -> ModelSpec:
+    """The ModelSpec the server carries in the model's config (as the gateway reads it)."""
+    from gateway.triton import SPEC_PARAMETER
+
+    if protocol == "grpc":
+        import tritonclient.grpc as grpcclient
+
+        gclient = grpcclient.InferenceServerClient(url)
+        config = gclient.get_model_config(model, version, as_json=True)["config"]
+    else:
+        import tritonclient.http as httpclient
+
+        config = httpclient.InferenceServerClient(url).get_model_config(model, version)
+    params = config.get("parameters", {})
+    if SPEC_PARAMETER not in params:
+        raise BenchError(f"model {model} carries no {SPEC_PARAMETER}; export it with covidct")
+    return ModelSpec.from_dict(json.loads(params[SPEC_PARAMETER]["string_value"]))
+
+
+def sweep(
+    url: str,
+    model: str,
+    versions: Sequence[str],
+    levels: Sequence[int],
+    out: Path,
+    protocol: str = "grpc",
+    batch: int = 1,
+    measurement_ms: int = 4000,
+    slices: int = 16,
+) -> dict[str, list[Row]]:
+    """perf_analyzer at every level for every version, interleaved; CSVs written to ``out``."""
+    from export.onnx import parity_images
+
+    if protocol not in PROTOCOLS:
+        raise BenchError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    spec = served_spec(url, model, versions[0], protocol)
+    input_data = out / "input_data.json"
+    write_input_data(input_data, spec, parity_images(spec, limit=slices))
+    raw = out / "raw"
+    raw.mkdir(exist_ok=True)
+    rows: dict[str, list[Row]] = {v: [] for v in versions}
+    try:
+        for c in levels:
+            for v in versions:
+                csv_path = raw / f"v{v or 'latest'}-c{c}.csv"
+                rows[v].append(
+                    run_level(
+                        url, model, v, c, input_data, csv_path, protocol, batch, measurement_ms
+                    )
+                )
+    finally:
+        input_data.unlink(missing_ok=True)  # 16 slices as JSON text: large, and derived
+    for v, vrows in rows.items():
+        write_csv(out / f"triton-v{v or 'latest'}.csv", vrows)
+    return rows
+
+
+def run_triton_bench(
+    repository: Path | None,
+    url: str | None,
+    model: str,
+    versions: Sequence[str],
+    levels: Sequence[int],
+    out: Path,
+    protocol: str = "grpc",
+    batch: int = 1,
+    measurement_ms: int = 4000,
+) -> str:
+    """The whole ``covidct bench triton`` command; returns its Markdown section."""
+    versions = list(versions) or [""]
+    with triton(repository, url, protocol) as address:
+        spec = served_spec(address, model, versions[0], protocol)
+        rows = sweep(address, model, versions, levels, out, protocol, batch, measurement_ms)
+    names = {v: f"v{v}" if v else "latest" for v in versions}
+    plot(
+        out / "triton.png",
+        {names[v]: r for v, r in rows.items()},
+        f"Triton, {spec.backbone} {spec.image_size}², perf_analyzer {protocol}, batch {batch}",
+    )
+    lines = [
+        f"## covidct bench triton ({spec.backbone}, S={spec.image_size})",
+        "",
+        f"perf_analyzer ({protocol}, batch {batch}, {measurement_ms} ms windows, stable within "
+        "50%) against tritonserver on 127.0.0.1, input data: 16 real CT slices preprocessed "
+        "for the model. Versions measured level by level, interleaved.",
+        "",
+    ]
+    for v, vrows in rows.items():
+        lines += [f"**{names[v]}**", "", *table(vrows), ""]
+    if len(versions) == 2:
+        a, b = versions
+        lines += [
+            f"{names[b]} / {names[a]} throughput: "
+            + ", ".join(
+                f"c{ra.concurrency} {rb.throughput / ra.throughput:.2f}x"
+                for ra, rb in zip(rows[a], rows[b], strict=True)
+            ),
+            "",
+        ]
+    lines += [f"![throughput vs latency]({rel(out / 'triton.png')})", ""]
+    section = "\n".join(lines)
+    save(
+        out,
+        "triton",
+        section,
+        {
+            "model": model,
+            "spec": spec.to_dict(),
+            "protocol": protocol,
+            "batch": batch,
+            "rows": rows,
+        },
+    )
+    return section

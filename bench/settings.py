@@ -1,0 +1,174 @@
+"""``covidct bench settings``: which Triton settings should ``covidct export`` default to?
+
+The same exported version is served under several configurations (dynamic batching off,
+on with two queue delays, one or two model instances), each by a fresh tritonserver, and
+swept with perf_analyzer. The recommendation rule is written down here so it can be checked:
+the highest mean throughput at concurrency >= 4, among configurations whose p99 at
+concurrency 1 is within 25% of the best p99 at concurrency 1 (load must not cost the
+single user). A unit test holds ``ServingConfig``'s defaults to the committed recommendation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from bench.sweep import BenchError, Row, plot, rel, save
+from export.repository import ServingConfig, render_config, spec_from_config, versions
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    serving: ServingConfig
+
+
+def variants(base: ServingConfig) -> list[Variant]:
+    cpu = replace(base, target="cpu")
+    return [
+        Variant("no batching, 1 instance", replace(cpu, dynamic_batching=False, instance_count=1)),
+        Variant(
+            "batching 2 ms, 1 instance", replace(cpu, max_queue_delay_us=2000, instance_count=1)
+        ),
+        Variant(
+            "batching 20 ms, 1 instance", replace(cpu, max_queue_delay_us=20000, instance_count=1)
+        ),
+        Variant(
+            "batching 2 ms, 2 instances", replace(cpu, max_queue_delay_us=2000, instance_count=2)
+        ),
+    ]
+
+
+def recommend(results: dict[str, list[Row]]) -> str:
+    """The rule in the module docstring; returns the chosen variant's name."""
+    best_p99_c1 = min(rows[0].p99 for rows in results.values())
+    eligible = {n: r for n, r in results.items() if r[0].p99 <= 1.25 * best_p99_c1}
+
+    def loaded(rows: list[Row]) -> float:
+        high = [r.throughput for r in rows if r.concurrency >= 4] or [rows[-1].throughput]
+        return statistics.mean(high)
+
+    return max(eligible, key=lambda n: loaded(eligible[n]))
+
+
+def _cam_hw(model_dir: Path, version: int) -> tuple[int, int]:
+    import onnx
+
+    graph = onnx.load(str(model_dir / str(version) / "model.onnx"), load_external_data=False).graph
+    spec = spec_from_config((model_dir / "config.pbtxt").read_text())
+    out = next(o for o in graph.output if o.name == spec.cam_name)
+    dims = out.type.tensor_type.shape.dim
+    return int(dims[1].dim_value), int(dims[2].dim_value)
+
+
+def _variant_repository(src: Path, version: int, dst: Path, serving: ServingConfig) -> None:
+    """A one-version repository serving ``src``'s version with ``serving`` settings."""
+    spec = spec_from_config((src / "config.pbtxt").read_text())
+    model_dir = dst / spec.name
+    (model_dir / "1").mkdir(parents=True)
+    for f in (src / str(version)).iterdir():
+        (model_dir / "1" / f.name).symlink_to(f.resolve())
+    for f in src.iterdir():
+        if f.is_file() and f.name != "config.pbtxt":
+            shutil.copy(f, model_dir / f.name)
+    (model_dir / "config.pbtxt").write_text(render_config(spec, serving, _cam_hw(src, version)))
+
+
+def run_settings_bench(
+    repository: Path,
+    out: Path,
+    levels: Sequence[int],
+    model: str = "covidct",
+    version: int | None = None,
+    measurement_ms: int = 4000,
+) -> str:
+    """The whole ``covidct bench settings`` command; returns its Markdown section."""
+    from bench.perf import sweep
+    from export.server import TritonError, TritonServer, free_port
+
+    src = repository / model
+    if not (src / "config.pbtxt").is_file():
+        raise BenchError(f"{src} has no config.pbtxt: export a cpu version first")
+    version = version or max(versions(src), default=0)
+    if not (src / str(version) / "model.py").is_file():
+        raise BenchError(f"{src}/{version} is not a cpu-target version (no model.py)")
+    results: dict[str, list[Row]] = {}
+    chosen = variants(ServingConfig())
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, variant in enumerate(chosen):
+            repo = Path(tmp) / f"repo{i}"
+            _variant_repository(src, version, repo, variant.serving)
+            server = TritonServer(
+                repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / f"triton{i}.log"
+            )
+            try:
+                with server:
+                    rows = sweep(
+                        f"127.0.0.1:{server.grpc_port}",
+                        model,
+                        ["1"],
+                        levels,
+                        out / f"variant{i}",
+                        measurement_ms=measurement_ms,
+                    )
+            except TritonError as e:
+                raise BenchError(f"{variant.name}: {e}") from e
+            results[variant.name] = rows["1"]
+    pick = recommend(results)
+    picked = next(v for v in chosen if v.name == pick)
+    defaults = ServingConfig()
+    follows = all(
+        getattr(defaults, k) == getattr(picked.serving, k)
+        for k in ("dynamic_batching", "max_queue_delay_us", "instance_count")
+    )
+    plot(out / "settings.png", results, "Triton settings (same model, perf_analyzer gRPC)")
+    header = "| concurrency | " + " | ".join(f"{n} inf/s (p99 ms)" for n in results) + " |"
+    lines = [
+        "## covidct bench settings",
+        "",
+        f"One exported cpu version ({model} v{version}) served four ways, each by a fresh "
+        "tritonserver, swept with perf_analyzer (gRPC, real slices). Rule: highest mean "
+        "throughput at concurrency >= 4 among settings whose p99 at concurrency 1 is within "
+        "25% of the best.",
+        "",
+        header,
+        "|---:|" + "---:|" * len(results),
+    ]
+    for j, c in enumerate(levels):
+        cells = [f"{r[j].throughput:.1f} ({r[j].p99 / 1000:.0f})" for r in results.values()]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Recommended: **{pick}**. `covidct export` defaults (dynamic batching "
+        f"{'on' if defaults.dynamic_batching else 'off'}, queue delay "
+        f"{defaults.max_queue_delay_us} µs, {defaults.instance_count} instance(s)) "
+        + ("follow it." if follows else "do NOT follow it yet: change ServingConfig's defaults."),
+        "",
+        f"![settings]({rel(out / 'settings.png')})",
+        "",
+    ]
+    section = "\n".join(lines)
+    save(
+        out,
+        "settings",
+        section,
+        {
+            "model": model,
+            "version": version,
+            "results": results,
+            "recommended": pick,
+            "recommended_serving": asdict(picked.serving),
+            "defaults_follow": follows,
+        },
+    )
+    return section
+
+
+def recommended_serving(result: Path) -> dict[str, object]:
+    """The committed recommendation (``result.json`` of a settings run)."""
+    return dict(json.loads(result.read_text())["recommended_serving"])
