@@ -677,6 +677,24 @@ def bench_settings(
         fail(str(e))
 
 
+@bench_app.command("capacity")
+def bench_capacity(
+    workers: Annotated[str, typer.Option(help="Gateway worker counts, e.g. 1,2.")] = "1,2",
+    concurrency: Annotated[int, typer.Option(help="Concurrent connections.")] = 16,
+    seconds: Annotated[float, typer.Option(help="Seconds per worker count.")] = 15.0,
+    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+) -> None:
+    """The gateway's ceiling: PNG uploads/s per worker with a model that costs nothing."""
+    from bench.capacity import run_capacity_bench
+    from bench.sweep import BenchError
+
+    counts = _levels(workers)
+    try:
+        print(run_capacity_bench(_bench_out(out, "capacity"), counts, concurrency, seconds))
+    except BenchError as e:
+        fail(str(e))
+
+
 def main() -> None:
     import logging
 

@@ -112,11 +112,14 @@ class TritonBackend:
         except InferenceServerException as e:
             raise self._translate(e) from e
         response = result.get_response()
-        return Inference(
-            result.as_numpy(spec.probabilities_name),
-            result.as_numpy(spec.cam_name),
-            str(response.model_version),
-        )
+        try:
+            probabilities = result.as_numpy(spec.probabilities_name)
+            cam = result.as_numpy(spec.cam_name)
+        except ValueError as e:  # the server's tensor does not match its declared shape
+            raise InferenceError(f"Triton returned malformed outputs: {e}") from e
+        if probabilities is None or cam is None or len(probabilities) != len(images):
+            raise InferenceError("Triton's answer lacks the model's outputs for every image")
+        return Inference(probabilities, cam, str(response.model_version))
 
     async def versions(self) -> list[dict[str, Any]]:
         from tritonclient.utils import InferenceServerException

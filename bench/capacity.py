@@ -1,0 +1,204 @@
+"""``covidct bench capacity``: the gateway's own ceiling, with a model that costs nothing.
+
+An identity model (``bench/identity/model.py``) is served by a real tritonserver under the
+ModelSpec's tensor names; the gateway runs under uvicorn with 1..N worker processes; the
+bounded load generator uploads real 512² PNG slices. Throughput per gateway core is uploads
+divided by the CPU seconds the gateway processes spent (read from /proc), since the
+gateway shares the cores with Triton and the load generator.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.load import Upload, load_level
+from bench.sweep import BenchError, save
+from covidct.bench import real_data_dir, real_pngs
+from covidct.config import ModelSpec, Provenance
+from export.repository import ServingConfig, render_config
+
+IDENTITY_MODEL = Path(__file__).parent / "identity" / "model.py"
+CAM_HW = (7, 7)
+
+
+def identity_repository(root: Path, size: int = 224) -> ModelSpec:
+    """A repository serving the identity model as ``covidct`` (input S x S)."""
+    spec = ModelSpec(
+        image_size=size,
+        backbone="identity",
+        provenance=Provenance(synthetic=True, source_run="covidct bench capacity: no model"),
+    )
+    model = root / spec.name
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(IDENTITY_MODEL.read_text())
+    (model / "labels.txt").write_text("\n".join(spec.class_names) + "\n")
+    serving = ServingConfig(max_batch_size=32, max_queue_delay_us=500)
+    (model / "config.pbtxt").write_text(render_config(spec, serving, CAM_HW))
+    return spec
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"gateway exited ({process.returncode}) before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise BenchError(f"gateway at {url} not ready after {timeout:.0f} s")
+
+
+def gateway_process(
+    triton_grpc: str, port: int, workers: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """uvicorn running the gateway app factory with ``workers`` processes on 127.0.0.1."""
+    env = {
+        **os.environ,
+        "COVIDCT_TRITON_URL": triton_grpc,
+        "COVIDCT_MAX_IN_FLIGHT": "256",
+        "COVIDCT_API_KEY": "",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "gateway.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    with log.open("wb") as f:
+        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def run_capacity_bench(
+    out: Path,
+    workers: Sequence[int] = (1, 2),
+    concurrency: int = 16,
+    seconds: float = 15.0,
+    requests: int = 20000,
+) -> str:
+    """The whole ``covidct bench capacity`` command; returns its Markdown section."""
+    from export.server import TritonError, TritonServer, free_port
+
+    pngs = real_pngs(real_data_dir())[:16]
+    uploads = [Upload(p.name, p.read_bytes(), "image/png") for p in pngs]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "models"
+        spec = identity_repository(repo)
+        try:
+            server = TritonServer(
+                repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / "triton.log"
+            ).start()
+        except TritonError as e:
+            raise BenchError(str(e)) from e
+        try:
+            for n in workers:
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                proc = gateway_process(
+                    f"127.0.0.1:{server.grpc_port}", port, n, Path(tmp) / f"gateway{n}.log"
+                )
+                try:
+                    _wait_ready(url, proc)
+                    load_level(url, uploads, concurrency, 200, 10)  # warm every worker
+                    gw0, tr0 = cpu_seconds(proc.pid), cpu_seconds(server.process.pid)  # type: ignore[union-attr]
+                    client0, wall0 = time.process_time(), time.perf_counter()
+                    result = load_level(url, uploads, concurrency, requests, seconds)
+                    wall = time.perf_counter() - wall0
+                    gw = cpu_seconds(proc.pid) - gw0
+                    tr = cpu_seconds(server.process.pid) - tr0  # type: ignore[union-attr]
+                    client = time.process_time() - client0
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+                done = round(result.row.throughput * wall)
+                rows.append(
+                    {
+                        "workers": n,
+                        "uploads": done,
+                        "failures": result.failures,
+                        "uploads_per_s": result.row.throughput,
+                        "p50_ms": result.row.p50 / 1000,
+                        "p99_ms": result.row.p99 / 1000,
+                        "gateway_cpu_s": gw,
+                        "triton_cpu_s": tr,
+                        "client_cpu_s": client,
+                        "wall_s": wall,
+                        "per_gateway_core": done / gw if gw else 0.0,
+                    }
+                )
+        finally:
+            server.stop()
+    lines = [
+        f"## covidct bench capacity (identity model, S={spec.image_size})",
+        "",
+        f"The gateway alone: an identity model in a real tritonserver, uvicorn with N worker "
+        f"processes, {concurrency} kept-alive connections uploading {len(uploads)} real 512² "
+        f"PNG slices in turn for {seconds:g} s per row. 'Per gateway core' is uploads divided "
+        "by the CPU seconds of the gateway processes (from /proc); Triton and the load "
+        f"generator share the same {os.cpu_count()} cores.",
+        "",
+        "| workers | uploads/s | p50 ms | p99 ms | failed | gateway CPU s | Triton CPU s | "
+        "client CPU s | uploads per gateway core-s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workers']} | {r['uploads_per_s']:.0f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {r['failures']} | {r['gateway_cpu_s']:.1f} | "
+            f"{r['triton_cpu_s']:.1f} | {r['client_cpu_s']:.1f} | {r['per_gateway_core']:.0f} |"
+        )
+    lines.append("")
+    section = "\n".join(lines)
+    save(out, "capacity", section, {"rows": rows, "concurrency": concurrency, "seconds": seconds})
+    return section
