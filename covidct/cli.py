@@ -483,11 +483,15 @@ def bench_data(
     synth_slices: Annotated[int, typer.Option(help="Synthetic slices to time.")] = 200,
     cache_slices: Annotated[int, typer.Option(help="Slices per cache build.")] = 1000,
     size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
+    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
 ) -> None:
     """Decode+crop+resize speed per core (PNG, DICOM), synthesis and cache build speed."""
+    from bench.sweep import save
     from covidct.bench import run_data_bench
 
-    print(run_data_bench(png, synth_slices, cache_slices, size))
+    section = run_data_bench(png, synth_slices, cache_slices, size)
+    save(_bench_out(out, "data"), "data", section, {"size": size})
+    print(section)
 
 
 @bench_app.command("train")
@@ -496,39 +500,15 @@ def bench_train(
     size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
     steps: Annotated[int, typer.Option(help="Timed training steps.")] = 6,
+    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
 ) -> None:
     """Input pipeline images/s versus training-step images/s, plus graph build and memory."""
+    from bench.sweep import save
     from covidct.bench import run_train_bench
 
-    print(run_train_bench(backbone, size, batch_size, steps))
-
-
-@bench_app.command("serving")
-def bench_serving(
-    run: Annotated[Path, typer.Option(help="Run directory to export and serve.")],
-    calibration_data: Annotated[Path, typer.Option(help="COVIDx-CT folder for INT8.")],
-    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,2,4,8",
-    requests: Annotated[int, typer.Option(help="Requests per cell.")] = 48,
-) -> None:
-    """In-process ONNX Runtime vs Triton-served throughput, fp32 and INT8, same run."""
-    from covidct.bench import run_serving_bench
-
-    levels = tuple(int(c) for c in concurrency.split(","))
-    print(run_serving_bench(run, calibration_data, levels, requests))
-
-
-@bench_app.command("overhead")
-def bench_overhead(
-    url: Annotated[str, typer.Option(help="Gateway URL.")] = "http://127.0.0.1:8080",
-    triton_url: Annotated[str, typer.Option(help="Triton gRPC address.")] = "127.0.0.1:8001",
-    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,8",
-    requests: Annotated[int, typer.Option(help="Requests per cell.")] = 64,
-) -> None:
-    """Gateway p50/p99 latency against a direct Triton call on the same tensor."""
-    from covidct.bench import run_overhead_bench
-
-    levels = tuple(int(c) for c in concurrency.split(","))
-    print(run_overhead_bench(url, triton_url, levels, requests))
+    section = run_train_bench(backbone, size, batch_size, steps)
+    save(_bench_out(out, "train"), "train", section, {"backbone": backbone, "size": size})
+    print(section)
 
 
 def _bench_out(out: Path | None, name: str) -> Path:
@@ -693,6 +673,22 @@ def bench_capacity(
         print(run_capacity_bench(_bench_out(out, "capacity"), counts, concurrency, seconds))
     except BenchError as e:
         fail(str(e))
+
+
+@bench_app.command("report")
+def bench_report(
+    results: Annotated[Path | None, typer.Option(help="Result folders.")] = None,
+    output: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("BENCHMARKS.md"),
+) -> None:
+    """Write BENCHMARKS.md from the result folders (targets table computed from them)."""
+    from bench.report import write_report
+    from bench.sweep import RESULTS
+
+    root = results or RESULTS
+    if not root.is_dir():
+        fail(f"{root} does not exist: run a `covidct bench ...` command first")
+    write_report(root, output)
+    err.print(f"wrote {output}")
 
 
 def main() -> None:

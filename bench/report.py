@@ -1,0 +1,162 @@
+"""``covidct bench report``: BENCHMARKS.md assembled from the result folders.
+
+Each ``bench/results/NAME/`` holds what one ``covidct bench NAME`` run wrote
+(``section.md``, ``result.json``, CSV, PNG) and, optionally, a hand-written ``notes.md``
+reading of it. The targets table at the top is computed from the ``result.json`` files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.sweep import RESULTS, machine
+
+ORDER = (
+    "data",
+    "train",
+    "training-run",
+    "engines",
+    "triton",
+    "settings",
+    "gateway",
+    "capacity",
+    "gpu",
+    "make-serve",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured yet
+
+
+def _load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / name / "result.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _rows(raw: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {int(r["concurrency"]): r for r in raw}
+
+
+def targets(results: Path) -> list[Target]:
+    """The issue's four targets, judged from the committed result files."""
+    out = []
+    engines, triton = _load(results, "engines"), _load(results, "triton")
+    gateway, capacity = _load(results, "gateway"), _load(results, "capacity")
+    served: dict[str, dict[int, dict[str, Any]]] = {}
+    if triton:
+        served = {v: _rows(rows) for v, rows in triton["rows"].items()}
+    fp32 = next(iter(served.values()), None)
+    if engines and fp32:
+        best_ort = engines["best_images_per_s"]["ort-fp32"]
+        best_served = max(r["throughput"] for r in fp32.values())
+        ratio = best_served / best_ort
+        out.append(
+            Target(
+                "Triton-served fp32 vs in-process ONNX Runtime (best batch)",
+                ">= 0.9x",
+                f"{best_served:.1f} vs {best_ort:.1f} img/s = {ratio:.2f}x",
+                ratio >= 0.9,
+            )
+        )
+    else:
+        out.append(Target("Triton-served fp32 vs in-process ONNX Runtime", ">= 0.9x", "-", None))
+    if gateway and gateway.get("triton"):
+        g, t = _rows(gateway["gateway"]), _rows(gateway["triton"])
+        ratios = {c: g[c]["throughput"] / t[c]["throughput"] for c in (4, 8) if c in g and c in t}
+        overhead = (g[1]["p50"] - t[1]["p50"]) / 1000 if 1 in g and 1 in t else None
+        out.append(
+            Target(
+                "Gateway /v1/predict vs Triton direct throughput, c=4 and c=8",
+                ">= 0.9x",
+                ", ".join(f"c{c} {r:.2f}x" for c, r in ratios.items()) or "-",
+                bool(ratios) and min(ratios.values()) >= 0.9,
+            )
+        )
+        out.append(
+            Target(
+                "Gateway p50 overhead over Triton direct (c=1)",
+                "<= 10 ms",
+                "-" if overhead is None else f"{overhead:+.1f} ms",
+                None if overhead is None else overhead <= 10,
+            )
+        )
+    else:
+        out.append(Target("Gateway vs Triton direct", ">= 0.9x, p50 +<= 10 ms", "-", None))
+    if capacity:
+        best = max(r["per_gateway_core"] for r in capacity["rows"])
+        out.append(
+            Target(
+                "Gateway capacity, identity model",
+                ">= 300 PNG/s per core",
+                f"{best:.0f} per gateway core-second",
+                best >= 300,
+            )
+        )
+    else:
+        out.append(Target("Gateway capacity, identity model", ">= 300 PNG/s per core", "-", None))
+    if len(served) == 2:
+        (va, a), (vb, b) = served.items()
+        common = sorted(set(a) & set(b))
+        best_a = max(a[c]["throughput"] for c in common)
+        best_b = max(b[c]["throughput"] for c in common)
+        agreement = engines["agreement"]["ort-int8"] if engines else None
+        note = f"; top-1 agreement {100 * agreement:.1f}%" if agreement is not None else ""
+        out.append(
+            Target(
+                f"INT8 served (v{vb}) vs fp32 served (v{va}), best concurrency",
+                ">= 1.4x, >= 99% agreement",
+                f"{best_b:.1f} vs {best_a:.1f} img/s = {best_b / best_a:.2f}x{note}",
+                best_b / best_a >= 1.4 and (agreement is None or agreement >= 0.99),
+            )
+        )
+    else:
+        out.append(Target("INT8 served vs fp32 served", ">= 1.4x", "-", None))
+    return out
+
+
+def render(results: Path = RESULTS) -> str:
+    """The whole BENCHMARKS.md text."""
+    folders = [results / n for n in ORDER if (results / n).is_dir()]
+    folders += sorted(p for p in results.iterdir() if p.is_dir() and p.name not in ORDER)
+    first = next((_load(results, p.name) for p in folders if _load(results, p.name)), None)
+    m = (first or {}).get("machine") or machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `covidct bench report` from the result folders under `bench/results/` "
+        "(`make bench` reruns every benchmark, then this). Figures compared with each other "
+        "come from the same run; each section names its command.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, "
+        f"Python {m['python']}; no GPU.",
+        "",
+        "## Targets",
+        "",
+        "| target | goal | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for t in targets(results):
+        met = "not measured" if t.met is None else ("yes" if t.met else "**no**")
+        lines.append(f"| {t.what} | {t.goal} | {t.measured} | {met} |")
+    lines.append("")
+    for folder in folders:
+        for part in ("section.md", "notes.md"):
+            if (folder / part).is_file():
+                lines += [(folder / part).read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
+def write_report(results: Path, output: Path) -> str:
+    text = render(results)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(output)
+    return text
