@@ -1,13 +1,18 @@
-"""Session fixtures shared by the integration tests: one export, one real tritonserver."""
+"""Session fixtures shared by the integration tests: one export, one real tritonserver, one
+gateway in front of it."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from covidct.config import GatewaySettings
 from export.server import TritonServer, free_port
+from gateway.app import create_app
 from tests.cli_helpers import covidct
 
 
@@ -35,3 +40,21 @@ def server(repository: Path):
     )
     with srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def gateway_url(server):
+    """The real gateway (uvicorn on 127.0.0.1, in a thread) in front of ``server``."""
+    import uvicorn
+
+    port = free_port()
+    app = create_app(GatewaySettings(triton_url=f"127.0.0.1:{server.grpc_port}"))
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not uv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(timeout=10)

@@ -4,34 +4,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from covidct.config import GatewaySettings
-from export.server import free_port
-from gateway.app import create_app
-
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
-
-
-@pytest.fixture
-def gateway_url(server):
-    import uvicorn
-
-    port = free_port()
-    app = create_app(GatewaySettings(triton_url=f"127.0.0.1:{server.grpc_port}"))
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not uv.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
 
 
 def test_page_shows_the_result_for_a_real_slice(gateway_url: str, shared_data: Path) -> None:

@@ -1,0 +1,134 @@
+"""The benchmark tooling's pure parts: levels, CSV, perf_analyzer parsing, rules, report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from bench.perf import parse_perf_csv
+from bench.report import render, targets
+from bench.settings import recommend
+from bench.sweep import RESULTS, BenchError, Row, parse_levels, read_csv, write_csv
+from export.repository import ServingConfig
+
+
+@pytest.mark.parametrize(
+    ("text", "levels"),
+    [
+        ("1:16:x2", [1, 2, 4, 8, 16]),
+        ("1:8:2", [1, 3, 5, 7]),
+        ("2:12:x3", [2, 6]),
+        ("4", [4]),
+        ("1,2,8", [1, 2, 8]),
+        (" 1:3 ", [1, 2, 3]),
+    ],
+)
+def test_levels(text: str, levels: list[int]) -> None:
+    assert parse_levels(text) == levels
+
+
+@pytest.mark.parametrize("text", ["", "0", "a:b", "1:16:x1", "1:16:0", "-1,2", "1:4096:x2", "x"])
+def test_bad_levels_are_refused(text: str) -> None:
+    with pytest.raises(BenchError, match="concurrency"):
+        parse_levels(text)
+
+
+def test_csv_round_trip_and_percentiles(tmp_path: Path) -> None:
+    row = Row.from_latencies(4, [0.010] * 98 + [0.050, 0.100], wall=2.0)
+    assert row.throughput == 50.0
+    assert row.p50 == pytest.approx(10_000) and row.p99 > 49_000
+    write_csv(tmp_path / "x.csv", [row, Row(8, 1.5, 1, 2, 3, 4, 5, 6, 7)])
+    back = read_csv(tmp_path / "x.csv")
+    assert back[0].concurrency == 4 and back[0].server_queue is None
+    assert back[1].server_compute == 7
+
+
+def test_perf_analyzer_csv_is_parsed(fixtures: Path) -> None:
+    (row,) = parse_perf_csv(fixtures / "perf_analyzer.csv")
+    assert row.concurrency == 1 and row.throughput == pytest.approx(18.1355)
+    assert row.p50 == 50805 and row.p99 == 137022
+    assert row.server_queue == 2110 and row.server_compute == 51742
+    # perf_analyzer 2.50 writes no "Avg latency": the sum of its latency components
+    assert row.avg == 13 + 326 + 2110 + 32 + 51742 + 635 + 5
+
+
+def _rows(c1_p99: float, loaded: float) -> list[Row]:
+    return [
+        Row(1, 10, 1, 1, 1, c1_p99, 1),
+        Row(4, loaded, 1, 1, 1, 1, 1),
+        Row(8, loaded, 1, 1, 1, 1, 1),
+    ]
+
+
+def test_recommendation_rule() -> None:
+    results = {
+        "a": _rows(c1_p99=100, loaded=20),
+        "b": _rows(c1_p99=110, loaded=25),  # within 25% at c=1 and faster under load: chosen
+        "c": _rows(c1_p99=200, loaded=40),  # fastest, but twice the single-user p99
+    }
+    assert recommend(results) == "b"
+    assert recommend({"a": results["a"]}) == "a"
+
+
+def test_export_defaults_follow_the_committed_settings_measurement() -> None:
+    result = json.loads((RESULTS / "settings" / "result.json").read_text())
+    chosen = result["recommended_serving"]
+    defaults = asdict(ServingConfig())
+    for key in ("dynamic_batching", "max_queue_delay_us", "instance_count"):
+        assert defaults[key] == chosen[key], (key, result["recommended"])
+
+
+def _result(folder: Path, name: str, payload: dict[str, object]) -> None:
+    (folder / name).mkdir(parents=True)
+    machine = {"cpu": "test cpu", "cores": 2, "memory_gib": 1.0, "os": "x", "python": "3.11"}
+    (folder / name / "result.json").write_text(json.dumps({"machine": machine, **payload}))
+    (folder / name / "section.md").write_text(f"## section {name}\n")
+
+
+def _raw(c: int, throughput: float, p50: float) -> dict[str, float]:
+    return asdict(Row(c, throughput, p50, p50, p50, p50, p50))
+
+
+def test_report_judges_every_target(tmp_path: Path) -> None:
+    _result(
+        tmp_path,
+        "engines",
+        {"best_images_per_s": {"ort-fp32": 20.0}, "agreement": {"ort-int8": 0.995}},
+    )
+    _result(
+        tmp_path,
+        "triton",
+        {
+            "rows": {
+                "1": [_raw(1, 18, 50_000), _raw(8, 19, 400_000)],
+                "2": [_raw(1, 25, 40_000), _raw(8, 30, 260_000)],
+            }
+        },
+    )
+    _result(
+        tmp_path,
+        "gateway",
+        {
+            "gateway": [_raw(1, 17, 58_000), _raw(4, 18, 1), _raw(8, 17, 1)],
+            "triton": [_raw(1, 18, 50_000), _raw(4, 19, 1), _raw(8, 19, 1)],
+        },
+    )
+    _result(tmp_path, "capacity", {"rows": [{"per_gateway_core": 180.0}]})
+    (tmp_path / "capacity" / "notes.md").write_text("Reading: why.\n")
+    judged = {t.what.split(",")[0].split(" (")[0]: t for t in targets(tmp_path)}
+    assert [t.met for t in judged.values()] == [True, False, True, False, True]
+    assert "0.95x" in judged["Triton-served fp32 vs in-process ONNX Runtime"].measured
+    assert "+8.0 ms" in judged["Gateway p50 overhead over Triton direct"].measured
+    text = render(tmp_path)
+    assert text.index("## section engines") < text.index("## section capacity")
+    assert "Reading: why." in text and "test cpu, 2 cores" in text
+
+
+def test_report_says_what_is_not_measured(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "section.md").write_text("## data\n")
+    assert all(t.met is None for t in targets(tmp_path))
+    assert "not measured" in render(tmp_path)
