@@ -173,6 +173,7 @@ def run_gateway_bench(
     seconds: float = 30.0,
     measurement_ms: int = 4000,
     api_key: str | None = None,
+    stability: float = 50.0,
 ) -> str:
     """The whole ``covidct bench gateway`` command; returns its Markdown section."""
     import httpx
@@ -205,7 +206,14 @@ def run_gateway_bench(
                 raw.parent.mkdir(parents=True, exist_ok=True)
                 triton_rows.append(
                     run_level(
-                        triton_url, spec.name, "", c, input_data, raw, measurement_ms=measurement_ms
+                        triton_url,
+                        spec.name,
+                        "",
+                        c,
+                        input_data,
+                        raw,
+                        measurement_ms=measurement_ms,
+                        stability=stability,
                     )
                 )
             result = load_level(url, uploads, c, requests, seconds, headers=headers)

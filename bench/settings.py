@@ -86,6 +86,7 @@ def run_settings_bench(
     model: str = "covidct",
     version: int | None = None,
     measurement_ms: int = 4000,
+    stability: float = 50.0,
 ) -> str:
     """The whole ``covidct bench settings`` command; returns its Markdown section."""
     from bench.perf import sweep
@@ -115,6 +116,7 @@ def run_settings_bench(
                         levels,
                         out / f"variant{i}",
                         measurement_ms=measurement_ms,
+                        stability=stability,
                     )
             except TritonError as e:
                 raise BenchError(f"{variant.name}: {e}") from e

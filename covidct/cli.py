@@ -542,6 +542,9 @@ def bench_triton(
     protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
     batch: Annotated[int, typer.Option(help="Batch size per request.")] = 1,
     measurement_ms: Annotated[int, typer.Option(help="perf_analyzer window (ms).")] = 4000,
+    stability: Annotated[
+        float, typer.Option(help="perf_analyzer: windows must agree within this percent.")
+    ] = 50.0,
     out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
 ) -> None:
     """perf_analyzer sweep with real CT slices: CSV, throughput-latency PNG, report section."""
@@ -562,6 +565,7 @@ def bench_triton(
                 protocol,
                 batch,
                 measurement_ms,
+                stability,
             )
         )
     except BenchError as e:
@@ -578,6 +582,9 @@ def bench_gateway(
     requests: Annotated[int, typer.Option(help="Most requests per level.")] = 200,
     seconds: Annotated[float, typer.Option(help="Most seconds per level.")] = 30.0,
     measurement_ms: Annotated[int, typer.Option(help="perf_analyzer window (ms).")] = 4000,
+    stability: Annotated[
+        float, typer.Option(help="perf_analyzer: windows must agree within this percent.")
+    ] = 50.0,
     api_key: Annotated[
         str | None,
         typer.Option(envvar="COVIDCT_API_KEY", help="X-API-Key, if the gateway has one."),
@@ -600,6 +607,7 @@ def bench_gateway(
                 seconds,
                 measurement_ms,
                 api_key,
+                stability,
             )
         )
     except BenchError as e:
@@ -640,6 +648,9 @@ def bench_settings(
     version: Annotated[int | None, typer.Option(help="Version (default: latest).")] = None,
     concurrency: Annotated[str, typer.Option(help="Levels: 1:16:x2, 1:8:2 or 1,2,8.")] = "1:16:x2",
     measurement_ms: Annotated[int, typer.Option(help="perf_analyzer window (ms).")] = 4000,
+    stability: Annotated[
+        float, typer.Option(help="perf_analyzer: windows must agree within this percent.")
+    ] = 50.0,
     out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
 ) -> None:
     """Dynamic batching off/on (two delays), one/two instances: which should export use?"""
@@ -650,7 +661,13 @@ def bench_settings(
     try:
         print(
             run_settings_bench(
-                repository, _bench_out(out, "settings"), levels, model, version, measurement_ms
+                repository,
+                _bench_out(out, "settings"),
+                levels,
+                model,
+                version,
+                measurement_ms,
+                stability,
             )
         )
     except BenchError as e:

@@ -1,0 +1,215 @@
+"""Smoke runs of every ``covidct bench`` command on tiny settings, so the tooling never rots.
+
+The figures are not judged here (BENCHMARKS.md holds them); what is checked is that each
+command runs end to end against the real binaries and writes well-formed results.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.sweep import read_csv
+from covidct.bench import REPO
+from tests.cli_helpers import covidct
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ci_group = pytest.mark.xdist_group("ci-run")
+
+
+def _ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+
+
+@ci_group
+def test_bench_triton_with_perf_analyzer(server, tmp_path: Path) -> None:
+    out = tmp_path / "triton"
+    _ok(
+        covidct(
+            "bench",
+            "triton",
+            "--url",
+            f"127.0.0.1:{server.grpc_port}",
+            "--versions",
+            "1",
+            "--concurrency",
+            "1,2",
+            "--measurement-ms",
+            "500",
+            "--stability",
+            "500",
+            "--out",
+            out,
+        )
+    )
+    rows = read_csv(out / "triton-v1.csv")
+    assert [r.concurrency for r in rows] == [1, 2]
+    assert all(r.throughput > 0 and r.p50 <= r.p99 for r in rows)
+    assert rows[0].server_compute is not None and rows[0].server_compute > 0
+    assert (out / "triton.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "raw").iterdir()) == ["v1-c1.csv", "v1-c2.csv"]
+    assert not (out / "input_data.json").exists()
+
+
+@ci_group
+def test_bench_gateway_beside_triton(server, gateway_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "gateway"
+    _ok(
+        covidct(
+            "bench",
+            "gateway",
+            "--url",
+            gateway_url,
+            "--triton",
+            f"127.0.0.1:{server.grpc_port}",
+            "--concurrency",
+            "1,2",
+            "--requests",
+            "10",
+            "--measurement-ms",
+            "500",
+            "--stability",
+            "500",
+            "--out",
+            out,
+        )
+    )
+    result = json.loads((out / "result.json").read_text())
+    assert result["failures"] == 0
+    gateway, triton = read_csv(out / "gateway.csv"), read_csv(out / "triton.csv")
+    assert [r.concurrency for r in gateway] == [r.concurrency for r in triton] == [1, 2]
+    assert "gateway / Triton" in (out / "section.md").read_text()
+    assert (out / "gateway.png").is_file()
+
+
+def test_bench_gateway_names_an_unreachable_gateway(tmp_path: Path) -> None:
+    result = covidct("bench", "gateway", "--url", "http://127.0.0.1:9", "--out", tmp_path)
+    assert result.returncode == 2 and "does not answer /v1/models" in result.stderr
+
+
+@ci_group
+def test_bench_settings_sweeps_every_variant(repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "settings"
+    _ok(
+        covidct(
+            "bench",
+            "settings",
+            "--repository",
+            repository,
+            "--concurrency",
+            "1",
+            "--measurement-ms",
+            "500",
+            "--stability",
+            "500",
+            "--out",
+            out,
+        )
+    )
+    result = json.loads((out / "result.json").read_text())
+    assert len(result["results"]) == 4 and result["recommended"] in result["results"]
+    assert result["recommended_serving"]["target"] == "cpu"
+    assert (out / "settings.png").is_file()
+
+
+@ci_group
+def test_bench_engines_runs_all_four(ci_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "engines"
+    _ok(
+        covidct(
+            "bench", "engines", "--run", ci_run, "--batches", "1,2", "--rounds", "2", "--out", out
+        )
+    )
+    result = json.loads((out / "result.json").read_text())
+    engines = result["results"]
+    assert set(engines) == {"tf-savedmodel", "ort-fp32", "openvino-fp32", "ort-int8"}
+    for figures in engines.values():
+        assert figures["peak_rss_mib"] > 50
+        assert set(figures["batches"]) == {"1", "2"}
+    # OpenVINO runs the same ONNX graph: it must give the same answers
+    assert result["agreement"]["openvino-fp32"] == 1.0
+    assert result["agreement"]["tf-savedmodel"] == 1.0
+
+
+def test_bench_capacity_with_the_identity_model(tmp_path: Path) -> None:
+    out = tmp_path / "capacity"
+    _ok(
+        covidct(
+            "bench",
+            "capacity",
+            "--workers",
+            "1",
+            "--concurrency",
+            "4",
+            "--seconds",
+            "2",
+            "--out",
+            out,
+        )
+    )
+    (row,) = json.loads((out / "result.json").read_text())["rows"]
+    assert row["failures"] == 0 and row["uploads"] > 10
+    assert row["gateway_cpu_s"] > 0 and row["per_gateway_core"] > 0
+
+
+def test_bench_data_train_and_report(tmp_path: Path) -> None:
+    _ok(
+        covidct(
+            "bench",
+            "data",
+            "--png",
+            "4",
+            "--synth-slices",
+            "10",
+            "--cache-slices",
+            "20",
+            "--size",
+            "64",
+            "--out",
+            tmp_path / "data",
+        )
+    )
+    _ok(
+        covidct(
+            "bench",
+            "train",
+            "--backbone",
+            "densenet121",
+            "--size",
+            "32",
+            "--steps",
+            "1",
+            "--out",
+            tmp_path / "train",
+        )
+    )
+    report = tmp_path / "BENCHMARKS.md"
+    _ok(covidct("bench", "report", "--results", tmp_path, "--output", report))
+    text = report.read_text()
+    assert "## covidct bench data (S=64)" in text and "## covidct bench train" in text
+    assert "not measured" in text
+
+
+def test_gpu_script_stops_at_the_gpu_boundary(tmp_path: Path) -> None:
+    """No GPU here: the script must get everything ready, then say what is missing."""
+    from covidct.config import ModelSpec
+    from export.pipeline import _tensorrt_script
+    from export.repository import ServingConfig, render_config
+
+    spec, serving = ModelSpec(image_size=64), ServingConfig(target="tensorrt-plan")
+    version = tmp_path / "models" / "covidct" / "1"
+    version.mkdir(parents=True)
+    (version.parent / "config.pbtxt").write_text(render_config(spec, serving, (2, 2)))
+    (version / "build_plan.sh").write_text(_tensorrt_script(spec, serving))
+    result = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu.sh"), str(tmp_path / "models"), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 3, result.stderr
+    assert "not a GPU host: missing trtexec tritonserver nvidia-smi" in result.stderr
+    assert str(version) in result.stderr
