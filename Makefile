@@ -22,9 +22,10 @@ lint: setup
 serve: setup
 	$(BIN)/covidct serve
 
+# Every benchmark (about 40 min on 2 cores; trains and exports the DenseNet201 it needs
+# once, into runs/bench), then BENCHMARKS.md from bench/results/.
 bench: setup
-	$(BIN)/covidct bench data | tee -a BENCHMARKS.md
-	$(BIN)/covidct bench train | tee -a BENCHMARKS.md
+	$(BIN)/covidct bench all
 
 lock:
 	$(BIN)/pip freeze --exclude-editable | { echo "# Pinned versions of every Python package in .venv (pip constraints file)."; echo "# Regenerate: make lock  (after changing dependencies in pyproject.toml)."; cat; } > requirements.lock

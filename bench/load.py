@@ -189,6 +189,16 @@ def run_gateway_bench(
         raise BenchError(f"gateway at {url} does not answer /v1/models: {e}") from e
     spec = ModelSpec.from_dict(info["model_spec"])
     uploads = real_uploads()
+    first = uploads[0]
+    answer = httpx.post(
+        f"{url}/v1/predict",
+        headers=headers,
+        timeout=60,
+        files={"file": (first.name, first.body, first.content_type)},
+    )
+    if answer.status_code != 200:
+        raise BenchError(f"gateway at {url} answered {answer.status_code}: {answer.text[:300]}")
+    version = str(answer.json()["model"]["version"])  # Triton direct measures the same one
     gateway_rows: list[Row] = []
     triton_rows: list[Row] = []
     failures = 0
@@ -197,7 +207,7 @@ def run_gateway_bench(
         if triton_url:
             import numpy as np
 
-            served_spec(triton_url, spec.name, "", "grpc")  # fails early if unreachable
+            served_spec(triton_url, spec.name, version, "grpc")  # fails early if unreachable
             images = np.stack([preprocess_bytes(u.body, spec.image_size).image for u in uploads])
             write_input_data(input_data, spec, images)
         for c in levels:
@@ -208,7 +218,7 @@ def run_gateway_bench(
                     run_level(
                         triton_url,
                         spec.name,
-                        "",
+                        version,
                         c,
                         input_data,
                         raw,
@@ -227,7 +237,7 @@ def run_gateway_bench(
     plot(out / "gateway.png", curves, f"Gateway vs Triton, {spec.backbone} {spec.image_size}²")
     n_png = sum(u.content_type == "image/png" for u in uploads)
     lines = [
-        f"## covidct bench gateway ({spec.backbone}, S={spec.image_size})",
+        f"## covidct bench gateway ({spec.backbone}, S={spec.image_size}, version {version})",
         "",
         "Bounded async client (pre-encoded HTTP/1.1 requests on kept-alive connections), "
         f"{len(uploads)} real uploads in turn ({n_png} 512² PNG, "
@@ -268,6 +278,7 @@ def run_gateway_bench(
         section,
         {
             "spec": spec.to_dict(),
+            "version": version,
             "failures": failures,
             "gateway": gateway_rows,
             "triton": triton_rows,

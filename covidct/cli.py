@@ -692,6 +692,29 @@ def bench_capacity(
         fail(str(e))
 
 
+@bench_app.command("all")
+def bench_all(
+    work: Annotated[Path, typer.Option(help="Data, run and repository for the benchmarks.")] = Path(
+        "runs/bench"
+    ),
+    run: Annotated[
+        Path | None, typer.Option(help="Use this run (default: train DenseNet201 224² once).")
+    ] = None,
+    only: Annotated[
+        str, typer.Option(help="Comma-separated subset of the benchmarks.")
+    ] = "data,train,engines,triton,settings,gateway,capacity",
+    output: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("BENCHMARKS.md"),
+) -> None:
+    """Every benchmark (preparing the model they need), then BENCHMARKS.md: `make bench`."""
+    from bench.all import run_all
+    from bench.sweep import RESULTS, BenchError
+
+    try:
+        run_all(work, run, RESULTS, tuple(s.strip() for s in only.split(",") if s.strip()), output)
+    except BenchError as e:
+        fail(str(e))
+
+
 @bench_app.command("report")
 def bench_report(
     results: Annotated[Path | None, typer.Option(help="Result folders.")] = None,

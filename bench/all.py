@@ -1,0 +1,143 @@
+"""``covidct bench all`` (``make bench``): every benchmark in one sitting, then the report.
+
+Prepares what the benchmarks need when it is missing (synthetic CT data, a DenseNet201
+224x224 run, its fp32 and INT8 exports), then runs each ``covidct bench`` command in its own
+process (fresh memory and threads each), starting a tritonserver and a gateway for the
+gateway sweep, and finally writes BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.sweep import RESULTS, BenchError
+
+log = logging.getLogger(__name__)
+
+SYNTH = ("--patients", "24", "--slices-per-patient", "4", "--seed", "2")
+TRAIN = (
+    "--backbone",
+    "densenet201",
+    "--image-size",
+    "224",
+    "--epochs",
+    "1",
+    "--weights",
+    "none",
+    "--batch-size",
+    "8",
+)
+STEPS = ("data", "train", "engines", "triton", "settings", "gateway", "capacity")
+
+
+def covidct(*args: str | Path) -> None:
+    cmd = [sys.executable, "-m", "covidct", *map(str, args)]
+    log.info("running: covidct %s", " ".join(map(str, args)))
+    started = time.perf_counter()
+    if subprocess.run(cmd).returncode != 0:
+        raise BenchError(f"`covidct {' '.join(map(str, args))}` failed (see above)")
+    log.info("done in %.0f s", time.perf_counter() - started)
+
+
+def prepare(work: Path, run: Path | None) -> tuple[Path, Path, Path]:
+    """The run, its data folder, and a repository holding it as v1 (fp32) and v2 (INT8)."""
+    data = work / "data"
+    if not (data / "train_COVIDx-CT.txt").is_file():
+        covidct("data", "synth", "--out", data, *SYNTH)
+    if run is None:
+        run = work / "run-densenet201-224"
+        if not (run / "saved_model" / "saved_model.pb").is_file():
+            resume = ["--resume"] if (run / "train_config.json").is_file() else []
+            covidct("train", "--data", data, "--out", run, *TRAIN, *resume)
+    repo = work / "models"
+    marker = work / "models.json"
+    if not marker.is_file() or json.loads(marker.read_text()).get("run") != str(run.resolve()):
+        import shutil
+
+        shutil.rmtree(repo, ignore_errors=True)
+        covidct("export", "--run", run, "--repository", repo, "--target", "cpu")
+        covidct(
+            "export",
+            "--run",
+            run,
+            "--repository",
+            repo,
+            "--target",
+            "cpu",
+            "--int8",
+            "--calibration-data",
+            data,
+        )
+        marker.write_text(json.dumps({"run": str(run.resolve())}))
+    return run, data, repo
+
+
+def gateway_step(repo: Path, out: Path) -> None:
+    """The gateway sweep needs a server and a gateway: v1 (fp32) served, 1 worker."""
+    from bench.capacity import _wait_ready, gateway_process
+    from export.server import TritonServer, free_port
+
+    with TritonServer(
+        repo, free_port(), free_port(), free_port(), log_file=out.parent / "gateway-triton.log"
+    ) as server:
+        port = free_port()
+        os.environ["COVIDCT_MODEL_VERSION"] = "1"
+        try:
+            proc = gateway_process(
+                f"127.0.0.1:{server.grpc_port}", port, 1, out.parent / "gateway.log"
+            )
+        finally:
+            del os.environ["COVIDCT_MODEL_VERSION"]
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, proc)
+            covidct(
+                "bench",
+                "gateway",
+                "--url",
+                url,
+                "--triton",
+                f"127.0.0.1:{server.grpc_port}",
+                "--out",
+                out,
+            )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def run_all(
+    work: Path,
+    run: Path | None = None,
+    results: Path = RESULTS,
+    only: tuple[str, ...] = STEPS,
+    output: Path = Path("BENCHMARKS.md"),
+) -> None:
+    """Prepare, run the chosen benchmarks into ``results``, write the report."""
+    unknown = set(only) - set(STEPS)
+    if unknown:
+        raise BenchError(f"unknown benchmark(s) {sorted(unknown)}; choose from {', '.join(STEPS)}")
+    work.mkdir(parents=True, exist_ok=True)
+    needs_model = bool(set(only) & {"engines", "triton", "settings", "gateway"})
+    run, data, repo = prepare(work, run) if needs_model else (work, work, work)
+    for step in STEPS:
+        if step not in only:
+            continue
+        out = results / step
+        if step in ("data", "train", "capacity"):
+            covidct("bench", step, "--out", out)
+        elif step == "engines":
+            covidct("bench", "engines", "--run", run, "--calibration-data", data, "--out", out)
+        elif step == "triton":
+            covidct("bench", "triton", "--repository", repo, "--versions", "1,2", "--out", out)
+        elif step == "settings":
+            covidct("bench", "settings", "--repository", repo, "--version", "1", "--out", out)
+        elif step == "gateway":
+            gateway_step(repo, out)
+    covidct("bench", "report", "--results", results, "--output", output)
