@@ -74,6 +74,68 @@ def cpu_seconds(pid: int) -> float:
     return total / tick
 
 
+#: Where a gateway worker's time goes: each sampled stack counts for the bucket of its
+#: innermost frame that matches one.
+PROFILE_BUCKETS = (
+    ("PNG/DICOM decode", ("decode (", "_decode_raster", "_decode_dicom", "_raster_to_grey")),
+    ("body box", ("auto_body_box", "_open_square")),
+    ("crop + resize", ("crop_and_resize",)),
+    ("gRPC to Triton", ("grpc", "tritonclient")),
+    (
+        "HTTP, multipart, JSON (FastAPI/uvicorn)",
+        ("starlette", "fastapi", "uvicorn", "multipart", "h11", "httptools", "json", "pydantic"),
+    ),
+)
+
+
+def profile_summary(raw: Path) -> dict[str, float]:
+    """Share of busy samples per bucket, from a py-spy ``--format raw`` file."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")
+        if (
+            frames[-1].startswith(("select ", "epoll", "wait ", "_worker "))
+            or "Condition.wait" in frames[-1]
+        ):
+            continue  # idle: a thread waiting for work is not spending CPU
+        total += int(n)
+        bucket = "other (event loop, threads, numpy glue)"
+        for frame in reversed(frames):
+            found = [name for name, needles in PROFILE_BUCKETS if any(k in frame for k in needles)]
+            if found:
+                bucket = found[0]
+                break
+        counts[bucket] = counts.get(bucket, 0) + int(n)
+    return {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {}
+
+
+def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    exe = Path(sys.prefix) / "bin" / "py-spy"
+    if not exe.is_file():
+        return None
+    cmd = [
+        str(exe),
+        "record",
+        "-p",
+        str(pid),
+        "-d",
+        str(max(1, int(seconds))),
+        "-r",
+        "200",
+        "-f",
+        "raw",
+        "-o",
+        str(out),
+        "--nonblocking",
+        "--threads",
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,10 +187,13 @@ def run_capacity_bench(
     concurrency: int = 16,
     seconds: float = 15.0,
     requests: int = 20000,
+    profile: bool = False,
 ) -> str:
     """The whole ``covidct bench capacity`` command; returns its Markdown section."""
     from export.server import TritonError, TritonServer, free_port
 
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.txt").unlink(missing_ok=True)
     pngs = real_pngs(real_data_dir())[:16]
     uploads = [Upload(p.name, p.read_bytes(), "image/png") for p in pngs]
     rows: list[dict[str, Any]] = []
@@ -152,8 +217,15 @@ def run_capacity_bench(
                     _wait_ready(url, proc)
                     load_level(url, uploads, concurrency, 200, 10)  # warm every worker
                     gw0, tr0 = cpu_seconds(proc.pid), cpu_seconds(server.process.pid)  # type: ignore[union-attr]
+                    spy = (
+                        _py_spy(proc.pid, seconds - 1, out / "profile.txt")
+                        if profile and n == 1
+                        else None
+                    )
                     client0, wall0 = time.process_time(), time.perf_counter()
                     result = load_level(url, uploads, concurrency, requests, seconds)
+                    if spy is not None:
+                        spy.wait(timeout=60)
                     wall = time.perf_counter() - wall0
                     gw = cpu_seconds(proc.pid) - gw0
                     tr = cpu_seconds(server.process.pid) - tr0  # type: ignore[union-attr]
@@ -199,6 +271,20 @@ def run_capacity_bench(
             f"{r['triton_cpu_s']:.1f} | {r['client_cpu_s']:.1f} | {r['per_gateway_core']:.0f} |"
         )
     lines.append("")
+    shares = profile_summary(out / "profile.txt") if (out / "profile.txt").is_file() else {}
+    if shares:
+        lines += [
+            "Where one gateway worker's busy time goes (py-spy, 200 samples/s, all threads, "
+            "idle waits excluded): "
+            + "; ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())
+            + ".",
+            "",
+        ]
     section = "\n".join(lines)
-    save(out, "capacity", section, {"rows": rows, "concurrency": concurrency, "seconds": seconds})
+    save(
+        out,
+        "capacity",
+        section,
+        {"rows": rows, "concurrency": concurrency, "seconds": seconds, "profile": shares},
+    )
     return section

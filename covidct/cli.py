@@ -679,6 +679,9 @@ def bench_capacity(
     workers: Annotated[str, typer.Option(help="Gateway worker counts, e.g. 1,2.")] = "1,2",
     concurrency: Annotated[int, typer.Option(help="Concurrent connections.")] = 16,
     seconds: Annotated[float, typer.Option(help="Seconds per worker count.")] = 15.0,
+    profile: Annotated[
+        bool, typer.Option(help="py-spy the 1-worker gateway: where its time goes.")
+    ] = True,
     out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
 ) -> None:
     """The gateway's ceiling: PNG uploads/s per worker with a model that costs nothing."""
@@ -687,7 +690,11 @@ def bench_capacity(
 
     counts = _levels(workers)
     try:
-        print(run_capacity_bench(_bench_out(out, "capacity"), counts, concurrency, seconds))
+        print(
+            run_capacity_bench(
+                _bench_out(out, "capacity"), counts, concurrency, seconds, 20000, profile
+            )
+        )
     except BenchError as e:
         fail(str(e))
 

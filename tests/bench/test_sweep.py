@@ -132,3 +132,21 @@ def test_report_says_what_is_not_measured(tmp_path: Path) -> None:
     (tmp_path / "data" / "section.md").write_text("## data\n")
     assert all(t.met is None for t in targets(tmp_path))
     assert "not measured" in render(tmp_path)
+
+
+def test_profile_summary_buckets_busy_samples(tmp_path: Path) -> None:
+    from bench.capacity import profile_summary
+
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "thread (1): AnyIO worker;run (anyio);preprocess_bytes (covidct/preprocessing.py:181);"
+        "auto_body_box (covidct/preprocessing.py:255) 30\n"
+        "thread (1): AnyIO worker;run (anyio);decode (covidct/preprocessing.py:217);"
+        "load (PIL/ImageFile.py:425) 50\n"
+        "thread (2): MainThread;run (uvicorn/server.py:1);handle (starlette/routing.py:2) 20\n"
+        "thread (2): MainThread;run_forever (asyncio);select (selectors.py:468) 400\n"
+    )
+    shares = profile_summary(raw)
+    assert shares == pytest.approx(
+        {"PNG/DICOM decode": 0.5, "body box": 0.3, "HTTP, multipart, JSON (FastAPI/uvicorn)": 0.2}
+    )
