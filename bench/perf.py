@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import operator
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +192,20 @@ def served_spec(url: str, model: str, version: str, protocol: str) -> ModelSpec:
     return ModelSpec.from_dict(json.loads(params[SPEC_PARAMETER]["string_value"]))
 
 
+def executions(url: str, model: str, version: str) -> tuple[int, int]:
+    """Triton's (inference_count, execution_count) of a model version, over gRPC."""
+    import tritonclient.grpc as grpcclient
+
+    stats = grpcclient.InferenceServerClient(url).get_inference_statistics(
+        model, version, as_json=True
+    )
+    found = stats.get("model_stats", [])
+    return (
+        sum(int(s.get("inference_count", 0)) for s in found),
+        sum(int(s.get("execution_count", 0)) for s in found),
+    )
+
+
 def sweep(
     url: str,
     model: str,
@@ -218,20 +234,23 @@ def sweep(
         for c in levels:
             for v in versions:
                 csv_path = raw / f"v{v or 'latest'}-c{c}.csv"
-                rows[v].append(
-                    run_level(
-                        url,
-                        model,
-                        v,
-                        c,
-                        input_data,
-                        csv_path,
-                        protocol,
-                        batch,
-                        measurement_ms,
-                        stability,
-                    )
+                before = executions(url, model, v) if protocol == "grpc" else None
+                row = run_level(
+                    url,
+                    model,
+                    v,
+                    c,
+                    input_data,
+                    csv_path,
+                    protocol,
+                    batch,
+                    measurement_ms,
+                    stability,
                 )
+                if before is not None:  # perf_analyzer's own traffic only: one client here
+                    inferences, execs = map(operator.sub, executions(url, model, v), before)
+                    row = replace(row, avg_batch=inferences / execs if execs else None)
+                rows[v].append(row)
     finally:
         input_data.unlink(missing_ok=True)  # 16 slices as JSON text: large, and derived
     for v, vrows in rows.items():

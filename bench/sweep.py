@@ -27,6 +27,7 @@ COLUMNS = (
     "Avg latency",
     "Server Queue",
     "Server Compute Infer",
+    "Avg Batch",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,13 +49,15 @@ class Row:
     avg: float
     server_queue: float | None = None
     server_compute: float | None = None
+    avg_batch: float | None = None  # Triton's statistics: inferences per execution
 
     def values(self) -> list[str]:
         out = [str(self.concurrency), f"{self.throughput:.2f}"]
         for v in (self.p50, self.p90, self.p95, self.p99, self.avg):
             out.append(f"{v:.0f}")
-        for v in (self.server_queue, self.server_compute):  # type: ignore[assignment]
-            out.append("" if v is None else f"{v:.0f}")
+        for opt in (self.server_queue, self.server_compute):
+            out.append("" if opt is None else f"{opt:.0f}")
+        out.append("" if self.avg_batch is None else f"{self.avg_batch:.2f}")
         return out
 
     @classmethod
@@ -119,6 +122,7 @@ def read_csv(path: Path) -> list[Row]:
             float(r["Avg latency"]),
             opt(r.get("Server Queue")),
             opt(r.get("Server Compute Infer")),
+            opt(r.get("Avg Batch")),
         )
         for r in rows
     ]
@@ -181,15 +185,17 @@ def machine() -> dict[str, Any]:
 def table(rows: Sequence[Row]) -> list[str]:
     out = [
         "| concurrency | inferences/s | p50 ms | p95 ms | p99 ms | server queue ms | "
-        "server compute ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "server compute ms | avg batch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         q = "" if r.server_queue is None else f"{r.server_queue / 1000:.1f}"
         c = "" if r.server_compute is None else f"{r.server_compute / 1000:.1f}"
         out.append(
             f"| {r.concurrency} | {r.throughput:.1f} | {r.p50 / 1000:.1f} | {r.p95 / 1000:.1f} "
-            f"| {r.p99 / 1000:.1f} | {q} | {c} |"
+            f"| {r.p99 / 1000:.1f} | {q} | {c} | "
+            + ("" if r.avg_batch is None else f"{r.avg_batch:.2f}")
+            + " |"
         )
     return out
 
