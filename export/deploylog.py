@@ -38,6 +38,11 @@ class DeploymentLog:
     def append(self, entry: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(entry, sort_keys=True) + "\n"
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a crash cut the last line: start a fresh one
+                    line = "\n" + line
         # One write of one line on an O_APPEND descriptor: lines never interleave.
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
