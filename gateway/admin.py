@@ -19,7 +19,7 @@ from gateway.errors import AdminDisabled, AdminUnauthorized
 def require_admin(request: Request) -> None:
     """Dependency: the admin key must be configured and sent."""
     key = state_of(request).settings.admin_key
-    if key is None:
+    if key is None or not key.get_secret_value():  # an empty key must never open the door
         raise AdminDisabled("admin endpoints are disabled: set COVIDCT_ADMIN_KEY to enable them")
     supplied = request.headers.get("x-admin-key", "").encode()
     if not hmac.compare_digest(supplied, key.get_secret_value().encode()):
