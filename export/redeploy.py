@@ -101,7 +101,11 @@ def redeploy(
             raise DeployError(f"{run} has no SavedModel: not a finished run")
         return f"finished run {run}"
 
-    d.step("train", train_step)
+    try:
+        d.step("train", train_step)
+    except Exception as e:  # logged, then reported by the caller
+        d.finish(f"failed: {e}")
+        raise
     assert run is not None
     candidate, data = run, opts.data
     state["source_run"] = str(candidate.resolve())
@@ -116,7 +120,11 @@ def redeploy(
         state["metrics"] = {"candidate": cand, "production": prod}
         return f"candidate: {cand_src}; production v{d.old}: {prod_src}"
 
-    d.step("evaluate", evaluate_step)
+    try:
+        d.step("evaluate", evaluate_step)
+    except Exception as e:
+        d.finish(f"failed: {e}")
+        raise
     decision = decide(
         state["metrics"]["candidate"],
         state["metrics"]["production"],

@@ -1,8 +1,9 @@
 """Redeploy and rollback against the real tritonserver (explicit model control) and gateway.
 
-One stack per module, the tests run in order: v1 serves; a redeploy under load moves to v2;
-a rejected candidate, a failed smoke test and a version that fails to load leave v2
-serving; a redeploy killed midway is recovered by its rerun (v3); a rollback returns to v2.
+One stack per module (per xdist worker); each test starts from whatever version serves and
+checks relative to it: a redeploy under load moves to the next version; a rejected candidate,
+a failed smoke test and a version that fails to load leave the serving one; a redeploy
+killed midway is recovered by its rerun, then rolled back.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Stack:
         self.repo, self.triton, self.gateway, self.env = repo, triton, gateway, env
         self.model_dir = repo / "covidct"
         self.grpc = f"127.0.0.1:{triton.grpc_port}"
+
+    def current(self) -> int:
+        return int(self.serving()["version"])
 
     def serving(self) -> dict:
         r = httpx.get(f"{self.gateway}/admin/v1/serving", headers={"x-admin-key": ADMIN})
@@ -143,7 +147,8 @@ def _p99(records: list[tuple[float, float, int, str]]) -> float:
 
 
 def test_redeploy_under_load_switches_once_and_fails_no_request(stack: Stack, ci_run: Path):
-    assert stack.serving()["version"] == "1"
+    old = stack.current()
+    new = max(versions(stack.model_dir)) + 1
     with Load(stack.gateway) as load:
         time.sleep(4)
         started = time.perf_counter()
@@ -156,15 +161,15 @@ def test_redeploy_under_load_switches_once_and_fails_no_request(stack: Stack, ci
     records = sorted(load.records)
     failed = [r for r in records if r[2] != 200]
     assert records and not failed, failed[:5]
-    assert {r[3] for r in records} == {"1", "2"}
-    first_new = min(r for r in records if r[3] == "2")
+    assert {r[3] for r in records} == {str(old), str(new)}
+    first_new = min(r for r in records if r[3] == str(new))
     after = [r for r in records if r[0] > first_new[1]]
-    assert all(r[3] == "2" for r in after), "version 1 served a request after the switch"
-    assert all(r[3] == "1" for r in records if r[1] < first_new[0])
-    stack.assert_serves_only(2)
+    assert all(r[3] == str(new) for r in after), "the old version answered after the switch"
+    assert all(r[3] == str(old) for r in records if r[1] < first_new[0])
+    stack.assert_serves_only(new)
     entry = stack.log()[-1]
     assert entry["outcome"] == "deployed" and entry["gate"]["promote"]
-    assert (entry["from_version"], entry["to_version"]) == (1, 2)
+    assert (entry["from_version"], entry["to_version"]) == (old, new)
     before = [r for r in records if r[1] < started]
     during = [r for r in records if started <= r[0] and r[1] <= finished]
     later = [r for r in records if r[0] > finished]
@@ -186,12 +191,12 @@ def test_gate_rejection_changes_nothing(stack: Stack, ci_run: Path, tmp_path: Pa
     metrics = json.loads((worse / "metrics.json").read_text())
     metrics["test"]["macro_f1"] -= 0.05
     (worse / "metrics.json").write_text(json.dumps(metrics))
-    before = versions(stack.model_dir)
+    before, old = versions(stack.model_dir), stack.current()
     result = stack.run("redeploy", "--from-run", worse, "--data", ci_run.parent / "data")
     assert result.returncode == 1, result.stderr[-2000:]
     assert "macro-F1" in result.stderr and "too low" in result.stderr
     assert versions(stack.model_dir) == before
-    stack.assert_serves_only(2)
+    stack.assert_serves_only(old)
     entry = stack.log()[-1]
     assert entry["outcome"] == "rejected" and not entry["gate"]["promote"]
     assert any("macro-F1" in r and "too low" in r for r in entry["gate"]["reasons"])
@@ -201,13 +206,14 @@ def test_failed_smoke_test_rolls_back(stack: Stack, ci_run: Path, tmp_path: Path
     bad = tmp_path / "bad-slices"
     bad.mkdir()
     (bad / "slice.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a slice")
+    before, old = versions(stack.model_dir), stack.current()
     result = stack.run(
         "redeploy", "--from-run", ci_run, "--data", ci_run.parent / "data", "--smoke-slices", bad
     )
     assert result.returncode == 1
     assert "smoke" in result.stderr
-    stack.assert_serves_only(2)
-    assert versions(stack.model_dir) == [1, 2]  # the failed version 3 is gone
+    stack.assert_serves_only(old)
+    assert versions(stack.model_dir) == before  # the version that failed is gone
     entry = stack.log()[-1]
     assert entry["outcome"].startswith("rolled back: smoke test failed"), entry["outcome"]
 
@@ -223,7 +229,8 @@ def test_version_that_fails_to_load_leaves_the_old_one_serving(
         onnx.write_bytes(b"truncated by a full disk")
         return manifest
 
-    events = []
+    events: list = []
+    before, old = versions(stack.model_dir), stack.current()
     opts = DeployOptions(
         repository=stack.repo,
         data=ci_run.parent / "data",
@@ -236,12 +243,15 @@ def test_version_that_fails_to_load_leaves_the_old_one_serving(
     with pytest.raises(DeployError, match="could not load"):
         redeploy(opts, events.append, exporter=broken_export)
     assert [e.step for e in events if e.status == "fail"] == ["load"]
-    stack.assert_serves_only(2)
-    assert versions(stack.model_dir) == [1, 2]
+    stack.assert_serves_only(old)
+    assert versions(stack.model_dir) == before
     assert stack.log()[-1]["outcome"].startswith("failed: Triton could not load")
 
 
-def test_killed_redeploy_is_recovered_by_its_rerun(stack: Stack, ci_run: Path) -> None:
+def test_killed_redeploy_is_recovered_by_its_rerun_then_rolled_back(
+    stack: Stack, ci_run: Path
+) -> None:
+    before, old = versions(stack.model_dir), stack.current()
     args = stack.args("redeploy", "--from-run", ci_run, "--data", ci_run.parent / "data")
     proc = subprocess.Popen(
         [*args, "--watch-seconds", "1"],
@@ -258,28 +268,30 @@ def test_killed_redeploy_is_recovered_by_its_rerun(stack: Stack, ci_run: Path) -
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "redeploy finished before it could be killed"
     # Consistent: the old version serves, no new version was published.
-    assert stack.serving()["version"] == "2" and stack.ready() == [2]
-    assert versions(stack.model_dir) == [1, 2]
+    assert stack.current() == old and stack.ready() == [old]
+    assert versions(stack.model_dir) == before
     assert (stack.repo / ".deploy-covidct.json").is_file()
     again = stack.run(
         "redeploy", "--from-run", ci_run, "--data", ci_run.parent / "data", "--watch-seconds", 1
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    stack.assert_serves_only(3)
+    new = max(before) + 1
+    stack.assert_serves_only(new)
     assert not (stack.repo / ".deploy-covidct.json").exists()
     outcomes = [e["outcome"] for e in stack.log()[-2:]]
     assert outcomes[0].startswith("interrupted before export") and outcomes[1] == "deployed"
-
-
-def test_rollback_returns_to_the_replaced_version(stack: Stack) -> None:
+    # One command back to the version the redeploy replaced, with the same protocol.
     result = stack.run("rollback", "--watch-seconds", "1")
     assert result.returncode == 0, result.stderr[-3000:]
-    stack.assert_serves_only(2)
+    stack.assert_serves_only(old)
     entry = stack.log()[-1]
-    assert entry["action"] == "rollback" and (entry["from_version"], entry["to_version"]) == (3, 2)
+    assert entry["action"] == "rollback" and (entry["from_version"], entry["to_version"]) == (
+        new,
+        old,
+    )
     table = subprocess.run(
         [sys.executable, "-m", "covidct", "deployments", "--repository", str(stack.repo)],
         capture_output=True,
         text=True,
     )
-    assert table.returncode == 0 and "rollback" in table.stdout and "rejected" in table.stdout
+    assert table.returncode == 0 and "rollback" in table.stdout and "interrupted" in table.stdout
