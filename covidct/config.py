@@ -307,7 +307,7 @@ class GatewaySettings(BaseSettings):
 
     triton_url: str = "127.0.0.1:8001"
     model_name: str = "covidct"
-    model_version: str = ""  # empty: the newest ready version
+    model_version: str = ""  # version served at start; empty: the newest ready one
     request_timeout_s: float = 10.0
     max_in_flight: int = 32
     max_upload_bytes: int = 32 * 1024 * 1024
@@ -316,6 +316,7 @@ class GatewaySettings(BaseSettings):
     max_study_slices: int = 512
     max_study_bytes: int = 512 * 1024 * 1024
     api_key: SecretStr | None = None
+    admin_key: SecretStr | None = None  # X-Admin-Key for /admin/v1/*; unset: admin disabled
     cors_origins: list[str] = []
     retry_after_s: int = 1
 

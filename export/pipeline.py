@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -41,6 +42,11 @@ def _calibration_images(data: Path, spec: ModelSpec, limit: int = 64) -> np.ndar
         idx = np.arange(len(pool))
     rng = np.random.default_rng(0)
     return pool.gather(np.sort(rng.permutation(idx)[:limit]))
+
+
+def _split_checksums(run: Path) -> dict[str, str]:
+    path = run / "data_fingerprint.json"
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 def _tensorrt_script(spec: ModelSpec, serving: ServingConfig) -> str:
@@ -92,6 +98,8 @@ def export_run(
         "source_run": str(run.resolve()),
         "model_spec": spec.to_dict(),
         "target": serving.target,
+        # sha256 of each split's label file: a redeploy compares test splits with these.
+        "data_splits": _split_checksums(run),
         "serving": asdict(serving),
         "tools": {
             p: metadata.version(p) for p in ("tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime")
@@ -109,6 +117,7 @@ def export_run(
         outputs = run_onnx(session, spec, images)
         manifest["parity"] = {**check_parity(reference, outputs, spec), "slices": len(images)}
         cam_hw = (int(outputs[spec.cam_name].shape[1]), int(outputs[spec.cam_name].shape[2]))
+        manifest["cam_hw"] = list(cam_hw)
 
         if int8:
             from export.quantize import compare, quantize

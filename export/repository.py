@@ -48,6 +48,8 @@ class ServingConfig:
         max_queue_delay_us: how long the dynamic batcher waits to fill a batch.
         instance_count: model instances (CPU: processes; GPU: per device).
         versions_kept: version_policy latest N.
+        pinned_versions: when set, version_policy specific (exactly these versions): what a
+            redeploy writes, so that the repository on disk says what Triton serves.
         fp16: TensorRT precision for the GPU targets.
         workspace_mb: TensorRT workspace.
         trt_cache_path: where ONNX Runtime keeps built TensorRT engines (onnx-trt).
@@ -62,8 +64,11 @@ class ServingConfig:
     fp16: bool = True
     workspace_mb: int = 2048
     trt_cache_path: str = "/tmp/covidct-trt-cache"
+    pinned_versions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        # manifest.json gives a list; keep the dataclass hashable.
+        object.__setattr__(self, "pinned_versions", tuple(sorted(set(self.pinned_versions))))
         if self.target not in TARGETS:
             raise RepositoryError(f"target {self.target!r} must be one of {', '.join(TARGETS)}")
         if not 1 <= self.max_batch_size <= 1024:
@@ -91,6 +96,12 @@ def _quote(text: str) -> str:
     return json.dumps(text)  # a JSON string literal is a valid protobuf text string
 
 
+def _version_policy(serving: ServingConfig) -> str:
+    if serving.pinned_versions:
+        return f"version_policy: {{ specific: {{ versions: {_dims(serving.pinned_versions)} }} }}"
+    return f"version_policy: {{ latest: {{ num_versions: {serving.versions_kept} }} }}"
+
+
 def render_config(spec: ModelSpec, serving: ServingConfig, cam_hw: tuple[int, int]) -> str:
     """config.pbtxt for one model: deterministic text, so golden tests can pin it."""
     s = spec.image_size
@@ -104,7 +115,7 @@ def render_config(spec: ModelSpec, serving: ServingConfig, cam_hw: tuple[int, in
         lines.append('platform: "tensorrt_plan"')
     lines += [
         f"max_batch_size: {serving.max_batch_size}",
-        f"version_policy: {{ latest: {{ num_versions: {serving.versions_kept} }} }}",
+        _version_policy(serving),
         "input [",
         "  {",
         f"    name: {_quote(spec.input_name)}",
@@ -279,3 +290,49 @@ def publish_version(
     finally:
         Path(config_tmp).unlink(missing_ok=True)
     return version
+
+
+def read_manifest(model_dir: Path, version: int) -> dict[str, Any]:
+    path = model_dir / str(version) / MANIFEST
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise RepositoryError(f"{path}: cannot read the version's manifest: {e}") from e
+
+
+def _cam_hw_of(text: str, spec: ModelSpec) -> tuple[int, int]:
+    at = text.index(f"name: {_quote(spec.cam_name)}")
+    start = text.index("dims: [", at) + len("dims: [")
+    dims = [int(v) for v in text[start : text.index("]", start)].split(",")]
+    return dims[0], dims[1]
+
+
+def pinned_config(model_dir: Path, spec_version: int, served: list[int]) -> str:
+    """config.pbtxt serving exactly ``served``, with the ModelSpec of ``spec_version``.
+
+    The spec and serving settings come from that version's manifest, so a rollback puts
+    back the old version's own spec. Every version named must take the same tensors.
+    """
+    manifest = read_manifest(model_dir, spec_version)
+    spec = ModelSpec.from_dict(manifest["model_spec"])
+    serving = ServingConfig(**{**manifest["serving"], "pinned_versions": tuple(served)})
+    current = model_dir / "config.pbtxt"
+    if "cam_hw" in manifest:
+        cam_hw = (int(manifest["cam_hw"][0]), int(manifest["cam_hw"][1]))
+    else:  # versions exported before cam_hw was recorded share the current config's
+        cam_hw = _cam_hw_of(current.read_text(), spec)
+    return render_config(spec, serving, cam_hw)
+
+
+def write_config(model_dir: Path, text: str) -> None:
+    """Replace config.pbtxt atomically."""
+    _atomic_write(model_dir / "config.pbtxt", text)
+
+
+def remove_staged(model_dir: Path) -> list[str]:
+    """Delete what an interrupted export left (``.tmp-*``); returns the names removed."""
+    removed = []
+    for stale in model_dir.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+        removed.append(stale.name)
+    return removed

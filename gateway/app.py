@@ -21,13 +21,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from covidct.config import GatewaySettings, ModelSpec, get_settings
+from covidct.config import GatewaySettings, get_settings
 from gateway.errors import BadRequest, GatewayError, NotReady, Saturated, Unauthorized
+from gateway.serving import ServingVersions
 from gateway.triton import Backend, TritonBackend
 
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/healthz", "/readyz")
+ADMIN_PREFIX = "/admin/"  # protected by its own key (X-Admin-Key), not the API key
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -62,14 +64,11 @@ class GatewayState:
     backend: Backend
     metrics: Metrics
     limiter: anyio.CapacityLimiter
+    serving: ServingVersions = field(init=False)
     in_flight: int = 0
-    _spec: tuple[ModelSpec, str] | None = field(default=None, repr=False)
 
-    async def spec(self) -> tuple[ModelSpec, str]:
-        """The served ModelSpec, read from Triton once (retried while it is not there yet)."""
-        if self._spec is None:
-            self._spec = await self.backend.model_spec()
-        return self._spec
+    def __post_init__(self) -> None:
+        self.serving = ServingVersions(self.backend, self.settings.model_version)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -122,8 +121,9 @@ def create_app(
         )
         app.state.gw = state
         try:
-            spec, _ = await state.spec()
-            log.info("serving model %s (S=%d)", spec.name, spec.image_size)
+            version = await state.serving.current()
+            spec = await state.serving.spec(version)
+            log.info("serving model %s version %s (S=%d)", spec.name, version, spec.image_size)
         except GatewayError as e:  # Triton may come up after the gateway: retried per request
             log.warning("model spec not available yet: %s", e)
         yield
@@ -143,7 +143,12 @@ def create_app(
         given = request.headers.get("x-request-id", "")
         request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         started = time.perf_counter()
-        if settings.api_key is not None and request.url.path not in OPEN_PATHS:
+        path = request.url.path
+        if (
+            settings.api_key is not None
+            and path not in OPEN_PATHS
+            and not path.startswith(ADMIN_PREFIX)
+        ):
             supplied = request.headers.get("x-api-key", "").encode()
             expected = settings.api_key.get_secret_value().encode()
             if not hmac.compare_digest(supplied, expected):
@@ -190,9 +195,11 @@ def create_app(
             allow_headers=["*"],
         )
 
+    from gateway.admin import router as admin_router
     from gateway.routes import router
 
     app.include_router(router)
+    app.include_router(admin_router)
     return app
 
 

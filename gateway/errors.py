@@ -28,6 +28,18 @@ class Unauthorized(GatewayError):
     status, title = 401, "Missing or wrong API key"
 
 
+class AdminUnauthorized(GatewayError):
+    status, title = 401, "Missing or wrong admin key"
+
+
+class AdminDisabled(GatewayError):
+    status, title = 403, "Admin endpoints disabled"
+
+
+class VersionConflict(GatewayError):
+    status, title = 409, "Version cannot be served"
+
+
 class PayloadTooLarge(GatewayError):
     status, title = 413, "Upload too large"
 

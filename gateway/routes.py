@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from covidct.config import ModelSpec
 from covidct.preprocessing import Preprocessed, PreprocessingError, preprocess_bytes
 from gateway.app import request_id, state_of
 from gateway.errors import (
@@ -75,14 +76,15 @@ def _preprocess(data: bytes, size: int) -> Preprocessed:
         raise from_preprocessing(e) from e
 
 
-async def _predict_one(request: Request, data: bytes, heatmap: bool) -> Prediction:
-    """Preprocess (worker thread), infer (Triton), and build the typed answer for one slice."""
+async def _predict_one(
+    request: Request, data: bytes, heatmap: bool, version: str, spec: ModelSpec
+) -> Prediction:
+    """Preprocess (worker thread), infer (Triton ``version``), build the typed answer."""
     gw = state_of(request)
     started = time.perf_counter()
-    spec, _ = await gw.spec()
     result = await anyio.to_thread.run_sync(_preprocess, data, spec.image_size, limiter=gw.limiter)
     t1 = time.perf_counter()
-    inference = await gw.backend.infer(result.image[None], spec)
+    inference = await gw.backend.infer(result.image[None], spec, version)
     t2 = time.perf_counter()
     gw.metrics.preprocess.observe(t1 - started)
     gw.metrics.inference.observe(t2 - t1)
@@ -131,7 +133,8 @@ async def predict(request: Request, heatmap: bool = Query(False)) -> Prediction:
     started = time.perf_counter()
     async with gw.slot():
         data = await read_upload(request, gw.settings.max_upload_bytes)
-        answer = await _predict_one(request, data, heatmap)
+        async with gw.serving.use() as (version, spec):  # one version serves the whole request
+            answer = await _predict_one(request, data, heatmap, version, spec)
     answer.timings.total_ms = round((time.perf_counter() - started) * 1000, 2)
     return answer
 
@@ -188,15 +191,15 @@ async def predict_study(request: Request) -> StudyPrediction:
     started = time.perf_counter()
     async with gw.slot():
         items = await read_study(request, gw.settings.max_study_slices, gw.settings.max_study_bytes)
-        spec, _ = await gw.spec()
+        async with gw.serving.use() as (version, spec):  # every slice by the same version
 
-        async def one(data: bytes) -> Prediction | GatewayError:
-            try:
-                return await _predict_one(request, data, heatmap=False)
-            except (BadRequest, PayloadTooLarge, UnsupportedMediaType, UnusableSlice) as e:
-                return e  # a bad slice is reported in place; the study goes on
+            async def one(data: bytes) -> Prediction | GatewayError:
+                try:
+                    return await _predict_one(request, data, False, version, spec)
+                except (BadRequest, PayloadTooLarge, UnsupportedMediaType, UnusableSlice) as e:
+                    return e  # a bad slice is reported in place; the study goes on
 
-        results = await asyncio.gather(*(one(data) for _, data in items))
+            results = await asyncio.gather(*(one(data) for _, data in items))
     slices, usable = [], []
     for (name, _), result in zip(items, results, strict=True):
         if isinstance(result, GatewayError):
@@ -257,12 +260,13 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Triton and the model are ready (and the ModelSpec was read)."""
     gw = state_of(request)
-    ready = await gw.backend.ready()
-    if ready:
-        try:
-            await gw.spec()
-        except Exception:  # not ready is the answer, whatever the reason
-            ready = False
+    try:
+        version = await gw.serving.current()
+        ready = await gw.backend.ready(version)
+        if ready:
+            await gw.serving.spec(version)
+    except Exception:  # not ready is the answer, whatever the reason
+        ready = False
     return JSONResponse(
         {"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503
     )
@@ -273,11 +277,13 @@ async def models(request: Request) -> dict[str, Any]:
     """The served model, its versions and its ModelSpec."""
     gw = state_of(request)
     try:
-        spec, _ = await gw.spec()
+        version = await gw.serving.current()
+        spec = await gw.serving.spec(version)
     except Exception as e:
         raise NotReady(f"model spec not available: {e}") from e
     return {
         "name": spec.name,
+        "serving_version": version,
         "versions": await gw.backend.versions(),
         "model_spec": spec.to_dict(),
         "intended_use": spec.intended_use(),

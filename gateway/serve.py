@@ -88,7 +88,7 @@ def serve(
         grpc_port,
         http_port,
         metrics_port,
-        model_control="poll",
+        model_control="explicit",  # versions change only through covidct redeploy/rollback
         log_file=repository.parent / "tritonserver.log",
     )
     server.start()

@@ -1,7 +1,10 @@
 """The gateway's Triton client: tritonclient.grpc.aio, opened once, closed on shutdown.
 
 The ModelSpec is read from the served model's config (parameter ``covidct_model_spec``),
-so the gateway hard-codes neither the image size nor the class names.
+so the gateway hard-codes neither the image size nor the class names. Every call names the
+model version: which one serves is the gateway's state (``gateway.serving``), never
+Triton's "newest", so loading a new version beside the old one changes nothing until the
+gateway is switched.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ class Inference:
 class Backend(Protocol):
     """What the routes need from Triton (the real client, or a fake in unit tests)."""
 
-    async def model_spec(self) -> tuple[ModelSpec, str]: ...
-    async def ready(self) -> bool: ...
-    async def infer(self, images: np.ndarray, spec: ModelSpec) -> Inference: ...
+    async def model_spec(self, version: str) -> tuple[ModelSpec, str]: ...
+    async def ready(self, version: str) -> bool: ...
+    async def infer(self, images: np.ndarray, spec: ModelSpec, version: str) -> Inference: ...
     async def versions(self) -> list[dict[str, Any]]: ...
     async def close(self) -> None: ...
 
@@ -63,12 +66,12 @@ class TritonBackend:
             return NotReady(f"Triton or model {self._settings.model_name} is not available")
         return InferenceError(f"Triton error: {text[:300]}")
 
-    async def model_spec(self) -> tuple[ModelSpec, str]:
+    async def model_spec(self, version: str) -> tuple[ModelSpec, str]:
         from tritonclient.utils import InferenceServerException
 
         try:
             config = await self._client.get_model_config(
-                self._settings.model_name, self._settings.model_version, as_json=True
+                self._settings.model_name, version, as_json=True
             )
         except InferenceServerException as e:
             raise self._translate(e) from e
@@ -79,19 +82,17 @@ class TritonBackend:
                 f"parameter {SPEC_PARAMETER}; export it with covidct export"
             )
         spec = ModelSpec.from_dict(json.loads(params[SPEC_PARAMETER]["string_value"]))
-        return spec, self._settings.model_version
+        return spec, version
 
-    async def ready(self) -> bool:
+    async def ready(self, version: str) -> bool:
         try:
             return bool(await self._client.is_server_ready()) and bool(
-                await self._client.is_model_ready(
-                    self._settings.model_name, self._settings.model_version
-                )
+                await self._client.is_model_ready(self._settings.model_name, version)
             )
         except Exception:  # an unreachable server is simply not ready
             return False
 
-    async def infer(self, images: np.ndarray, spec: ModelSpec) -> Inference:
+    async def infer(self, images: np.ndarray, spec: ModelSpec, version: str) -> Inference:
         from tritonclient.utils import InferenceServerException
 
         grpc = self._grpc
@@ -105,7 +106,7 @@ class TritonBackend:
             result = await self._client.infer(
                 self._settings.model_name,
                 [inp],
-                model_version=self._settings.model_version,
+                model_version=version,
                 outputs=outputs,
                 client_timeout=self._settings.request_timeout_s,
             )

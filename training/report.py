@@ -246,8 +246,10 @@ def evaluate_run(
         if cfg_path.is_file()
         else TrainConfig(image_size=spec.image_size)
     )
-    cache_dir, _ = prepare_for_training(data, spec.image_size, cache_root)
+    cache_dir, ds = prepare_for_training(data, spec.image_size, cache_root)
     pool = SlicePool.open(PreparedCache(cache_dir))
+    # Which labels were used: a redeploy compares evaluations only on the same split file.
+    split_sha256 = ds.label_file_checksums().get(split) if cfg.auto_split == "none" else None
     if cfg.auto_split != "none":
         indices = pool.splits(cfg.auto_split, cfg.seed)[split]
     else:
@@ -262,6 +264,7 @@ def evaluate_run(
         "model": spec.name,
         "data": str(data),
         "split": split,
+        "split_sha256": split_sha256,
         "intended_use": spec.intended_use(),
         split: report,
     }

@@ -35,13 +35,13 @@ class FakeTriton:
         self.delay, self.fail, self._ready = delay, fail, ready
         self.calls: list[np.ndarray] = []
 
-    async def model_spec(self) -> tuple[ModelSpec, str]:
-        return SPEC, ""
+    async def model_spec(self, version: str) -> tuple[ModelSpec, str]:
+        return SPEC, version
 
-    async def ready(self) -> bool:
+    async def ready(self, version: str) -> bool:
         return self._ready
 
-    async def infer(self, images: np.ndarray, spec: ModelSpec) -> Inference:
+    async def infer(self, images: np.ndarray, spec: ModelSpec, version: str) -> Inference:
         self.calls.append(images)
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -50,7 +50,7 @@ class FakeTriton:
         m = float(images.mean()) / 255
         probs = np.array([[1 - m, m * 0.3, m * 0.7]], np.float32)
         cam = np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3)
-        return Inference(probs, cam, "3")
+        return Inference(probs, cam, version)
 
     async def versions(self) -> list[dict[str, str]]:
         return [{"name": "covidct", "version": "3", "state": "READY"}]

@@ -1,0 +1,277 @@
+"""What redeploy and rollback share: options, step reporting, the journal, the switch.
+
+A deployment moves the gateway from ``old_version`` to ``new_version`` with the protocol of
+``export.switch``. Its state (versions, steps done, figures) lives in a journal written after
+every step; a rerun after a kill reads it and either finishes the deployment or puts the old
+version back (``recover``). Every attempt ends as one line in the deployment log.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covidct.config import ModelSpec
+from export.deploylog import LOG_NAME, DeploymentLog, Journal, now_iso, who
+from export.gate import GateTolerances
+from export.repository import (
+    pinned_config,
+    read_manifest,
+    remove_staged,
+    versions,
+    write_config,
+)
+from export.smoke import smoke_slices, smoke_test
+from export.switch import DeployError, GatewayAdmin, TritonControl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """Everything ``covidct redeploy`` / ``covidct rollback`` were asked to do."""
+
+    repository: Path
+    data: Path | None = None
+    run: Path | None = None
+    train_config: Path | None = None
+    runs_dir: Path = Path("runs")
+    model: str = "covidct"
+    gateway_url: str = "http://127.0.0.1:8080"
+    triton_url: str = "127.0.0.1:8001"
+    admin_key: str | None = None
+    tolerances: GateTolerances = field(default_factory=GateTolerances)
+    dry_run: bool = False
+    smoke_slices: Path | None = None
+    smoke_max_latency_ms: float = 5000.0
+    watch_seconds: float = 120.0
+    max_error_rate: float = 0.05
+    drain_timeout_s: float = 120.0
+    log_path: Path | None = None
+    cache_root: Path | None = None
+
+    @property
+    def model_dir(self) -> Path:
+        return self.repository / self.model
+
+    @property
+    def deployment_log(self) -> DeploymentLog:
+        return DeploymentLog(self.log_path or self.repository / LOG_NAME)
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(self.repository / f".deploy-{self.model}.json")
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    step: str
+    status: str  # start, ok, skip (done before an interruption), fail
+    detail: str = ""
+    seconds: float = 0.0
+
+
+Reporter = Callable[[StepEvent], None]
+
+
+class WatchFailed(DeployError):
+    """The error rate after the switch was over the limit."""
+
+
+class Deployment:
+    """One deployment's state and the steps both commands are made of."""
+
+    def __init__(self, opts: DeployOptions, report: Reporter, state: dict[str, Any]) -> None:
+        self.opts, self.report, self.state = opts, report, state
+        self.triton = TritonControl(opts.triton_url, opts.model)
+        self.gateway = GatewayAdmin(opts.gateway_url, opts.admin_key)
+
+    @staticmethod
+    def new_state(action: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "id": uuid.uuid4().hex[:12],
+            "action": action,
+            "time": now_iso(),
+            "who": who(),
+            "done": [],
+            "timings": {},
+            "details": {},
+            **fields,
+        }
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def step(self, name: str, fn: Callable[[], str]) -> None:
+        """Run a step once: skipped when the journal says it finished before a kill."""
+        if name in self.state["done"]:
+            self.report(StepEvent(name, "skip", self.state["details"].get(name, "")))
+            return
+        self.report(StepEvent(name, "start"))
+        started = time.perf_counter()
+        try:
+            detail = fn()
+        except Exception as e:
+            self.report(StepEvent(name, "fail", str(e), time.perf_counter() - started))
+            raise
+        seconds = time.perf_counter() - started
+        self.state["done"].append(name)
+        self.state["timings"][name] = round(seconds, 2)
+        self.state["details"][name] = detail
+        if not self.opts.dry_run:
+            self.opts.journal.save(self.state)
+        self.report(StepEvent(name, "ok", detail, seconds))
+
+    @property
+    def old(self) -> int:
+        return int(self.state["from_version"])
+
+    @property
+    def new(self) -> int:
+        return int(self.state["to_version"])
+
+    def load_pair(self) -> str:
+        """Both versions served by Triton; the gateway still sends everything to the old."""
+        self.triton.load_versions(self.opts.model_dir, sorted({self.old, self.new}), self.new)
+        return f"Triton serves versions {self.old} and {self.new}"
+
+    def smoke(self) -> str:
+        spec = ModelSpec.from_dict(read_manifest(self.opts.model_dir, self.new)["model_spec"])
+        files = smoke_slices(self.opts.smoke_slices)
+        figures = smoke_test(
+            self.triton,
+            self.new,
+            self.opts.model_dir / str(self.new),
+            spec,
+            files,
+            max_latency_ms=self.opts.smoke_max_latency_ms,
+        )
+        self.state["smoke"] = figures
+        return (
+            f"{figures['slices']} real slices: top-1 agreement {figures['top1_agreement']:.0%}, "
+            f"p50 {figures['p50_ms']} ms"
+        )
+
+    def switch(self) -> str:
+        self.gateway.switch(self.new)
+        return f"gateway serves version {self.new}"
+
+    def drain(self) -> str:
+        waited = self.gateway.drain(self.old, self.opts.drain_timeout_s)
+        return f"no request left on version {self.old} ({waited:.1f} s)"
+
+    def watch(self) -> str:
+        """Error rate of the new version over the watch window; WatchFailed past the limit."""
+        deadline = time.monotonic() + self.opts.watch_seconds
+        requests = errors = 0
+        while True:
+            mine = self.gateway.status()["since_switch"]["by_version"].get(str(self.new), {})
+            requests, errors = int(mine.get("requests", 0)), int(mine.get("errors", 0))
+            if requests and errors / requests > self.opts.max_error_rate:
+                raise WatchFailed(
+                    f"error rate {errors}/{requests} on version {self.new} is over "
+                    f"{self.opts.max_error_rate:.0%}"
+                )
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.5, self.opts.watch_seconds))
+        return f"{requests} requests, {errors} errors in {self.opts.watch_seconds:g} s"
+
+    def retire_old(self) -> str:
+        self.triton.load_versions(self.opts.model_dir, [self.new], self.new)
+        return f"version {self.old} unloaded; Triton serves {self.new} only"
+
+    def put_back_old(self, remove_new: bool) -> None:
+        """Undo before or after a switch: the old version serves, the new one is unloaded."""
+        serving = self.gateway.status().get("version")
+        if serving == str(self.new):
+            if self.old not in self.triton.ready_versions():
+                self.triton.load_versions(
+                    self.opts.model_dir, sorted({self.old, self.new}), self.old
+                )
+            self.gateway.switch(self.old)
+            self.gateway.drain(self.new, self.opts.drain_timeout_s)
+        if self.new in self.triton.ready_versions():
+            self.triton.load_versions(self.opts.model_dir, [self.old], self.old)
+        else:
+            write_config(
+                self.opts.model_dir, pinned_config(self.opts.model_dir, self.old, [self.old])
+            )
+        if remove_new:
+            shutil.rmtree(self.opts.model_dir / str(self.new), ignore_errors=True)
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def finish(self, outcome: str, **extra: Any) -> dict[str, Any]:
+        """Append the log line, clear the journal, return the entry."""
+        entry = {
+            k: self.state.get(k)
+            for k in (
+                "id",
+                "time",
+                "who",
+                "action",
+                "source_run",
+                "data",
+                "from_version",
+                "to_version",
+                "metrics",
+                "gate",
+                "test_split_sha256",
+                "smoke",
+                "timings",
+            )
+        }
+        entry.update(outcome=outcome, finished=now_iso(), **extra)
+        self.opts.deployment_log.append(entry)
+        if not self.opts.dry_run:
+            self.opts.journal.clear()
+        self.gateway.close()
+        return entry
+
+
+def remove_orphans(model_dir: Path, newest_before: int) -> list[str]:
+    """Remove what an interrupted export of this deployment left: staged folders, and
+    versions above the newest that existed when the deployment started (never served)."""
+    removed = remove_staged(model_dir)
+    for v in versions(model_dir):
+        if v > newest_before:
+            shutil.rmtree(model_dir / str(v), ignore_errors=True)
+            removed.append(str(v))
+    return removed
+
+
+def recover(opts: DeployOptions, report: Reporter) -> dict[str, Any] | None:
+    """Bring an interrupted deployment to a consistent end; returns its log entry.
+
+    Once the gateway serves the new version (the smoke test passed), the deployment is
+    finished: drain and unload the old one. Before that it is undone: the new version is
+    unloaded, the old one stays served, and a version this deployment exported is removed.
+    """
+    state = opts.journal.load()
+    if state is None:
+        return None
+    d = Deployment(opts, report, state)
+    report(StepEvent("recover", "start", f"interrupted {state['action']} {state['id']}"))
+    created = bool(state.get("created_version"))
+    if "from_version" not in state or "to_version" not in state:
+        remove_orphans(opts.model_dir, int(state.get("newest_before", 1 << 30)))
+        if "from_version" in state:  # an export may have replaced config.pbtxt
+            old = int(state["from_version"])
+            write_config(opts.model_dir, pinned_config(opts.model_dir, old, [old]))
+        outcome = "interrupted before export; cleaned up"
+    elif d.gateway.status().get("version") == str(d.new) and "switch" in state["done"]:
+        d.drain()
+        d.retire_old()
+        outcome = f"interrupted after the switch; finished: version {d.new} serves"
+    else:
+        d.put_back_old(remove_new=created)
+        remove_staged(opts.model_dir)
+        outcome = f"interrupted before the switch; undone: version {d.old} serves"
+    report(StepEvent("recover", "ok", outcome))
+    return d.finish(outcome)

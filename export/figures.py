@@ -1,0 +1,116 @@
+"""Test-split figures of the candidate and of production, for the redeploy gate.
+
+Both are judged on the test label file of the folder given to ``covidct redeploy``. The
+candidate's figures are reused when its run already holds an evaluation of that very file
+(by sha256), else ``covidct evaluate``'s code runs its SavedModel. Production's come from
+the deployment log when a previous redeploy measured them on the same file, else its served
+artifact (the version's model.onnx) runs on the prepared cache of the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from covidct.config import ModelSpec
+from covidct.dataset import label_file
+from export.gate import headline
+from export.repository import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def data_test_sha(data: Path) -> str:
+    path = label_file(data, "test")
+    if not path.is_file():
+        raise FileNotFoundError(f"{data} has no test split ({path.name}): the gate needs one")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _run_splits(run: Path) -> dict[str, str]:
+    path = run / "data_fingerprint.json"
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+
+def run_test_sha(run: Path) -> str | None:
+    """The test split of the data a run was trained with (None when not recorded)."""
+    return _run_splits(run).get("test")
+
+
+def candidate_figures(
+    run: Path, data: Path, data_sha: str, cache_root: Path | None
+) -> tuple[dict[str, float], str]:
+    """The candidate's gated figures on ``data``'s test split, and where they came from."""
+    metrics = run / "metrics.json"
+    if run_test_sha(run) == data_sha and metrics.is_file():
+        report = json.loads(metrics.read_text()).get("test")
+        if report:
+            return headline(report), "stored with the run (same test split)"
+    stored = run / "eval-test" / "metrics.json"
+    if stored.is_file():
+        payload = json.loads(stored.read_text())
+        if payload.get("split_sha256") == data_sha:
+            return headline(payload["test"]), "stored evaluation (same test split)"
+    from training.report import evaluate_run
+
+    evaluate_run(run, data, "test", cache_root=cache_root)
+    return headline(json.loads(stored.read_text())["test"]), "evaluated now"
+
+
+def production_test_sha(model_dir: Path, version: int) -> str | None:
+    """The test split production was judged on: its manifest, else its source run."""
+    manifest = read_manifest(model_dir, version)
+    sha = (manifest.get("data_splits") or {}).get("test")
+    if sha:
+        return str(sha)
+    source = manifest.get("source_run")
+    return run_test_sha(Path(source)) if source else None
+
+
+def evaluate_version(
+    model_dir: Path, version: int, data: Path, cache_root: Path | None
+) -> dict[str, Any]:
+    """Classification report of a served version's model.onnx on ``data``'s test split."""
+    import numpy as np
+
+    from export.onnx import onnx_session, run_onnx
+    from training.cache import PreparedCache
+    from training.evaluate import classification_report
+    from training.train import prepare_for_training
+
+    spec = ModelSpec.from_dict(read_manifest(model_dir, version)["model_spec"])
+    cache_dir, _ = prepare_for_training(data, spec.image_size, cache_root)
+    cache = PreparedCache(cache_dir)
+    images = cache.images("test")
+    labels = cache.index("test")["labels"].astype(np.int64)
+    session = onnx_session(model_dir / str(version) / "model.onnx")
+    probs = np.concatenate(
+        [
+            run_onnx(session, spec, images[i : i + 32])[spec.probabilities_name]
+            for i in range(0, len(images), 32)
+        ]
+    )
+    return classification_report(labels, probs)
+
+
+def production_figures(
+    model_dir: Path,
+    version: int,
+    data: Path,
+    data_sha: str,
+    history: list[dict[str, Any]],
+    cache_root: Path | None,
+) -> tuple[dict[str, float], str]:
+    """Production's gated figures on ``data``'s test split, and where they came from."""
+    for entry in reversed(history):
+        if (
+            entry.get("outcome") == "deployed"
+            and str(entry.get("to_version")) == str(version)
+            and entry.get("test_split_sha256") == data_sha
+            and (entry.get("metrics") or {}).get("candidate")
+        ):
+            return dict(entry["metrics"]["candidate"]), "deployment log (same test split)"
+    return headline(evaluate_version(model_dir, version, data, cache_root)), "evaluated now"

@@ -1,0 +1,101 @@
+"""The promotion gate of a redeploy: never serve a worse model by accident.
+
+A candidate is promoted only when it was evaluated on the very test split the production
+model was judged on (same label file, by sha256), and its macro-F1, COVID-19 sensitivity
+and COVID-19 PPV are each no worse than production's beyond a tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+COVID = "COVID-19"
+
+
+@dataclass(frozen=True)
+class GateTolerances:
+    """How much each figure may drop (absolute, as a fraction: 0.01 is one point)."""
+
+    macro_f1: float = 0.01
+    covid_sensitivity: float = 0.02
+    covid_ppv: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("macro_f1", "covid_sensitivity", "covid_ppv"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"tolerance {name}={getattr(self, name)} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"promote": self.promote, "reasons": list(self.reasons)}
+
+
+def headline(report: dict[str, Any]) -> dict[str, float]:
+    """The gated figures of a classification report (None, e.g. no prediction, counts 0)."""
+    covid = report["per_class"][COVID]
+    return {
+        "macro_f1": float(report["macro_f1"] or 0.0),
+        "covid_sensitivity": float(covid["sensitivity"] or 0.0),
+        "covid_ppv": float(covid["ppv"] or 0.0),
+        "accuracy": float(report["accuracy"] or 0.0),
+        "count": int(report["count"]),
+    }
+
+
+LABELS = {
+    "macro_f1": "macro-F1",
+    "covid_sensitivity": "COVID-19 sensitivity",
+    "covid_ppv": "COVID-19 PPV",
+}
+
+
+def decide(
+    candidate: dict[str, float],
+    production: dict[str, float],
+    tolerances: GateTolerances,
+    data_test_sha: str,
+    production_test_sha: str | None,
+    candidate_test_sha: str | None,
+) -> GateDecision:
+    """Promote or not, with one reason per check (passed checks are listed too).
+
+    Args:
+        candidate / production: ``headline`` figures on the data's test split.
+        data_test_sha: sha256 of the test label file both were evaluated on.
+        production_test_sha: the test split production was judged on (None: unknown).
+        candidate_test_sha: the test split of the data the candidate was trained with.
+    """
+    reasons, ok = [], True
+    if production_test_sha is None:
+        ok = False
+        reasons.append("production's test split is unknown: figures cannot be compared")
+    elif production_test_sha != data_test_sha:
+        ok = False
+        reasons.append(
+            f"test split differs from production's ({data_test_sha[:12]} vs "
+            f"{production_test_sha[:12]}): keep the test label file, add new slices to train/val"
+        )
+    else:
+        reasons.append(f"test split matches production's ({data_test_sha[:12]})")
+    if candidate_test_sha is not None and candidate_test_sha != data_test_sha:
+        ok = False
+        reasons.append(
+            f"the candidate was trained on data with another test split "
+            f"({candidate_test_sha[:12]}): it may have seen these test slices"
+        )
+    for key, label in LABELS.items():
+        drop = production[key] - candidate[key]
+        allowed = getattr(tolerances, key)
+        verdict = "ok" if drop <= allowed + 1e-12 else "too low"
+        ok = ok and verdict == "ok"
+        reasons.append(
+            f"{label} {candidate[key]:.3f} vs {production[key]:.3f} "
+            f"(change {-drop:+.3f}, may drop {allowed:.3f}): {verdict}"
+        )
+    return GateDecision(ok, reasons)

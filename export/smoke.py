@@ -1,0 +1,92 @@
+"""Smoke test of a loaded version: real CT slices through Triton, checked before any switch.
+
+Passes when every slice decodes, every answer is a finite probability vector summing to 1,
+the top-1 class agrees with the version's own ONNX file run in this process (so Triton
+serves what was exported), and the latency is sane.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.config import ModelSpec
+from export.switch import DeployError, TritonControl
+
+
+class SmokeError(DeployError):
+    """The new version failed its smoke test."""
+
+
+def smoke_slices(folder: Path | None, limit: int = 16) -> list[Path]:
+    """Slices to send: every file in ``folder``, else the real CT slices (shared data)."""
+    if folder is not None:
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        if not files:
+            raise SmokeError(f"no slices in {folder}")
+        return files[:limit]
+    from covidct.bench import real_data_dir, real_pngs
+
+    pngs = real_pngs(real_data_dir())
+    step = max(1, len(pngs) // limit)
+    return pngs[::step][:limit]
+
+
+def smoke_test(
+    triton: TritonControl,
+    version: int,
+    version_dir: Path,
+    spec: ModelSpec,
+    files: list[Path],
+    min_agreement: float = 1.0,
+    max_latency_ms: float = 5000.0,
+) -> dict[str, Any]:
+    """Run the checks; returns the figures, raises SmokeError on the first failed check."""
+    from covidct.preprocessing import PreprocessingError, preprocess_bytes
+    from export.onnx import onnx_session, run_onnx
+
+    images = []
+    for path in files:
+        try:
+            images.append(preprocess_bytes(path.read_bytes(), spec.image_size).image)
+        except (OSError, PreprocessingError) as e:
+            raise SmokeError(f"smoke slice {path.name} is unusable: {e}") from e
+    batch = np.stack(images)
+    latencies, served = [], []
+    for image in batch:  # one request per slice, as clients send them
+        t0 = time.perf_counter()
+        try:
+            served.append(
+                triton.infer(version, image[None], spec.input_name, spec.probabilities_name)
+            )
+        except DeployError:
+            raise
+        except Exception as e:
+            raise SmokeError(f"version {version} failed to answer: {str(e)[:300]}") from e
+        latencies.append((time.perf_counter() - t0) * 1000)
+    probs = np.concatenate(served)
+    if probs.shape != (len(batch), spec.num_classes) or not np.isfinite(probs).all():
+        raise SmokeError(f"version {version} answered non-finite or mis-shaped probabilities")
+    worst_sum = float(np.abs(probs.sum(axis=1) - 1).max())
+    if worst_sum > 1e-3:
+        raise SmokeError(f"version {version}: probabilities sum to 1 +- {worst_sum:.3g}")
+    reference = run_onnx(onnx_session(version_dir / "model.onnx"), spec, batch)
+    agreement = float((reference[spec.probabilities_name].argmax(1) == probs.argmax(1)).mean())
+    if agreement < min_agreement:
+        raise SmokeError(
+            f"version {version}: top-1 agrees with its ONNX file on {agreement:.0%} of "
+            f"{len(batch)} slices (needs {min_agreement:.0%})"
+        )
+    p99 = float(np.percentile(latencies, 99))
+    if p99 > max_latency_ms:
+        raise SmokeError(f"version {version}: p99 latency {p99:.0f} ms > {max_latency_ms:.0f} ms")
+    return {
+        "slices": len(batch),
+        "top1_agreement": agreement,
+        "max_sum_error": worst_sum,
+        "p50_ms": round(float(np.median(latencies)), 1),
+        "p99_ms": round(p99, 1),
+    }

@@ -1,0 +1,153 @@
+"""The two ends a redeploy drives: Triton's model control and the gateway's admin endpoint.
+
+Zero-downtime protocol (Triton in explicit model-control mode):
+
+1. ``load_versions([old, new])``: Triton loads the model with a config override whose
+   version policy names both; a reload never takes a serving version away (the old one
+   answers until its replacement is ready), so ``old`` serves throughout.
+2. The gateway is switched to ``new`` (one assignment; every request is served wholly by
+   the version it started with).
+3. Drain: wait until the gateway reports no request in flight on ``old``.
+4. ``load_versions([new])``: the old version is unloaded, ``new`` keeps serving.
+
+After each load the repository's config.pbtxt is rewritten to the same pinned policy, so a
+restarted Triton serves exactly what was being served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.repository import pinned_config, write_config
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(RuntimeError):
+    """A redeploy or rollback step failed; the message says which and why."""
+
+
+def config_json(text: str) -> str:
+    """A config.pbtxt as the JSON Triton takes as a load-time config override."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    message = text_format.Parse(text, model_config_pb2.ModelConfig())
+    return json_format.MessageToJson(message, preserving_proto_field_name=True)
+
+
+class TritonControl:
+    """Triton's model-control API (gRPC) for one model."""
+
+    def __init__(self, url: str, model: str, timeout_s: float = 300.0) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        self.client = grpcclient.InferenceServerClient(url)
+        self.url, self.model, self.timeout_s = url, model, timeout_s
+
+    def ready_versions(self) -> list[int]:
+        """Versions of the model Triton has READY."""
+        try:
+            index = self.client.get_model_repository_index(as_json=True)
+        except Exception as e:  # tritonclient raises its own exception type for everything
+            raise DeployError(f"Triton at {self.url} is not reachable: {e}") from e
+        return sorted(
+            int(m["version"])
+            for m in index.get("models", [])
+            if m.get("name") == self.model
+            and m.get("state") == "READY"
+            and str(m.get("version", "")).isdigit()
+        )
+
+    def load_versions(self, model_dir: Path, versions: list[int], spec_version: int) -> None:
+        """Serve exactly ``versions`` (config of ``spec_version``), then write it to disk.
+
+        Raises:
+            DeployError: Triton refused (not in explicit mode, or a version failed to load);
+                Triton keeps serving what it served before.
+        """
+        text = pinned_config(model_dir, spec_version, versions)
+        started = time.perf_counter()
+        try:
+            self.client.load_model(self.model, config=config_json(text))
+        except Exception as e:
+            message = str(e)
+            if "polling is enabled" in message or "explicit" in message.lower():
+                message += " (start Triton with --model-control explicit for redeploys)"
+            raise DeployError(f"Triton could not load versions {versions}: {message}") from e
+        missing = sorted(set(versions) - set(self.ready_versions()))
+        if missing:
+            raise DeployError(f"Triton loaded the model but versions {missing} are not ready")
+        write_config(model_dir, text)
+        log.info("Triton serves versions %s (%.1f s)", versions, time.perf_counter() - started)
+
+    def infer(self, version: int, images: np.ndarray, spec_input: str, output: str) -> np.ndarray:
+        grpc = self._grpc
+        inp = grpc.InferInput(spec_input, list(images.shape), "UINT8")
+        inp.set_data_from_numpy(images)
+        result = self.client.infer(
+            self.model,
+            [inp],
+            model_version=str(version),
+            outputs=[grpc.InferRequestedOutput(output)],
+            client_timeout=60,
+        )
+        served = str(result.get_response().model_version)
+        if served != str(version):
+            raise DeployError(f"asked version {version}, Triton answered with {served}")
+        return np.asarray(result.as_numpy(output))
+
+
+class GatewayAdmin:
+    """The gateway's admin endpoint (``/admin/v1/serving``)."""
+
+    def __init__(self, url: str, admin_key: str | None, timeout_s: float = 30.0) -> None:
+        import httpx
+
+        headers = {"x-admin-key": admin_key} if admin_key else {}
+        self._httpx = httpx
+        self.client = httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
+        self.url = url
+
+    def _call(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            r = self.client.request(method, "/admin/v1/serving", json=body)
+        except self._httpx.HTTPError as e:
+            raise DeployError(f"gateway at {self.url} is not reachable: {e}") from e
+        if r.status_code != 200:
+            try:
+                detail = r.json().get("detail", r.text)
+            except json.JSONDecodeError:
+                detail = r.text
+            raise DeployError(f"gateway answered {r.status_code}: {detail}")
+        return dict(r.json())
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET")
+
+    def switch(self, version: int) -> dict[str, Any]:
+        return self._call("POST", {"version": str(version)})
+
+    def drain(self, version: int, timeout_s: float) -> float:
+        """Wait until no request is in flight on ``version``; returns the seconds waited."""
+        started = time.monotonic()
+        while True:
+            in_flight = int(self.status()["in_flight"].get(str(version), 0))
+            if in_flight == 0:
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise DeployError(
+                    f"version {version} still has {in_flight} requests in flight "
+                    f"after {timeout_s:.0f} s"
+                )
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,123 @@
+"""Redeploy building blocks without servers: gate, deployment log, journal, pinned config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from covidct.config import ModelSpec
+from export.deploylog import TABLE_COLUMNS, DeploymentLog, Journal, table_rows
+from export.gate import GateTolerances, decide, headline
+from export.repository import ServingConfig, pinned_config, render_config
+from export.switch import config_json
+
+PROD = {"macro_f1": 0.90, "covid_sensitivity": 0.90, "covid_ppv": 0.90}
+SHA = "a" * 64
+
+
+def _cand(**changes: float) -> dict[str, float]:
+    return {**PROD, **changes}
+
+
+@pytest.mark.parametrize(
+    ("candidate", "prod_sha", "cand_sha", "promote", "why"),
+    [
+        (_cand(), SHA, SHA, True, "equal figures pass"),
+        (_cand(macro_f1=0.95, covid_ppv=0.99), SHA, SHA, True, "better passes"),
+        (_cand(macro_f1=0.891), SHA, SHA, True, "macro-F1 within 0.01"),
+        (_cand(macro_f1=0.889), SHA, SHA, False, "macro-F1 beyond 0.01"),
+        (_cand(covid_sensitivity=0.881), SHA, SHA, True, "sensitivity within 0.02"),
+        (_cand(covid_sensitivity=0.879), SHA, SHA, False, "sensitivity beyond 0.02"),
+        (_cand(covid_ppv=0.85), SHA, SHA, False, "PPV beyond 0.02"),
+        (_cand(macro_f1=0.99), "b" * 64, SHA, False, "production judged on another test split"),
+        (_cand(), None, SHA, False, "production's test split unknown"),
+        (_cand(), SHA, "c" * 64, False, "candidate trained with another test split"),
+        (_cand(), SHA, None, True, "candidate's split unrecorded: its figures are on ours"),
+    ],
+)
+def test_gate(candidate, prod_sha, cand_sha, promote: bool, why: str) -> None:
+    decision = decide(candidate, PROD, GateTolerances(), SHA, prod_sha, cand_sha)
+    assert decision.promote is promote, (why, decision.reasons)
+    assert len(decision.reasons) >= 4  # one line per check, passed ones included
+    if not promote:
+        assert any("too low" in r or "split" in r for r in decision.reasons)
+
+
+def test_tolerances_are_overridable_and_checked() -> None:
+    strict = GateTolerances(macro_f1=0.0)
+    assert not decide(_cand(macro_f1=0.8999), PROD, strict, SHA, SHA, SHA).promote
+    with pytest.raises(ValueError, match="macro_f1"):
+        GateTolerances(macro_f1=-0.1)
+
+
+def test_headline_reads_a_classification_report() -> None:
+    report = {
+        "macro_f1": 0.5,
+        "accuracy": 0.6,
+        "count": 10,
+        "per_class": {"COVID-19": {"sensitivity": None, "ppv": 0.25}},
+    }
+    assert headline(report) == {
+        "macro_f1": 0.5,
+        "covid_sensitivity": 0.0,
+        "covid_ppv": 0.25,
+        "accuracy": 0.6,
+        "count": 10,
+    }
+
+
+def test_log_appends_reads_and_tabulates(tmp_path: Path) -> None:
+    log = DeploymentLog(tmp_path / "deployments.jsonl")
+    assert log.read() == []
+    log.append(
+        {
+            "time": "t1",
+            "who": "ana",
+            "action": "redeploy",
+            "from_version": 1,
+            "to_version": 2,
+            "metrics": {"candidate": PROD, "production": _cand(macro_f1=0.8)},
+            "gate": {"promote": True, "reasons": []},
+            "outcome": "deployed",
+            "source_run": "/runs/r7",
+        }
+    )
+    with log.path.open("a") as f:
+        f.write('{"cut short by a cra')  # a crash mid-line loses only that line
+    log.append({"time": "t2", "action": "rollback", "outcome": "deployed", "to_version": 1})
+    entries = log.read()
+    assert [e["time"] for e in entries] == ["t1", "t2"]
+    rows = table_rows(entries)
+    assert len(rows[0]) == len(TABLE_COLUMNS)
+    assert rows[0][3] == "1 -> 2" and rows[0][4] == "90.0 / 80.0" and rows[0][7] == "pass"
+    assert rows[0][9] == "r7" and rows[1][7] == "-"
+
+
+def test_journal_is_replaced_atomically(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / ".deploy-covidct.json")
+    assert journal.load() is None
+    journal.save({"step": "load", "done": ["train"]})
+    journal.save({"step": "smoke", "done": ["train", "load"]})
+    assert journal.load() == {"step": "smoke", "done": ["train", "load"]}
+    assert [p.name for p in tmp_path.iterdir()] == [".deploy-covidct.json"]
+    journal.clear()
+    assert journal.load() is None
+
+
+def test_pinned_config_serves_exactly_the_named_versions(tmp_path: Path) -> None:
+    spec = ModelSpec(image_size=64)
+    text = render_config(spec, ServingConfig(pinned_versions=(3, 2)), (2, 2))
+    assert "version_policy: { specific: { versions: [ 2, 3 ] } }" in text
+    parsed = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert list(parsed.version_policy.specific.versions) == [2, 3]
+    assert json.loads(config_json(text))["version_policy"] == {"specific": {"versions": ["2", "3"]}}
+    model = tmp_path / "covidct"
+    (model / "2").mkdir(parents=True)
+    manifest = {"model_spec": spec.to_dict(), "serving": {"max_batch_size": 4}, "cam_hw": [2, 2]}
+    (model / "2" / "manifest.json").write_text(json.dumps(manifest))
+    pinned = pinned_config(model, 2, [2])
+    assert "specific: { versions: [ 2 ] }" in pinned and "max_batch_size: 4" in pinned
