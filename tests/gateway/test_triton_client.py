@@ -47,7 +47,7 @@ def test_malformed_outputs_are_an_inference_error(arrays: dict[str, Any]) -> Non
 
         backend._client.infer = infer  # type: ignore[method-assign]
         try:
-            await backend.infer(np.zeros((1, 32, 32, 1), np.uint8), spec)
+            await backend.infer(np.zeros((1, 32, 32, 1), np.uint8), spec, "1")
         finally:
             await backend.close()
 
