@@ -33,7 +33,16 @@ TRAIN = (
     "--batch-size",
     "8",
 )
-STEPS = ("data", "train", "engines", "triton", "settings", "gateway", "capacity")
+STEPS = (
+    "data",
+    "train",
+    "engines",
+    "triton",
+    "settings",
+    "gateway",
+    "gateway-1-thread",
+    "capacity",
+)
 
 
 def covidct(*args: str | Path) -> None:
@@ -78,22 +87,34 @@ def prepare(work: Path, run: Path | None) -> tuple[Path, Path, Path]:
     return run, data, repo
 
 
-def gateway_step(repo: Path, out: Path) -> None:
-    """The gateway sweep needs a server and a gateway: v1 (fp32) served, 1 worker."""
+def gateway_step(repo: Path, out: Path, ort_threads: int | None = None, *extra: str) -> None:
+    """The gateway sweep needs a server and a gateway: v1 (fp32) served, 1 worker.
+
+    ``ort_threads`` limits the model's ONNX Runtime threads (COVIDCT_ORT_THREADS, read by
+    the Python backend), which leaves the gateway a core of its own on a 2-core machine.
+    """
+    import tempfile
+
     from bench.capacity import _wait_ready, gateway_process
     from export.server import TritonServer, free_port
 
-    with TritonServer(
-        repo, free_port(), free_port(), free_port(), log_file=out.parent / "gateway-triton.log"
-    ) as server:
-        port = free_port()
-        os.environ["COVIDCT_MODEL_VERSION"] = "1"
+    env = {"COVIDCT_MODEL_VERSION": "1"}
+    if ort_threads:
+        env["COVIDCT_ORT_THREADS"] = str(ort_threads)
+    saved = {k: os.environ.get(k) for k in env}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update(env)  # inherited by tritonserver and the gateway process
         try:
+            server = TritonServer(
+                repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / "triton.log"
+            ).start()
+            port = free_port()
             proc = gateway_process(
-                f"127.0.0.1:{server.grpc_port}", port, 1, out.parent / "gateway.log"
+                f"127.0.0.1:{server.grpc_port}", port, 1, Path(tmp) / "gateway.log"
             )
         finally:
-            del os.environ["COVIDCT_MODEL_VERSION"]
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.update({k: v})
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, proc)
@@ -106,10 +127,12 @@ def gateway_step(repo: Path, out: Path) -> None:
                 f"127.0.0.1:{server.grpc_port}",
                 "--out",
                 out,
+                *extra,
             )
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            server.stop()
 
 
 def run_all(
@@ -140,4 +163,6 @@ def run_all(
             covidct("bench", "settings", "--repository", repo, "--version", "1", "--out", out)
         elif step == "gateway":
             gateway_step(repo, out)
+        elif step == "gateway-1-thread":
+            gateway_step(repo, out, 1, "--concurrency", "1,4,8")
     covidct("bench", "report", "--results", results, "--output", output)

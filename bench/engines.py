@@ -1,8 +1,9 @@
-"""``covidct bench engines``: one run's model in four engines, batch by batch, in one run.
+"""``covidct bench engines``: one run's model in five engines, batch by batch, in one run.
 
-TF SavedModel (in process), ONNX Runtime fp32, OpenVINO fp32 and ONNX Runtime static INT8
-(QDQ). Each engine runs in its own child process so its peak resident memory is its own;
-images/s and latency are medians over rounds, ratios are to ONNX Runtime fp32.
+TF SavedModel (in process), ONNX Runtime fp32, OpenVINO fp32 and bf16 (AMX where the CPU
+has it), and ONNX Runtime static INT8 (QDQ). Each engine runs in its own child process so
+its peak resident memory is its own; images/s and latency are medians over rounds, ratios
+are to ONNX Runtime fp32.
 
 Run as ``python -m bench.engines ENGINE MODEL SPEC IMAGES BATCHES ROUNDS`` it is that child.
 """
@@ -25,7 +26,7 @@ import numpy as np
 from bench.sweep import BenchError, save
 from covidct.config import ModelSpec
 
-ENGINES = ("tf-savedmodel", "ort-fp32", "openvino-fp32", "ort-int8")
+ENGINES = ("tf-savedmodel", "ort-fp32", "openvino-fp32", "openvino-bf16", "ort-int8")
 
 
 def _runner(engine: str, model: Path, spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
@@ -40,13 +41,28 @@ def _runner(engine: str, model: Path, spec: ModelSpec) -> Callable[[np.ndarray],
 
         session: Any = onnx_session(model)
         return lambda x: session.run([spec.probabilities_name], {spec.input_name: x})[0]
-    if engine == "openvino-fp32":
+    if engine in ("openvino-fp32", "openvino-bf16"):
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(model), "CPU")
+        # OpenVINO's CPU plugin silently runs bf16 on CPUs with AMX/AVX512-BF16; the fp32
+        # engine pins f32, the bf16 engine asks for it (fp32 where the CPU has no bf16).
+        hint = "f32" if engine == "openvino-fp32" else "bf16"
+        compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": hint})
         request = compiled.create_infer_request()
         return lambda x: request.infer({spec.input_name: x})[spec.probabilities_name]
     raise BenchError(f"engine {engine!r} must be one of {', '.join(ENGINES)}")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory since its exec (VmHWM).
+
+    Not ``ru_maxrss``: Linux carries that across exec, so a child would report its parent's
+    peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(
@@ -73,7 +89,7 @@ def measure(
             latencies.append(time.perf_counter() - t0)
         med = statistics.median(latencies)
         figures["batches"][str(b)] = {"images_per_s": b / med, "latency_ms": 1000 * med}
-    figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["peak_rss_mib"] = peak_rss_mib()
     figures["top1"] = probabilities.argmax(1).tolist()
     return figures
 
@@ -90,6 +106,33 @@ def _child(engine: str, model: Path, spec: Path, images: Path, batches: str, rou
     print(json.dumps(figures))
 
 
+def in_child(
+    engine: str,
+    model: Path,
+    spec_path: Path,
+    images_path: Path,
+    batches: Sequence[int],
+    rounds: int,
+) -> dict[str, Any]:
+    """:func:`measure` in a fresh Python process (its own memory, threads and peak RSS)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.engines",
+        engine,
+        str(model),
+        str(spec_path),
+        str(images_path),
+        ",".join(map(str, batches)),
+        str(rounds),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-6:])
+        raise BenchError(f"engine {engine} failed:\n{tail}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def prepare_models(
     run: Path, workdir: Path, spec: ModelSpec, calibration: np.ndarray
 ) -> dict[str, Path]:
@@ -104,7 +147,13 @@ def prepare_models(
     fp32, int8 = workdir / "model.onnx", workdir / "model.int8.onnx"
     convert(saved, fp32, spec)
     quantize(fp32, int8, spec, calibration)
-    return {"tf-savedmodel": saved, "ort-fp32": fp32, "openvino-fp32": fp32, "ort-int8": int8}
+    return {
+        "tf-savedmodel": saved,
+        "ort-fp32": fp32,
+        "openvino-fp32": fp32,
+        "openvino-bf16": fp32,
+        "ort-int8": int8,
+    }
 
 
 def run_engines_bench(
@@ -139,22 +188,9 @@ def run_engines_bench(
         spec.save(spec_path)
         np.save(images_path, held_out)
         for engine in ENGINES:
-            cmd = [
-                sys.executable,
-                "-m",
-                "bench.engines",
-                engine,
-                str(models[engine]),
-                str(spec_path),
-                str(images_path),
-                ",".join(map(str, batches)),
-                str(rounds),
-            ]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                tail = "\n".join(done.stderr.strip().splitlines()[-6:])
-                raise BenchError(f"engine {engine} failed:\n{tail}")
-            results[engine] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[engine] = in_child(
+                engine, models[engine], spec_path, images_path, batches, rounds
+            )
     base = results["ort-fp32"]
     agreement = {e: float(np.mean(np.equal(r["top1"], base["top1"]))) for e, r in results.items()}
     lines = [

@@ -66,4 +66,6 @@ for b in $batches; do
     "$covidct" bench triton --url 127.0.0.1:8001 --batch "$b" --concurrency "$concurrency" \
         --measurement-ms "$measurement" --out "$out/batch$b" > /dev/null
 done
-log "done: $out"
+{ printf '## bench/gpu.sh on %s\n\n' "$(tail -n 1 "$out/gpu.csv")"
+  for b in $batches; do sed 's/^## /### /' "$out/batch$b/section.md"; echo; done; } > "$out/section.md"
+log "done: $out (section.md for covidct bench report)"

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -272,11 +273,17 @@ def run_triton_bench(
 ) -> str:
     """The whole ``covidct bench triton`` command; returns its Markdown section."""
     versions = list(versions) or [""]
+    local: dict[str, Any] = {}
     with triton(repository, url, protocol) as address:
         spec = served_spec(address, model, versions[0], protocol)
+        onnx = _local_onnx(repository, model, versions[0])
+        if onnx is not None:
+            local["before"] = in_process(onnx, spec, out)
         rows = sweep(
             address, model, versions, levels, out, protocol, batch, measurement_ms, 16, stability
         )
+        if onnx is not None:
+            local["after"] = in_process(onnx, spec, out)
     names = {v: f"v{v}" if v else "latest" for v in versions}
     plot(
         out / "triton.png",
@@ -303,6 +310,28 @@ def run_triton_bench(
             ),
             "",
         ]
+    if local:
+        first = rows[versions[0]]
+        served = max(r.throughput for r in first)
+        per_batch = {
+            b: (
+                local["before"]["batches"][b]["images_per_s"]
+                + local["after"]["batches"][b]["images_per_s"]
+            )
+            / 2
+            for b in local["before"]["batches"]
+        }
+        best_batch = max(per_batch, key=lambda b: per_batch[b])
+        local["best_images_per_s"] = per_batch[best_batch]
+        local["served_best_images_per_s"] = served
+        lines += [
+            "Side by side: in-process ONNX Runtime on the same `model.onnx` "
+            f"({names[versions[0]]}, a child process, default threads, batch 1/4/8/16, "
+            "measured just before and just after the sweep) peaks at "
+            f"{per_batch[best_batch]:.1f} img/s (batch {best_batch}); Triton serves at most "
+            f"{served:.1f} img/s: {served / per_batch[best_batch]:.2f}x.",
+            "",
+        ]
     lines += [f"![throughput vs latency]({rel(out / 'triton.png')})", ""]
     section = "\n".join(lines)
     save(
@@ -315,6 +344,32 @@ def run_triton_bench(
             "protocol": protocol,
             "batch": batch,
             "rows": rows,
+            "onnxruntime_in_process": local,
         },
     )
     return section
+
+
+def _local_onnx(repository: Path | None, model: str, version: str) -> Path | None:
+    """The served version's model.onnx when the repository is on this machine."""
+    if repository is None:
+        return None
+    from export.repository import versions as versions_of
+
+    chosen = version or str(max(versions_of(repository / model), default=0))
+    path = repository / model / chosen / "model.onnx"
+    return path if path.is_file() else None
+
+
+def in_process(onnx: Path, spec: ModelSpec, out: Path) -> dict[str, Any]:
+    """In-process ONNX Runtime throughput of ``onnx`` at batch 1, 4, 8, 16 (a child process)."""
+    from bench.engines import in_child
+    from export.onnx import parity_images
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, images_path = Path(tmp) / "spec.json", Path(tmp) / "images.npy"
+        spec.save(spec_path)
+        np.save(images_path, parity_images(spec, limit=16))
+        figures = in_child("ort-fp32", onnx, spec_path, images_path, (1, 4, 8, 16), 5)
+    figures.pop("top1", None)
+    return figures

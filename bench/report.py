@@ -54,8 +54,10 @@ def targets(results: Path) -> list[Target]:
     if triton:
         served = {v: _rows(rows) for v, rows in triton["rows"].items()}
     fp32 = next(iter(served.values()), None)
-    if engines and fp32:
-        best_ort = engines["best_images_per_s"]["ort-fp32"]
+    local = (triton or {}).get("onnxruntime_in_process") or {}
+    if fp32 and (local or engines):
+        # prefer the in-process figure measured beside the sweep (same run) to bench engines'
+        best_ort = local.get("best_images_per_s") or engines["best_images_per_s"]["ort-fp32"]  # type: ignore[index]
         best_served = max(r["throughput"] for r in fp32.values())
         ratio = best_served / best_ort
         out.append(

@@ -3,9 +3,11 @@
 The same exported version is served under several configurations (dynamic batching off,
 on with two queue delays, one or two model instances), each by a fresh tritonserver, and
 swept with perf_analyzer. The recommendation rule is written down here so it can be checked:
-the highest mean throughput at concurrency >= 4, among configurations whose p99 at
-concurrency 1 is within 25% of the best p99 at concurrency 1 (load must not cost the
-single user). A unit test holds ``ServingConfig``'s defaults to the committed recommendation.
+the highest mean throughput at concurrency >= 4, among configurations whose median latency
+at concurrency 1 is within 10% of the best (load must not cost the single user). The
+median, not p99: a 4-second window holds about 70 requests at concurrency 1, so its p99 is
+one request, and one stray 150 ms answer decided the first measured run. A unit test holds
+``ServingConfig``'s defaults to the committed recommendation.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ def variants(base: ServingConfig) -> list[Variant]:
 
 def recommend(results: dict[str, list[Row]]) -> str:
     """The rule in the module docstring; returns the chosen variant's name."""
-    best_p99_c1 = min(rows[0].p99 for rows in results.values())
-    eligible = {n: r for n, r in results.items() if r[0].p99 <= 1.25 * best_p99_c1}
+    best_p50_c1 = min(rows[0].p50 for rows in results.values())
+    eligible = {n: r for n, r in results.items() if r[0].p50 <= 1.10 * best_p50_c1}
 
     def loaded(rows: list[Row]) -> float:
         high = [r.throughput for r in rows if r.concurrency >= 4] or [rows[-1].throughput]
@@ -129,20 +131,23 @@ def run_settings_bench(
         for k in ("dynamic_batching", "max_queue_delay_us", "instance_count")
     )
     plot(out / "settings.png", results, "Triton settings (same model, perf_analyzer gRPC)")
-    header = "| concurrency | " + " | ".join(f"{n} inf/s (p99 ms)" for n in results) + " |"
+    header = "| concurrency | " + " | ".join(f"{n}: inf/s (p50 / p99 ms)" for n in results) + " |"
     lines = [
         "## covidct bench settings",
         "",
         f"One exported cpu version ({model} v{version}) served four ways, each by a fresh "
         "tritonserver, swept with perf_analyzer (gRPC, real slices). Rule: highest mean "
-        "throughput at concurrency >= 4 among settings whose p99 at concurrency 1 is within "
-        "25% of the best.",
+        "throughput at concurrency >= 4 among settings whose median latency at concurrency 1 "
+        "is within 10% of the best.",
         "",
         header,
         "|---:|" + "---:|" * len(results),
     ]
     for j, c in enumerate(levels):
-        cells = [f"{r[j].throughput:.1f} ({r[j].p99 / 1000:.0f})" for r in results.values()]
+        cells = [
+            f"{r[j].throughput:.1f} ({r[j].p50 / 1000:.0f} / {r[j].p99 / 1000:.0f})"
+            for r in results.values()
+        ]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines += [
         "",

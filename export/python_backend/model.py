@@ -28,7 +28,7 @@ class TritonPythonModel:
         self.input_name = spec["input_name"]
         self.output_names = [spec["probabilities_name"], spec["cam_name"]]
         instances = sum(g.get("count", 1) for g in config.get("instance_group", [])) or 1
-        threads = int(os.environ.get("COVIDCT_ORT_THREADS", "0")) or max(
+        threads = int(os.environ.get("COVIDCT_ORT_THREADS") or 0) or max(
             1, (os.cpu_count() or 1) // instances
         )
         options = ort.SessionOptions()

@@ -55,9 +55,9 @@ def test_perf_analyzer_csv_is_parsed(fixtures: Path) -> None:
     assert row.avg == 13 + 326 + 2110 + 32 + 51742 + 635 + 5
 
 
-def _rows(c1_p99: float, loaded: float) -> list[Row]:
+def _rows(c1_p50: float, loaded: float) -> list[Row]:
     return [
-        Row(1, 10, 1, 1, 1, c1_p99, 1),
+        Row(1, 10, c1_p50, 1, 1, 10 * c1_p50, 1),
         Row(4, loaded, 1, 1, 1, 1, 1),
         Row(8, loaded, 1, 1, 1, 1, 1),
     ]
@@ -65,9 +65,9 @@ def _rows(c1_p99: float, loaded: float) -> list[Row]:
 
 def test_recommendation_rule() -> None:
     results = {
-        "a": _rows(c1_p99=100, loaded=20),
-        "b": _rows(c1_p99=110, loaded=25),  # within 25% at c=1 and faster under load: chosen
-        "c": _rows(c1_p99=200, loaded=40),  # fastest, but twice the single-user p99
+        "a": _rows(c1_p50=100, loaded=20),
+        "b": _rows(c1_p50=108, loaded=25),  # within 10% at c=1 and faster under load: chosen
+        "c": _rows(c1_p50=140, loaded=40),  # fastest, but a slower single user
     }
     assert recommend(results) == "b"
     assert recommend({"a": results["a"]}) == "a"

@@ -25,33 +25,26 @@ def _ok(result: subprocess.CompletedProcess[str]) -> None:
 
 
 @ci_group
-def test_bench_triton_with_perf_analyzer(server, tmp_path: Path) -> None:
+def test_bench_triton_with_perf_analyzer(repository: Path, tmp_path: Path) -> None:
     out = tmp_path / "triton"
+    args = ["--repository", repository, "--versions", "1", "--concurrency", "1,2"]
     _ok(
         covidct(
-            "bench",
-            "triton",
-            "--url",
-            f"127.0.0.1:{server.grpc_port}",
-            "--versions",
-            "1",
-            "--concurrency",
-            "1,2",
-            "--measurement-ms",
-            "500",
-            "--stability",
-            "500",
-            "--out",
-            out,
+            "bench", "triton", *args, "--measurement-ms", "500", "--stability", "500", "--out", out
         )
     )
     rows = read_csv(out / "triton-v1.csv")
     assert [r.concurrency for r in rows] == [1, 2]
     assert all(r.throughput > 0 and r.p50 <= r.p99 for r in rows)
     assert rows[0].server_compute is not None and rows[0].server_compute > 0
+    assert rows[0].avg_batch == 1.0  # one request at a time: nothing to batch
     assert (out / "triton.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "raw").iterdir()) == ["v1-c1.csv", "v1-c2.csv"]
     assert not (out / "input_data.json").exists()
+    local = json.loads((out / "result.json").read_text())["onnxruntime_in_process"]
+    assert set(local["before"]["batches"]) == {"1", "4", "8", "16"}
+    assert local["best_images_per_s"] > 0
+    assert "Side by side: in-process ONNX Runtime" in (out / "section.md").read_text()
 
 
 @ci_group
@@ -116,7 +109,7 @@ def test_bench_settings_sweeps_every_variant(repository: Path, tmp_path: Path) -
 
 
 @ci_group
-def test_bench_engines_runs_all_four(ci_run: Path, tmp_path: Path) -> None:
+def test_bench_engines_runs_all_five(ci_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "engines"
     _ok(
         covidct(
@@ -125,12 +118,20 @@ def test_bench_engines_runs_all_four(ci_run: Path, tmp_path: Path) -> None:
     )
     result = json.loads((out / "result.json").read_text())
     engines = result["results"]
-    assert set(engines) == {"tf-savedmodel", "ort-fp32", "openvino-fp32", "ort-int8"}
+    assert set(engines) == {
+        "tf-savedmodel",
+        "ort-fp32",
+        "openvino-fp32",
+        "openvino-bf16",
+        "ort-int8",
+    }
     for figures in engines.values():
         assert figures["peak_rss_mib"] > 50
         assert set(figures["batches"]) == {"1", "2"}
     # OpenVINO runs the same ONNX graph: it must give the same answers
     assert result["agreement"]["openvino-fp32"] == 1.0
+    # each engine's own peak: TensorFlow's runtime alone outweighs ONNX Runtime's
+    assert engines["tf-savedmodel"]["peak_rss_mib"] > 1.5 * engines["ort-fp32"]["peak_rss_mib"]
     assert result["agreement"]["tf-savedmodel"] == 1.0
 
 
