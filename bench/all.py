@@ -96,7 +96,7 @@ def gateway_step(repo: Path, out: Path, ort_threads: int | None = None, *extra: 
     import tempfile
 
     from bench.capacity import _wait_ready, gateway_process
-    from export.server import TritonServer, free_port
+    from export.server import TritonError, TritonServer, free_port
 
     env = {"COVIDCT_MODEL_VERSION": "1"}
     if ort_threads:
@@ -105,9 +105,12 @@ def gateway_step(repo: Path, out: Path, ort_threads: int | None = None, *extra: 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update(env)  # inherited by tritonserver and the gateway process
         try:
-            server = TritonServer(
-                repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / "triton.log"
-            ).start()
+            try:
+                server = TritonServer(
+                    repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / "triton.log"
+                ).start()
+            except TritonError as e:
+                raise BenchError(str(e)) from e
             port = free_port()
             proc = gateway_process(
                 f"127.0.0.1:{server.grpc_port}", port, 1, Path(tmp) / "gateway.log"
@@ -147,7 +150,7 @@ def run_all(
     if unknown:
         raise BenchError(f"unknown benchmark(s) {sorted(unknown)}; choose from {', '.join(STEPS)}")
     work.mkdir(parents=True, exist_ok=True)
-    needs_model = bool(set(only) & {"engines", "triton", "settings", "gateway"})
+    needs_model = bool(set(only) - {"data", "train", "capacity"})
     run, data, repo = prepare(work, run) if needs_model else (work, work, work)
     for step in STEPS:
         if step not in only:
@@ -164,5 +167,13 @@ def run_all(
         elif step == "gateway":
             gateway_step(repo, out)
         elif step == "gateway-1-thread":
-            gateway_step(repo, out, 1, "--concurrency", "1,4,8")
+            gateway_step(
+                repo,
+                out,
+                1,
+                "--concurrency",
+                "1,4,8",
+                "--label",
+                "the model on one ONNX Runtime thread",
+            )
     covidct("bench", "report", "--results", results, "--output", output)

@@ -174,6 +174,7 @@ def run_gateway_bench(
     measurement_ms: int = 4000,
     api_key: str | None = None,
     stability: float = 50.0,
+    label: str = "",
 ) -> str:
     """The whole ``covidct bench gateway`` command; returns its Markdown section."""
     import httpx
@@ -237,7 +238,8 @@ def run_gateway_bench(
     plot(out / "gateway.png", curves, f"Gateway vs Triton, {spec.backbone} {spec.image_size}²")
     n_png = sum(u.content_type == "image/png" for u in uploads)
     lines = [
-        f"## covidct bench gateway ({spec.backbone}, S={spec.image_size}, version {version})",
+        f"## covidct bench gateway ({spec.backbone}, S={spec.image_size}, version {version}"
+        + (f"; {label})" if label else ")"),
         "",
         "Bounded async client (pre-encoded HTTP/1.1 requests on kept-alive connections), "
         f"{len(uploads)} real uploads in turn ({n_png} 512² PNG, "

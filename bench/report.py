@@ -22,6 +22,7 @@ ORDER = (
     "triton",
     "settings",
     "gateway",
+    "gateway-1-thread",
     "capacity",
     "gpu",
     "make-serve",

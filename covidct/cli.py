@@ -776,6 +776,7 @@ def bench_gateway(
         str | None,
         typer.Option(envvar="COVIDCT_API_KEY", help="X-API-Key, if the gateway has one."),
     ] = None,
+    label: Annotated[str, typer.Option(help="Added to the report heading.")] = "",
     out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
 ) -> None:
     """Load test of /v1/predict with real PNG and DICOM slices, beside Triton direct."""
@@ -795,6 +796,7 @@ def bench_gateway(
                 measurement_ms,
                 api_key,
                 stability,
+                label,
             )
         )
     except BenchError as e:
