@@ -116,34 +116,11 @@ def parse_perf_csv(path: Path) -> list[Row]:
     with path.open(newline="") as f:
         lines = [ln for ln in f.read().splitlines() if ln.strip()]
     # perf_analyzer appends server metrics blocks after a blank line; the first block is ours.
-    records = list(csv.DictReader(lines))
     rows = []
-    for r in records:
+    for r in csv.DictReader(lines):
         if not r.get("Concurrency", "").strip().isdigit():
             break
-        parts = (
-            "Client Send",
-            "Network+Server Send/Recv",
-            "Server Queue",
-            "Server Compute Input",
-            "Server Compute Infer",
-            "Server Compute Output",
-            "Client Recv",
-        )
-        avg = r.get("Avg latency") or sum(float(r[p]) for p in parts if r.get(p))
-        rows.append(
-            Row(
-                int(r["Concurrency"]),
-                float(r["Inferences/Second"]),
-                float(r["p50 latency"]),
-                float(r["p90 latency"]),
-                float(r["p95 latency"]),
-                float(r["p99 latency"]),
-                float(avg),
-                float(r["Server Queue"]) if r.get("Server Queue") else None,
-                float(r["Server Compute Infer"]) if r.get("Server Compute Infer") else None,
-            )
-        )
+        rows.append(Row.from_record(r))
     if not rows:
         raise BenchError(f"{path}: no perf_analyzer rows")
     return rows

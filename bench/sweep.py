@@ -29,6 +29,16 @@ COLUMNS = (
     "Server Compute Infer",
     "Avg Batch",
 )
+#: perf_analyzer's latency components, whose sum is the average latency.
+LATENCY_PARTS = (
+    "Client Send",
+    "Network+Server Send/Recv",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "Client Recv",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -59,6 +69,33 @@ class Row:
             out.append("" if opt is None else f"{opt:.0f}")
         out.append("" if self.avg_batch is None else f"{self.avg_batch:.2f}")
         return out
+
+    @classmethod
+    def from_record(cls, r: dict[str, str]) -> Row:
+        """A CSV row by perf_analyzer's column names (ours add "Avg Batch").
+
+        perf_analyzer 2.50 writes no "Avg latency": then it is the sum of its parts.
+        """
+
+        def opt(name: str) -> float | None:
+            v = r.get(name)
+            return float(v) if v not in (None, "") else None
+
+        avg = opt("Avg latency")
+        if avg is None:
+            avg = sum(opt(p) or 0.0 for p in LATENCY_PARTS)
+        return cls(
+            int(r["Concurrency"]),
+            float(r["Inferences/Second"]),
+            float(r["p50 latency"]),
+            float(r["p90 latency"]),
+            float(r["p95 latency"]),
+            float(r["p99 latency"]),
+            avg,
+            opt("Server Queue"),
+            opt("Server Compute Infer"),
+            opt("Avg Batch"),
+        )
 
     @classmethod
     def from_latencies(cls, concurrency: int, seconds: Sequence[float], wall: float) -> Row:
@@ -106,26 +143,7 @@ def write_csv(path: Path, rows: Sequence[Row]) -> None:
 
 def read_csv(path: Path) -> list[Row]:
     with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-
-    def opt(v: str | None) -> float | None:
-        return float(v) if v not in (None, "") else None
-
-    return [
-        Row(
-            int(r["Concurrency"]),
-            float(r["Inferences/Second"]),
-            float(r["p50 latency"]),
-            float(r["p90 latency"]),
-            float(r["p95 latency"]),
-            float(r["p99 latency"]),
-            float(r["Avg latency"]),
-            opt(r.get("Server Queue")),
-            opt(r.get("Server Compute Infer")),
-            opt(r.get("Avg Batch")),
-        )
-        for r in rows
-    ]
+        return [Row.from_record(r) for r in csv.DictReader(f)]
 
 
 def plot(path: Path, curves: Mapping[str, Sequence[Row]], title: str) -> None:
