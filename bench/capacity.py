@@ -224,9 +224,9 @@ def run_capacity_bench(
                     )
                     client0, wall0 = time.process_time(), time.perf_counter()
                     result = load_level(url, uploads, concurrency, requests, seconds)
-                    if spy is not None:
-                        spy.wait(timeout=60)
                     wall = time.perf_counter() - wall0
+                    if spy is not None:  # sampled for seconds - 1: finished by now or soon
+                        spy.wait(timeout=60)
                     gw = cpu_seconds(proc.pid) - gw0
                     tr = cpu_seconds(server.process.pid) - tr0  # type: ignore[union-attr]
                     client = time.process_time() - client0
