@@ -153,7 +153,7 @@ def triton(repository: Path | None, url: str | None, protocol: str) -> Iterator[
 
 def served_spec(url: str, model: str, version: str, protocol: str) -> ModelSpec:
     """The ModelSpec the server carries in the model's config (as the gateway reads it)."""
-    from gateway.triton import SPEC_PARAMETER
+    from gateway.triton import SPEC_PARAMETER, spec_in_config
 
     if protocol == "grpc":
         import tritonclient.grpc as grpcclient
@@ -164,10 +164,10 @@ def served_spec(url: str, model: str, version: str, protocol: str) -> ModelSpec:
         import tritonclient.http as httpclient
 
         config = httpclient.InferenceServerClient(url).get_model_config(model, version)
-    params = config.get("parameters", {})
-    if SPEC_PARAMETER not in params:
+    spec = spec_in_config(config)
+    if spec is None:
         raise BenchError(f"model {model} carries no {SPEC_PARAMETER}; export it with covidct")
-    return ModelSpec.from_dict(json.loads(params[SPEC_PARAMETER]["string_value"]))
+    return spec
 
 
 def executions(url: str, model: str, version: str) -> tuple[int, int]:
@@ -187,6 +187,7 @@ def executions(url: str, model: str, version: str) -> tuple[int, int]:
 def sweep(
     url: str,
     model: str,
+    spec: ModelSpec,
     versions: Sequence[str],
     levels: Sequence[int],
     out: Path,
@@ -202,7 +203,6 @@ def sweep(
     if protocol not in PROTOCOLS:
         raise BenchError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
     out.mkdir(parents=True, exist_ok=True)
-    spec = served_spec(url, model, versions[0], protocol)
     input_data = out / "input_data.json"
     write_input_data(input_data, spec, parity_images(spec, limit=slices))
     raw = out / "raw"
@@ -257,7 +257,17 @@ def run_triton_bench(
         if onnx is not None:
             local["before"] = in_process(onnx, spec, out)
         rows = sweep(
-            address, model, versions, levels, out, protocol, batch, measurement_ms, 16, stability
+            address,
+            model,
+            spec,
+            versions,
+            levels,
+            out,
+            protocol,
+            batch,
+            measurement_ms,
+            16,
+            stability,
         )
         if onnx is not None:
             local["after"] = in_process(onnx, spec, out)

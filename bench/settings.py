@@ -21,7 +21,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bench.sweep import BenchError, Row, plot, rel, save
-from export.repository import ServingConfig, render_config, spec_from_config, versions
+from covidct.config import ModelSpec
+from export.repository import (
+    RepositoryError,
+    ServingConfig,
+    read_manifest,
+    render_config,
+    version_cam_hw,
+    versions,
+)
 
 
 @dataclass(frozen=True)
@@ -58,19 +66,15 @@ def recommend(results: dict[str, list[Row]]) -> str:
     return max(eligible, key=lambda n: loaded(eligible[n]))
 
 
-def _cam_hw(model_dir: Path, version: int) -> tuple[int, int]:
-    import onnx
-
-    graph = onnx.load(str(model_dir / str(version) / "model.onnx"), load_external_data=False).graph
-    spec = spec_from_config((model_dir / "config.pbtxt").read_text())
-    out = next(o for o in graph.output if o.name == spec.cam_name)
-    dims = out.type.tensor_type.shape.dim
-    return int(dims[1].dim_value), int(dims[2].dim_value)
-
-
-def _variant_repository(src: Path, version: int, dst: Path, serving: ServingConfig) -> None:
+def _variant_repository(
+    src: Path,
+    version: int,
+    dst: Path,
+    serving: ServingConfig,
+    spec: ModelSpec,
+    cam_hw: tuple[int, int],
+) -> None:
     """A one-version repository serving ``src``'s version with ``serving`` settings."""
-    spec = spec_from_config((src / "config.pbtxt").read_text())
     model_dir = dst / spec.name
     (model_dir / "1").mkdir(parents=True)
     for f in (src / str(version)).iterdir():
@@ -78,7 +82,7 @@ def _variant_repository(src: Path, version: int, dst: Path, serving: ServingConf
     for f in src.iterdir():
         if f.is_file() and f.name != "config.pbtxt":
             shutil.copy(f, model_dir / f.name)
-    (model_dir / "config.pbtxt").write_text(render_config(spec, serving, _cam_hw(src, version)))
+    (model_dir / "config.pbtxt").write_text(render_config(spec, serving, cam_hw))
 
 
 def run_settings_bench(
@@ -100,12 +104,18 @@ def run_settings_bench(
     version = version or max(versions(src), default=0)
     if not (src / str(version) / "model.py").is_file():
         raise BenchError(f"{src}/{version} is not a cpu-target version (no model.py)")
+    try:
+        manifest = read_manifest(src, version)
+        spec = ModelSpec.from_dict(manifest["model_spec"])
+        cam_hw = version_cam_hw(src, manifest, spec)
+    except RepositoryError as e:
+        raise BenchError(str(e)) from e
     results: dict[str, list[Row]] = {}
     chosen = variants(ServingConfig())
     with tempfile.TemporaryDirectory() as tmp:
         for i, variant in enumerate(chosen):
             repo = Path(tmp) / f"repo{i}"
-            _variant_repository(src, version, repo, variant.serving)
+            _variant_repository(src, version, repo, variant.serving, spec, cam_hw)
             server = TritonServer(
                 repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / f"triton{i}.log"
             )
@@ -114,6 +124,7 @@ def run_settings_bench(
                     rows = sweep(
                         f"127.0.0.1:{server.grpc_port}",
                         model,
+                        spec,
                         ["1"],
                         levels,
                         out / f"variant{i}",

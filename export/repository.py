@@ -316,12 +316,15 @@ def pinned_config(model_dir: Path, spec_version: int, served: list[int]) -> str:
     manifest = read_manifest(model_dir, spec_version)
     spec = ModelSpec.from_dict(manifest["model_spec"])
     serving = ServingConfig(**{**manifest["serving"], "pinned_versions": tuple(served)})
-    current = model_dir / "config.pbtxt"
+    return render_config(spec, serving, version_cam_hw(model_dir, manifest, spec))
+
+
+def version_cam_hw(model_dir: Path, manifest: dict[str, Any], spec: ModelSpec) -> tuple[int, int]:
+    """The CAM's height and width of the version whose ``manifest`` this is."""
     if "cam_hw" in manifest:
-        cam_hw = (int(manifest["cam_hw"][0]), int(manifest["cam_hw"][1]))
-    else:  # versions exported before cam_hw was recorded share the current config's
-        cam_hw = _cam_hw_of(current.read_text(), spec)
-    return render_config(spec, serving, cam_hw)
+        return int(manifest["cam_hw"][0]), int(manifest["cam_hw"][1])
+    # versions exported before cam_hw was recorded share the current config's
+    return _cam_hw_of((model_dir / "config.pbtxt").read_text(), spec)
 
 
 def write_config(model_dir: Path, text: str) -> None:

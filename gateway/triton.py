@@ -21,6 +21,14 @@ from gateway.errors import InferenceError, InferenceTimeout, NotReady
 SPEC_PARAMETER = "covidct_model_spec"
 
 
+def spec_in_config(config: dict[str, Any]) -> ModelSpec | None:
+    """The ModelSpec in a model config as Triton returns it in JSON (None: not there)."""
+    params = config.get("parameters", {})
+    if SPEC_PARAMETER not in params:
+        return None
+    return ModelSpec.from_dict(json.loads(params[SPEC_PARAMETER]["string_value"]))
+
+
 @dataclass(frozen=True)
 class Inference:
     probabilities: np.ndarray  # [N, 3]
@@ -75,13 +83,12 @@ class TritonBackend:
             )
         except InferenceServerException as e:
             raise self._translate(e) from e
-        params = config["config"].get("parameters", {})
-        if SPEC_PARAMETER not in params:
+        spec = spec_in_config(config["config"])
+        if spec is None:
             raise InferenceError(
                 f"model {self._settings.model_name} carries no ModelSpec "
                 f"parameter {SPEC_PARAMETER}; export it with covidct export"
             )
-        spec = ModelSpec.from_dict(json.loads(params[SPEC_PARAMETER]["string_value"]))
         return spec, version
 
     async def ready(self, version: str) -> bool:
