@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -95,47 +94,28 @@ def gateway_step(repo: Path, out: Path, ort_threads: int | None = None, *extra: 
     """
     import tempfile
 
-    from bench.capacity import _wait_ready, gateway_process
-    from export.server import TritonError, TritonServer, free_port
+    from bench.capacity import running_gateway, running_triton
 
-    env = {"COVIDCT_MODEL_VERSION": "1"}
-    if ort_threads:
-        env["COVIDCT_ORT_THREADS"] = str(ort_threads)
-    saved = {k: os.environ.get(k) for k in env}
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.update(env)  # inherited by tritonserver and the gateway process
-        try:
-            try:
-                server = TritonServer(
-                    repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / "triton.log"
-                ).start()
-            except TritonError as e:
-                raise BenchError(str(e)) from e
-            port = free_port()
-            proc = gateway_process(
-                f"127.0.0.1:{server.grpc_port}", port, 1, Path(tmp) / "gateway.log"
-            )
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.update({k: v})
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_ready(url, proc)
-            covidct(
-                "bench",
-                "gateway",
-                "--url",
-                url,
-                "--triton",
-                f"127.0.0.1:{server.grpc_port}",
-                "--out",
-                out,
-                *extra,
-            )
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            server.stop()
+    model_env = {"COVIDCT_ORT_THREADS": str(ort_threads)} if ort_threads else {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_triton(repo, Path(tmp) / "triton.log", model_env) as server,
+        running_gateway(server, 1, Path(tmp) / "gateway.log", {"COVIDCT_MODEL_VERSION": "1"}) as (
+            url,
+            _,
+        ),
+    ):
+        covidct(
+            "bench",
+            "gateway",
+            "--url",
+            url,
+            "--triton",
+            f"127.0.0.1:{server.grpc_port}",
+            "--out",
+            out,
+            *extra,
+        )
 
 
 def run_all(

@@ -9,13 +9,14 @@ gateway shares the cores with Triton and the load generator.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from bench.sweep import BenchError, save
 from covidct.bench import real_data_dir, real_pngs
 from covidct.config import ModelSpec, Provenance
 from export.repository import ServingConfig, render_config
+from export.server import TritonError, TritonServer, free_port
 
 IDENTITY_MODEL = Path(__file__).parent / "identity" / "model.py"
 CAM_HW = (7, 7)
@@ -152,14 +154,15 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60)
 
 
 def gateway_process(
-    triton_grpc: str, port: int, workers: int, log: Path
+    triton_grpc: str, port: int, workers: int, log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """uvicorn running the gateway app factory with ``workers`` processes on 127.0.0.1."""
-    env = {
+    full_env = {
         **os.environ,
         "COVIDCT_TRITON_URL": triton_grpc,
         "COVIDCT_MAX_IN_FLIGHT": "256",
         "COVIDCT_API_KEY": "",
+        **(env or {}),
     }
     cmd = [
         sys.executable,
@@ -178,7 +181,40 @@ def gateway_process(
         "--no-access-log",
     ]
     with log.open("wb") as f:
-        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, env=full_env, stdout=f, stderr=subprocess.STDOUT)
+
+
+@contextlib.contextmanager
+def running_triton(
+    repository: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[TritonServer]:
+    """A tritonserver on ``repository`` (127.0.0.1, free ports) for the length of a block."""
+    try:
+        server = TritonServer(
+            repository, free_port(), free_port(), free_port(), log_file=log, env=env or {}
+        ).start()
+    except TritonError as e:
+        raise BenchError(str(e)) from e
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def running_gateway(
+    server: TritonServer, workers: int, log: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The gateway in front of ``server``, ready, for the length of a block: (URL, process)."""
+    port = free_port()
+    proc = gateway_process(f"127.0.0.1:{server.grpc_port}", port, workers, log, env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, proc)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def run_capacity_bench(
@@ -190,8 +226,6 @@ def run_capacity_bench(
     profile: bool = False,
 ) -> str:
     """The whole ``covidct bench capacity`` command; returns its Markdown section."""
-    from export.server import TritonError, TritonServer, free_port
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.txt").unlink(missing_ok=True)
     pngs = real_pngs(real_data_dir())[:16]
@@ -200,23 +234,12 @@ def run_capacity_bench(
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "models"
         spec = identity_repository(repo)
-        try:
-            server = TritonServer(
-                repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / "triton.log"
-            ).start()
-        except TritonError as e:
-            raise BenchError(str(e)) from e
-        try:
+        with running_triton(repo, Path(tmp) / "triton.log") as server:
+            assert server.process is not None
             for n in workers:
-                port = free_port()
-                url = f"http://127.0.0.1:{port}"
-                proc = gateway_process(
-                    f"127.0.0.1:{server.grpc_port}", port, n, Path(tmp) / f"gateway{n}.log"
-                )
-                try:
-                    _wait_ready(url, proc)
+                with running_gateway(server, n, Path(tmp) / f"gateway{n}.log") as (url, proc):
                     load_level(url, uploads, concurrency, 200, 10)  # warm every worker
-                    gw0, tr0 = cpu_seconds(proc.pid), cpu_seconds(server.process.pid)  # type: ignore[union-attr]
+                    gw0, tr0 = cpu_seconds(proc.pid), cpu_seconds(server.process.pid)
                     spy = (
                         _py_spy(proc.pid, seconds - 1, out / "profile.txt")
                         if profile and n == 1
@@ -228,11 +251,8 @@ def run_capacity_bench(
                     if spy is not None:  # sampled for seconds - 1: finished by now or soon
                         spy.wait(timeout=60)
                     gw = cpu_seconds(proc.pid) - gw0
-                    tr = cpu_seconds(server.process.pid) - tr0  # type: ignore[union-attr]
+                    tr = cpu_seconds(server.process.pid) - tr0
                     client = time.process_time() - client0
-                finally:
-                    proc.terminate()
-                    proc.wait(timeout=30)
                 done = round(result.row.throughput * wall)
                 rows.append(
                     {
@@ -249,8 +269,6 @@ def run_capacity_bench(
                         "per_gateway_core": done / gw if gw else 0.0,
                     }
                 )
-        finally:
-            server.stop()
     lines = [
         f"## covidct bench capacity (identity model, S={spec.image_size})",
         "",

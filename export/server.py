@@ -84,6 +84,7 @@ class TritonServer:
     models: list[str] = field(default_factory=list)
     log_file: Path | None = None
     poll_seconds: int = 2
+    env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
     process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -133,7 +134,7 @@ class TritonServer:
             self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=server_env(),
+            env={**server_env(), **self.env},
             start_new_session=True,
         )
         log.close()
