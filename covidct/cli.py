@@ -665,13 +665,24 @@ def deployments(
     Console(width=200).print(table)
 
 
+# Options several bench commands share.
+ResultFolder = Annotated[
+    Path | None, typer.Option(help="Result folder (default: bench/results/NAME).")
+]
+Concurrency = Annotated[str, typer.Option(help="Levels: 1:16:x2, 1:8:2 or 1,2,8.")]
+MeasurementMs = Annotated[int, typer.Option(help="perf_analyzer window (ms).")]
+Stability = Annotated[
+    float, typer.Option(help="perf_analyzer: windows must agree within this percent.")
+]
+
+
 @bench_app.command("data")
 def bench_data(
     png: Annotated[int, typer.Option(help="PNG slices to time.")] = 200,
     synth_slices: Annotated[int, typer.Option(help="Synthetic slices to time.")] = 200,
     cache_slices: Annotated[int, typer.Option(help="Slices per cache build.")] = 1000,
     size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
-    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+    out: ResultFolder = None,
 ) -> None:
     """Decode+crop+resize speed per core (PNG, DICOM), synthesis and cache build speed."""
     from bench.sweep import save
@@ -688,7 +699,7 @@ def bench_train(
     size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
     steps: Annotated[int, typer.Option(help="Timed training steps.")] = 6,
-    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+    out: ResultFolder = None,
 ) -> None:
     """Input pipeline images/s versus training-step images/s, plus graph build and memory."""
     from bench.sweep import save
@@ -726,14 +737,12 @@ def bench_triton(
     versions: Annotated[
         str, typer.Option(help="Comma-separated versions, measured interleaved (default: latest).")
     ] = "",
-    concurrency: Annotated[str, typer.Option(help="Levels: 1:16:x2, 1:8:2 or 1,2,8.")] = "1:16:x2",
+    concurrency: Concurrency = "1:16:x2",
     protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
     batch: Annotated[int, typer.Option(help="Batch size per request.")] = 1,
-    measurement_ms: Annotated[int, typer.Option(help="perf_analyzer window (ms).")] = 4000,
-    stability: Annotated[
-        float, typer.Option(help="perf_analyzer: windows must agree within this percent.")
-    ] = 50.0,
-    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+    measurement_ms: MeasurementMs = 4000,
+    stability: Stability = 50.0,
+    out: ResultFolder = None,
 ) -> None:
     """perf_analyzer sweep with real CT slices: CSV, throughput-latency PNG, report section."""
     from bench.perf import run_triton_bench
@@ -766,19 +775,17 @@ def bench_gateway(
     triton: Annotated[
         str | None, typer.Option(help="Also measure Triton directly (gRPC HOST:PORT).")
     ] = None,
-    concurrency: Annotated[str, typer.Option(help="Levels: 1:16:x2, 1:8:2 or 1,2,8.")] = "1:16:x2",
+    concurrency: Concurrency = "1:16:x2",
     requests: Annotated[int, typer.Option(help="Most requests per level.")] = 200,
     seconds: Annotated[float, typer.Option(help="Most seconds per level.")] = 30.0,
-    measurement_ms: Annotated[int, typer.Option(help="perf_analyzer window (ms).")] = 4000,
-    stability: Annotated[
-        float, typer.Option(help="perf_analyzer: windows must agree within this percent.")
-    ] = 50.0,
+    measurement_ms: MeasurementMs = 4000,
+    stability: Stability = 50.0,
     api_key: Annotated[
         str | None,
         typer.Option(envvar="COVIDCT_API_KEY", help="X-API-Key, if the gateway has one."),
     ] = None,
     label: Annotated[str, typer.Option(help="Added to the report heading.")] = "",
-    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+    out: ResultFolder = None,
 ) -> None:
     """Load test of /v1/predict with real PNG and DICOM slices, beside Triton direct."""
     from bench.load import run_gateway_bench
@@ -816,7 +823,7 @@ def bench_engines(
             "the real slices, agreement judged on the other half)."
         ),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+    out: ResultFolder = None,
 ) -> None:
     """TF SavedModel, ONNX Runtime fp32, OpenVINO fp32, ONNX Runtime INT8: one run."""
     from bench.engines import run_engines_bench
@@ -836,12 +843,10 @@ def bench_settings(
     repository: Annotated[Path, typer.Option(help="Repository with an exported cpu version.")],
     model: Annotated[str, typer.Option(help="Model name.")] = "covidct",
     version: Annotated[int | None, typer.Option(help="Version (default: latest).")] = None,
-    concurrency: Annotated[str, typer.Option(help="Levels: 1:16:x2, 1:8:2 or 1,2,8.")] = "1:16:x2",
-    measurement_ms: Annotated[int, typer.Option(help="perf_analyzer window (ms).")] = 4000,
-    stability: Annotated[
-        float, typer.Option(help="perf_analyzer: windows must agree within this percent.")
-    ] = 50.0,
-    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+    concurrency: Concurrency = "1:16:x2",
+    measurement_ms: MeasurementMs = 4000,
+    stability: Stability = 50.0,
+    out: ResultFolder = None,
 ) -> None:
     """Dynamic batching off/on (two delays), one/two instances: which should export use?"""
     from bench.settings import run_settings_bench
@@ -872,7 +877,7 @@ def bench_capacity(
     profile: Annotated[
         bool, typer.Option(help="py-spy the 1-worker gateway: where its time goes.")
     ] = True,
-    out: Annotated[Path | None, typer.Option(help="Result folder.")] = None,
+    out: ResultFolder = None,
 ) -> None:
     """The gateway's ceiling: PNG uploads/s per worker with a model that costs nothing."""
     from bench.capacity import run_capacity_bench
