@@ -109,24 +109,28 @@ def _child(engine: str, model: Path, spec: Path, images: Path, batches: str, rou
 def in_child(
     engine: str,
     model: Path,
-    spec_path: Path,
-    images_path: Path,
+    spec: ModelSpec,
+    images: np.ndarray,
     batches: Sequence[int],
     rounds: int,
 ) -> dict[str, Any]:
     """:func:`measure` in a fresh Python process (its own memory, threads and peak RSS)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.engines",
-        engine,
-        str(model),
-        str(spec_path),
-        str(images_path),
-        ",".join(map(str, batches)),
-        str(rounds),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, images_path = Path(tmp) / "spec.json", Path(tmp) / "images.npy"
+        spec.save(spec_path)
+        np.save(images_path, images)
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.engines",
+            engine,
+            str(model),
+            str(spec_path),
+            str(images_path),
+            ",".join(map(str, batches)),
+            str(rounds),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])
         raise BenchError(f"engine {engine} failed:\n{tail}")
@@ -184,13 +188,8 @@ def run_engines_bench(
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         models = prepare_models(run, work, spec, calibration)
-        spec_path, images_path = work / "spec.json", work / "images.npy"
-        spec.save(spec_path)
-        np.save(images_path, held_out)
         for engine in ENGINES:
-            results[engine] = in_child(
-                engine, models[engine], spec_path, images_path, batches, rounds
-            )
+            results[engine] = in_child(engine, models[engine], spec, held_out, batches, rounds)
     base = results["ort-fp32"]
     agreement = {e: float(np.mean(np.equal(r["top1"], base["top1"]))) for e, r in results.items()}
     lines = [

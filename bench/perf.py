@@ -255,7 +255,7 @@ def run_triton_bench(
         spec = served_spec(address, model, versions[0], protocol)
         onnx = _local_onnx(repository, model, versions[0])
         if onnx is not None:
-            local["before"] = in_process(onnx, spec, out)
+            local["before"] = in_process(onnx, spec)
         rows = sweep(
             address,
             model,
@@ -270,7 +270,7 @@ def run_triton_bench(
             stability,
         )
         if onnx is not None:
-            local["after"] = in_process(onnx, spec, out)
+            local["after"] = in_process(onnx, spec)
     names = {v: f"v{v}" if v else "latest" for v in versions}
     plot(
         out / "triton.png",
@@ -348,15 +348,11 @@ def _local_onnx(repository: Path | None, model: str, version: str) -> Path | Non
     return path if path.is_file() else None
 
 
-def in_process(onnx: Path, spec: ModelSpec, out: Path) -> dict[str, Any]:
+def in_process(onnx: Path, spec: ModelSpec) -> dict[str, Any]:
     """In-process ONNX Runtime throughput of ``onnx`` at batch 1, 4, 8, 16 (a child process)."""
     from bench.engines import in_child
     from export.onnx import parity_images
 
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path, images_path = Path(tmp) / "spec.json", Path(tmp) / "images.npy"
-        spec.save(spec_path)
-        np.save(images_path, parity_images(spec, limit=16))
-        figures = in_child("ort-fp32", onnx, spec_path, images_path, (1, 4, 8, 16), 5)
+    figures = in_child("ort-fp32", onnx, spec, parity_images(spec, limit=16), (1, 4, 8, 16), 5)
     figures.pop("top1", None)
     return figures
