@@ -13,11 +13,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from covidct.config import ModelSpec, SpecError
+from covidct.config import ModelSpec, SpecError, TrainConfig
 from covidct.preprocessing import Box, PreprocessingError, preprocess_bytes
 from export.repository import ServingConfig
 
 SERVING_DEFAULTS = ServingConfig()
+_TRAIN_DEFAULTS = TrainConfig()
 
 if TYPE_CHECKING:
     from export.deployment import StepEvent
@@ -222,6 +223,21 @@ def train(
     dropout: Annotated[float, typer.Option(help="Dropout on pooled features.")] = 0.3,
     augment: Annotated[bool, typer.Option(help="Augment the training split.")] = True,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips (with --augment).")] = True,
+    rotation: Annotated[
+        float, typer.Option(help="Random rotation up to +-degrees (with --augment; 0: off).")
+    ] = _TRAIN_DEFAULTS.rotation_degrees,
+    zoom: Annotated[
+        float, typer.Option(help="Random zoom up to +-this fraction (0: off).")
+    ] = _TRAIN_DEFAULTS.zoom,
+    shift: Annotated[
+        float, typer.Option(help="Random shift up to +-this fraction of the size (0: off).")
+    ] = _TRAIN_DEFAULTS.shift,
+    brightness: Annotated[
+        float, typer.Option(help="Random brightness up to +-this fraction of 255 (0: off).")
+    ] = _TRAIN_DEFAULTS.brightness,
+    contrast: Annotated[
+        float, typer.Option(help="Random contrast up to +-this fraction (0: off).")
+    ] = _TRAIN_DEFAULTS.contrast,
     balance: Annotated[
         str, typer.Option(help="class-weights, sampling (balanced batches) or none.")
     ] = "class-weights",
@@ -249,7 +265,6 @@ def train(
     ] = None,
 ) -> None:
     """Fine-tune a Keras backbone on a COVIDx-CT folder into a servable run directory."""
-    from covidct.config import TrainConfig
     from covidct.dataset import DatasetError
     from training.cache import CacheError
     from training.data import SplitError
@@ -271,6 +286,11 @@ def train(
             dropout=dropout,
             augment=augment,
             flip=flip,
+            rotation_degrees=rotation,
+            zoom=zoom,
+            shift=shift,
+            brightness=brightness,
+            contrast=contrast,
             balance=balance,
             mixed_precision=mixed_precision,
             strategy=strategy,

@@ -278,6 +278,11 @@ class TrainConfig:
             0 <= self.dropout < 1 and self.learning_rate > 0 and self.fine_tune_learning_rate > 0
         ):
             raise SpecError("dropout must be in [0, 1) and learning rates positive")
+        if not 0 <= self.rotation_degrees <= 180:
+            raise SpecError(f"rotation_degrees {self.rotation_degrees} must be in [0, 180]")
+        for name in ("zoom", "shift", "brightness", "contrast"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SpecError(f"{name} {getattr(self, name)} must be in [0, 1)")
 
     @property
     def pretrained(self) -> bool:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from covidct.config import CLASS_NAMES, ModelSpec, Provenance, SpecError
+from covidct.config import CLASS_NAMES, ModelSpec, Provenance, SpecError, TrainConfig
 
 
 def test_defaults_follow_the_contract() -> None:
@@ -66,3 +66,19 @@ def test_load_errors_name_the_file(tmp_path) -> None:
         ModelSpec.load(bad)
     with pytest.raises(SpecError, match="cannot read"):
         ModelSpec.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"brightness": -0.1}, "brightness"),
+        ({"contrast": 1.0}, "contrast"),
+        ({"zoom": 2}, "zoom"),
+        ({"shift": -1}, "shift"),
+        ({"rotation_degrees": 270}, "rotation_degrees"),
+    ],
+)
+def test_invalid_augmentation_is_rejected_with_the_field_named(change, message) -> None:
+    with pytest.raises(SpecError, match=message):
+        TrainConfig(**change)
+    assert TrainConfig(**dict.fromkeys(change, 0)).augment  # 0 turns that one step off

@@ -147,7 +147,8 @@ def test_int8_export_reports_agreement_and_speed(ci_run: Path, tmp_path: Path, c
     )
     assert result.returncode == 0, result.stderr[-2000:]
     int8 = json.loads(result.stdout.strip().splitlines()[-1])["int8"]
-    assert int8["top1_agreement"] >= 0.99 and int8["slices"] >= 5
+    assert int8["top1_agreement_decisive"] >= 0.99 and int8["slices"] >= 5
+    assert int8["decisive_slices"] * 2 >= int8["slices"] and int8["max_abs_prob_diff"] < 0.5
     assert int8["int8_images_per_s"] > 0 and int8["fp32_images_per_s"] > 0
 
 
