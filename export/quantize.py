@@ -38,6 +38,7 @@ class _Reader:
 
 def quantize(fp32: Path, out: Path, spec: ModelSpec, calibration: np.ndarray) -> None:
     """Write a static QDQ INT8 model calibrated on ``calibration`` (uint8 model inputs)."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -55,6 +56,7 @@ def quantize(fp32: Path, out: Path, spec: ModelSpec, calibration: np.ndarray) ->
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
         quantize_static(
             str(prepared),
             str(out),
@@ -66,6 +68,11 @@ def quantize(fp32: Path, out: Path, spec: ModelSpec, calibration: np.ndarray) ->
             # Convolutions carry nearly all the FLOPs; the small head (pooling, matmul,
             # einsum, softmax) stays in float, which keeps the answer close to fp32.
             op_types_to_quantize=["Conv"],
+            # The first convolution stays in float, as is usual for INT8 CNNs: it sees the
+            # raw slice, has 3 input channels and a few percent of the FLOPs. Measured on a
+            # CI-sized model: mean probability change 0.012 -> 0.007, 2 -> 1 top-1 flips
+            # in 123 real slices.
+            nodes_to_exclude=convs[:1],
         )
 
 

