@@ -106,9 +106,14 @@ def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory, cache_env:
 
 
 class Load:
-    """4 client threads, paced and bounded: (start, end, status, version) per request."""
+    """4 client threads, paced and bounded: (start, end, status, version) per request.
 
-    def __init__(self, url: str, max_requests: int = 1500, pause_s: float = 0.2) -> None:
+    The bound (at most 20 requests/s, so 6000 last 5 minutes) must outlast a redeploy on a
+    loaded 2-core machine: 1500 ran out before the switch once, leaving no answer from the
+    new version to check.
+    """
+
+    def __init__(self, url: str, max_requests: int = 6000, pause_s: float = 0.2) -> None:
         self.url, self.max_requests, self.pause_s = url, max_requests, pause_s
         self.slices = [p.read_bytes() for p in real_pngs(real_data_dir())[:8]]
         self.records: list[tuple[float, float, int, str]] = []
@@ -161,6 +166,7 @@ def test_redeploy_under_load_switches_once_and_fails_no_request(stack: Stack, ci
     records = sorted(load.records)
     failed = [r for r in records if r[2] != 200]
     assert records and not failed, failed[:5]
+    assert max(r[0] for r in records) > finished, "the load ended before the redeploy did"
     assert {r[3] for r in records} == {str(old), str(new)}
     first_new = min(r for r in records if r[3] == str(new))
     after = [r for r in records if r[0] > first_new[1]]
