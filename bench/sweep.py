@@ -182,17 +182,24 @@ def plot(path: Path, curves: Mapping[str, Sequence[Row]], title: str) -> None:
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
                 break
     except OSError:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     return {
         "cpu": cpu,
+        # what decides the kernels oneDNN, ONNX Runtime and OpenVINO pick (bf16, AMX)
+        "instruction_sets": [
+            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags
+        ],
         "cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(mem_gib, 1),
         "os": platform.platform(terse=True),

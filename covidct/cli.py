@@ -18,7 +18,7 @@ from covidct.preprocessing import Box, PreprocessingError, preprocess_bytes
 from export.repository import ServingConfig
 
 SERVING_DEFAULTS = ServingConfig()
-_TRAIN_DEFAULTS = TrainConfig()
+TRAIN_DEFAULTS = TrainConfig()
 
 if TYPE_CHECKING:
     from export.deployment import StepEvent
@@ -225,19 +225,19 @@ def train(
     flip: Annotated[bool, typer.Option(help="Random horizontal flips (with --augment).")] = True,
     rotation: Annotated[
         float, typer.Option(help="Random rotation up to +-degrees (with --augment; 0: off).")
-    ] = _TRAIN_DEFAULTS.rotation_degrees,
+    ] = TRAIN_DEFAULTS.rotation_degrees,
     zoom: Annotated[
         float, typer.Option(help="Random zoom up to +-this fraction (0: off).")
-    ] = _TRAIN_DEFAULTS.zoom,
+    ] = TRAIN_DEFAULTS.zoom,
     shift: Annotated[
         float, typer.Option(help="Random shift up to +-this fraction of the size (0: off).")
-    ] = _TRAIN_DEFAULTS.shift,
+    ] = TRAIN_DEFAULTS.shift,
     brightness: Annotated[
         float, typer.Option(help="Random brightness up to +-this fraction of 255 (0: off).")
-    ] = _TRAIN_DEFAULTS.brightness,
+    ] = TRAIN_DEFAULTS.brightness,
     contrast: Annotated[
         float, typer.Option(help="Random contrast up to +-this fraction (0: off).")
-    ] = _TRAIN_DEFAULTS.contrast,
+    ] = TRAIN_DEFAULTS.contrast,
     balance: Annotated[
         str, typer.Option(help="class-weights, sampling (balanced batches) or none.")
     ] = "class-weights",

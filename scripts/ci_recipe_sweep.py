@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.sweep import machine
 from tests.cli_helpers import CI_DATA, CI_TRAIN
 
 
@@ -42,15 +42,6 @@ def _override(options: dict[str, str], pairs: list[str]) -> dict[str, str]:
         key, _, value = pair.partition("=")
         out[key] = value
     return out
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            flags = Path("/proc/cpuinfo").read_text()
-            isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f" {f}" in flags]
-            return f"{line.split(':', 1)[1].strip()} ({', '.join(isa)})"
-    return platform.processor()
 
 
 def main() -> None:
@@ -71,7 +62,9 @@ def main() -> None:
     if not data.is_dir():
         subprocess.run([*cmd, "data", "synth", "--out", data, *_flatten(data_opts)], check=True)
     results = args.out / "results.jsonl"
-    print(f"CPU: {cpu_name()}")
+    host = machine()
+    cpu = f"{host['cpu']} ({', '.join(host['instruction_sets'])})"
+    print(f"CPU: {cpu}")
     for seed in args.seeds.split(","):
         for onednn in args.onednn.split(","):
             opts = {**train_opts, "--seed": seed}
@@ -91,7 +84,7 @@ def main() -> None:
             state = json.loads((run / "checkpoints" / "state.json").read_text())
             test = metrics["test"]
             row = {
-                "cpu": cpu_name(),
+                "cpu": cpu,
                 "data": data_opts,
                 "train": opts,
                 "seed": int(seed),
