@@ -45,7 +45,7 @@ STEPS = (
 
 
 def covidct(*args: str | Path) -> None:
-    cmd = [sys.executable, "-m", "covidct", *map(str, args)]
+    cmd = [sys.executable, "-m", "cli", *map(str, args)]
     log.info("running: covidct %s", " ".join(map(str, args)))
     started = time.perf_counter()
     if subprocess.run(cmd).returncode != 0:

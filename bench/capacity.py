@@ -20,12 +20,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.corpus import real_data_dir, real_pngs
 from bench.load import Upload, load_level
 from bench.sweep import BenchError, save
-from covidct.bench import real_data_dir, real_pngs
 from covidct.config import ModelSpec, Provenance
 from export.repository import ServingConfig, render_config
-from export.server import TritonError, TritonServer, free_port
+from serving.server import TritonError, TritonServer, free_port
 
 IDENTITY_MODEL = Path(__file__).parent / "identity" / "model.py"
 CAM_HW = (7, 7)

@@ -168,11 +168,12 @@ def run_engines_bench(
     calibration_data: Path | None = None,
 ) -> str:
     """The whole ``covidct bench engines`` command; returns its Markdown section."""
-    from export.onnx import parity_images
+    from bench.corpus import real_data_dir, real_pngs
+    from export.onnx import slice_images
     from training.train import load_spec
 
     spec = load_spec(run)
-    real = parity_images(spec, limit=123)
+    real = slice_images(real_pngs(real_data_dir()), spec)
     if calibration_data is not None:
         from export.pipeline import _calibration_images
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench.corpus import real_data_dir, real_pngs
 from bench.sweep import BenchError, Row, plot, rel, save, table, write_csv
-from covidct.bench import real_data_dir, real_pngs
 
 
 @dataclass(frozen=True)

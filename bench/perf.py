@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.corpus import real_images
 from bench.sweep import BenchError, Row, plot, rel, save, table, write_csv
 from covidct.config import ModelSpec
 
@@ -134,7 +135,7 @@ def triton(repository: Path | None, url: str | None, protocol: str) -> Iterator[
         return
     if repository is None:
         raise BenchError("give --repository DIR (a server is started) or --url HOST:PORT")
-    from export.server import TritonError, TritonServer, free_port
+    from serving.server import TritonError, TritonServer, free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         server = TritonServer(
@@ -198,13 +199,11 @@ def sweep(
     stability: float = 50.0,
 ) -> dict[str, list[Row]]:
     """perf_analyzer at every level for every version, interleaved; CSVs written to ``out``."""
-    from export.onnx import parity_images
-
     if protocol not in PROTOCOLS:
         raise BenchError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
     out.mkdir(parents=True, exist_ok=True)
     input_data = out / "input_data.json"
-    write_input_data(input_data, spec, parity_images(spec, limit=slices))
+    write_input_data(input_data, spec, real_images(spec, slices))
     raw = out / "raw"
     raw.mkdir(exist_ok=True)
     rows: dict[str, list[Row]] = {v: [] for v in versions}
@@ -351,8 +350,7 @@ def _local_onnx(repository: Path | None, model: str, version: str) -> Path | Non
 def in_process(onnx: Path, spec: ModelSpec) -> dict[str, Any]:
     """In-process ONNX Runtime throughput of ``onnx`` at batch 1, 4, 8, 16 (a child process)."""
     from bench.engines import in_child
-    from export.onnx import parity_images
 
-    figures = in_child("ort-fp32", onnx, spec, parity_images(spec, limit=16), (1, 4, 8, 16), 5)
+    figures = in_child("ort-fp32", onnx, spec, real_images(spec, 16), (1, 4, 8, 16), 5)
     figures.pop("top1", None)
     return figures

@@ -96,7 +96,7 @@ def run_settings_bench(
 ) -> str:
     """The whole ``covidct bench settings`` command; returns its Markdown section."""
     from bench.perf import sweep
-    from export.server import TritonError, TritonServer, free_port
+    from serving.server import TritonError, TritonServer, free_port
 
     src = repository / model
     if not (src / "config.pbtxt").is_file():

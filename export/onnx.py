@@ -87,17 +87,26 @@ def run_onnx(session: object, spec: ModelSpec, images: np.ndarray) -> dict[str, 
     return dict(zip(names, outs, strict=True))
 
 
-def parity_images(spec: ModelSpec, limit: int = 16) -> np.ndarray:
-    """Real CT slices preprocessed for this model (shared data when present, else fixtures)."""
-    from covidct.bench import real_data_dir, real_pngs
-    from covidct.preprocessing import preprocess_bytes
+def slice_images(files: list[Path], spec: ModelSpec) -> np.ndarray:
+    """CT slice files preprocessed for this model as the gateway does (automatic body box)."""
+    from covidct.preprocessing import PreprocessingError, preprocess_bytes
 
-    root = real_data_dir()
-    pngs = real_pngs(root)
-    dicoms = sorted((root / "dicom").glob("*_uncompressed.dcm"))[:2]
-    step = max(1, len(pngs) // max(1, limit - len(dicoms)))
-    files = [*pngs[::step][: limit - len(dicoms)], *dicoms]
-    return np.stack([preprocess_bytes(p.read_bytes(), spec.image_size).image for p in files])
+    images = []
+    for path in files:
+        try:
+            images.append(preprocess_bytes(path.read_bytes(), spec.image_size).image)
+        except (OSError, PreprocessingError) as e:
+            raise ExportError(f"{path}: not a usable CT slice: {e}") from e
+    if not images:
+        raise ExportError("no CT slices to check the model on")
+    return np.stack(images)
+
+
+def parity_images(spec: ModelSpec) -> np.ndarray:
+    """The real CT slices packaged with covidct (``covidct.samples``), preprocessed."""
+    from covidct.samples import reference_slices
+
+    return slice_images(reference_slices(), spec)
 
 
 def check_parity(

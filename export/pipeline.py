@@ -21,6 +21,7 @@ from export.onnx import (
     onnx_session,
     parity_images,
     run_onnx,
+    slice_images,
 )
 from export.repository import ServingConfig, publish_version, staged_version
 
@@ -42,6 +43,21 @@ def _calibration_images(data: Path, spec: ModelSpec, limit: int = 64) -> np.ndar
         idx = np.arange(len(pool))
     rng = np.random.default_rng(0)
     return pool.gather(np.sort(rng.permutation(idx)[:limit]))
+
+
+def _agreement_files(data: Path, limit: int = 256) -> list[Path]:
+    """Slices that judge INT8 agreement: the test split of a COVIDx-CT folder (held out from
+    calibration, which reads val), else every PNG in it; evenly spaced, at most ``limit``."""
+    from covidct.dataset import label_file
+
+    labels = label_file(data, "test")
+    if labels.is_file():
+        names = [line.split()[0] for line in labels.read_text().splitlines() if line.strip()]
+        files = [data / "images" / n for n in names]
+    else:
+        files = sorted((data / "images").glob("*.png")) or sorted(data.glob("*.png"))
+    step = max(1, len(files) // limit)
+    return files[::step][:limit]
 
 
 def _split_checksums(run: Path) -> dict[str, str]:
@@ -73,6 +89,7 @@ def export_run(
     serving: ServingConfig,
     int8: bool = False,
     calibration_data: Path | None = None,
+    agreement_data: Path | None = None,
 ) -> dict[str, Any]:
     """Export ``run`` as the next version in ``repository``; returns the manifest.
 
@@ -126,7 +143,8 @@ def export_run(
             fp32 = stage / "model.fp32.onnx"
             onnx_path.rename(fp32)
             quantize(fp32, onnx_path, spec, _calibration_images(calibration_data, spec))
-            manifest["int8"] = compare(fp32, onnx_path, spec, parity_images(spec, limit=123))
+            judged = slice_images(_agreement_files(agreement_data or calibration_data), spec)
+            manifest["int8"] = compare(fp32, onnx_path, spec, judged)
             fp32.unlink()
         if serving.target == "cpu":
             shutil.copy(BACKEND_MODEL, stage / "model.py")

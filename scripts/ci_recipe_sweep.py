@@ -57,7 +57,7 @@ def main() -> None:
     train_opts = _override(_options(CI_TRAIN), args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / ("data-" + "-".join(f"{k[2:]}{v}" for k, v in data_opts.items()))
-    cmd = [sys.executable, "-m", "covidct"]
+    cmd = [sys.executable, "-m", "cli"]
     env = {**os.environ, "COVIDCT_CACHE_DIR": str(args.out / "cache")}
     if not data.is_dir():
         subprocess.run([*cmd, "data", "synth", "--out", data, *_flatten(data_opts)], check=True)

@@ -47,7 +47,7 @@ def covidct(
     *args: str | Path, env: dict[str, str] | None = None, timeout: int = 1200
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "covidct", *map(str, args)],
+        [sys.executable, "-m", "cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from covidct.bench import REPO
+from bench.corpus import REPO
 from tests.cli_helpers import CI_DATA, CI_TRAIN, covidct
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -10,10 +10,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from covidct.config import ModelSpec
-from export.deploylog import TABLE_COLUMNS, DeploymentLog, Journal, table_rows
-from export.gate import GateTolerances, decide, headline
 from export.repository import ServingConfig, pinned_config, render_config
-from export.switch import config_json
+from rollout.deploylog import TABLE_COLUMNS, DeploymentLog, Journal, table_rows
+from rollout.gate import GateTolerances, decide, headline
+from serving.control import config_json
 
 PROD = {"macro_f1": 0.90, "covid_sensitivity": 0.90, "covid_ppv": 0.90}
 SHA = "a" * 64

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from covidct.config import GatewaySettings
-from export.server import TritonServer, free_port
 from gateway.app import create_app
+from serving.server import TritonServer, free_port
 from tests.cli_helpers import covidct
 
 

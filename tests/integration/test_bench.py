@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.corpus import REPO
 from bench.sweep import read_csv
-from covidct.bench import REPO
 from tests.cli_helpers import covidct
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -56,7 +56,7 @@ def test_gateway_equals_triton_and_the_saved_model(server, ci_run: Path, shared_
 
 
 def test_gateway_reports_not_ready_without_triton() -> None:
-    from export.server import free_port
+    from serving.server import free_port
 
     settings = GatewaySettings(triton_url=f"127.0.0.1:{free_port()}", request_timeout_s=2)
     with TestClient(create_app(settings)) as client:

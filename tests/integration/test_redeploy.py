@@ -22,14 +22,14 @@ import httpx
 import numpy as np
 import pytest
 
-from covidct.bench import real_data_dir, real_pngs
+from bench.corpus import real_data_dir, real_pngs
 from covidct.config import GatewaySettings
-from export.deployment import DeployOptions
-from export.redeploy import redeploy
 from export.repository import pinned_config, versions, write_config
-from export.server import TritonServer, free_port
-from export.switch import DeployError, TritonControl
 from gateway.app import create_app
+from rollout.deployment import DeployOptions
+from rollout.redeploy import redeploy
+from serving.control import DeployError, TritonControl
+from serving.server import TritonServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
@@ -58,7 +58,7 @@ class Stack:
 
     def args(self, *extra: str | Path) -> list[str]:
         common = ["--repository", self.repo, "--gateway", self.gateway, "--triton", self.grpc]
-        return [sys.executable, "-m", "covidct", *map(str, [*extra, *common])]
+        return [sys.executable, "-m", "cli", *map(str, [*extra, *common])]
 
     def run(self, *extra: str | Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -296,7 +296,7 @@ def test_killed_redeploy_is_recovered_by_its_rerun_then_rolled_back(
         old,
     )
     table = subprocess.run(
-        [sys.executable, "-m", "covidct", "deployments", "--repository", str(stack.repo)],
+        [sys.executable, "-m", "cli", "deployments", "--repository", str(stack.repo)],
         capture_output=True,
         text=True,
     )

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidct.bench import real_pngs
+from bench.corpus import real_pngs
 from covidct.config import ModelSpec
 from covidct.preprocessing import preprocess_bytes
-from export.server import TritonError, TritonServer, free_port
+from serving.server import TritonError, TritonServer, free_port
 from tests.cli_helpers import covidct
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
@@ -133,7 +133,9 @@ def test_killed_export_leaves_the_repository_unchanged_and_served(
     assert (repository / "covidct" / "2" / "manifest.json").is_file()
 
 
-def test_int8_export_reports_agreement_and_speed(ci_run: Path, tmp_path: Path, cache_env) -> None:
+def test_int8_export_reports_agreement_and_speed(
+    ci_run: Path, tmp_path: Path, cache_env, shared_data: Path
+) -> None:
     """The gate decides by its figures, and INT8 stays close to fp32 either way.
 
     Whether INT8 clears 99% on the 123 real slices depends on the training trajectory: one
@@ -152,6 +154,8 @@ def test_int8_export_reports_agreement_and_speed(ci_run: Path, tmp_path: Path, c
         "--int8",
         "--calibration-data",
         data,
+        "--agreement-data",
+        shared_data / "covidxct-real",
         env=cache_env,
     )
     if result.returncode == 0:

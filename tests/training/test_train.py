@@ -142,7 +142,7 @@ def test_resume_after_a_kill_continues_with_the_next_epoch(
         "5",
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "covidct", *map(str, args)],
+        [sys.executable, "-m", "cli", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

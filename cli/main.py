@@ -21,7 +21,7 @@ SERVING_DEFAULTS = ServingConfig()
 TRAIN_DEFAULTS = TrainConfig()
 
 if TYPE_CHECKING:
-    from export.deployment import StepEvent
+    from rollout.deployment import StepEvent
 
 app = typer.Typer(
     help="COVID-19 chest CT slice classification: data, training, export, serving.",
@@ -352,6 +352,13 @@ def export_cmd(
     calibration_data: Annotated[
         Path | None, typer.Option(help="COVIDx-CT folder whose val slices calibrate --int8.")
     ] = None,
+    agreement_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="COVIDx-CT folder whose test slices judge --int8 agreement with fp32 "
+            "(default: --calibration-data)."
+        ),
+    ] = None,
     max_batch_size: Annotated[
         int, typer.Option(help="Largest batch Triton forms.")
     ] = SERVING_DEFAULTS.max_batch_size,
@@ -380,7 +387,12 @@ def export_cmd(
             instance_count=instances,
         )
         manifest = export_run(
-            run, repository, serving, int8=int8, calibration_data=calibration_data
+            run,
+            repository,
+            serving,
+            int8=int8,
+            calibration_data=calibration_data,
+            agreement_data=agreement_data,
         )
     except (ExportError, RepositoryError, TrainError) as e:
         fail(str(e))
@@ -413,7 +425,7 @@ def triton(
     """Run the real tritonserver on this machine until Ctrl-C or SIGTERM."""
     import signal
 
-    from export.server import TritonError, TritonServer
+    from serving.server import TritonError, TritonServer
 
     server = TritonServer(
         repository, grpc_port, http_port, metrics_port, model_control, log_file=log_file
@@ -453,9 +465,9 @@ def serve(
     """Start Triton and the gateway (building a demo model first when there is none)."""
     import subprocess
 
-    from export.server import TritonError
-    from gateway.serve import default_demo_dir
-    from gateway.serve import serve as run_serve
+    from cli.serve import default_demo_dir
+    from cli.serve import serve as run_serve
+    from serving.server import TritonError
 
     try:
         run_serve(repository, host, port, grpc_port, http_port, metrics_port, default_demo_dir())
@@ -582,11 +594,11 @@ def redeploy(
     cache_dir: Annotated[Path | None, typer.Option(help="Prepared-cache root.")] = None,
 ) -> None:
     """Retrain (or take a run), gate it against production, and switch with zero downtime."""
-    from export.deployment import DeployOptions
-    from export.gate import GateTolerances
-    from export.redeploy import describe
-    from export.redeploy import redeploy as run_redeploy
-    from export.switch import DeployError
+    from rollout.deployment import DeployOptions
+    from rollout.gate import GateTolerances
+    from rollout.redeploy import describe
+    from rollout.redeploy import redeploy as run_redeploy
+    from serving.control import DeployError
 
     try:
         tolerances = GateTolerances(
@@ -638,10 +650,10 @@ def rollback(
     log: LogOpt = None,
 ) -> None:
     """Switch back to an earlier version with the same zero-downtime protocol."""
-    from export.deployment import DeployOptions
-    from export.redeploy import describe
-    from export.redeploy import rollback as run_rollback
-    from export.switch import DeployError
+    from rollout.deployment import DeployOptions
+    from rollout.redeploy import describe
+    from rollout.redeploy import rollback as run_rollback
+    from serving.control import DeployError
 
     opts = DeployOptions(
         repository=repository,
@@ -670,7 +682,7 @@ def deployments(
     """The deployment log as a table: every redeploy, rejection and rollback."""
     from rich.table import Table
 
-    from export.deploylog import LOG_NAME, TABLE_COLUMNS, DeploymentLog, table_rows
+    from rollout.deploylog import LOG_NAME, TABLE_COLUMNS, DeploymentLog, table_rows
 
     entries = DeploymentLog(log or repository / LOG_NAME).read()
     if as_json:
@@ -705,8 +717,8 @@ def bench_data(
     out: ResultFolder = None,
 ) -> None:
     """Decode+crop+resize speed per core (PNG, DICOM), synthesis and cache build speed."""
+    from bench.data import run_data_bench
     from bench.sweep import save
-    from covidct.bench import run_data_bench
 
     section = run_data_bench(png, synth_slices, cache_slices, size)
     save(_bench_out(out, "data"), "data", section, {"size": size})
@@ -723,7 +735,7 @@ def bench_train(
 ) -> None:
     """Input pipeline images/s versus training-step images/s, plus graph build and memory."""
     from bench.sweep import save
-    from covidct.bench import run_train_bench
+    from bench.train import run_train_bench
 
     section = run_train_bench(backbone, size, batch_size, steps)
     save(_bench_out(out, "train"), "train", section, {"backbone": backbone, "size": size})

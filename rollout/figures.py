@@ -17,8 +17,8 @@ from typing import Any
 
 from covidct.config import ModelSpec
 from covidct.dataset import label_file
-from export.gate import headline
 from export.repository import read_manifest
+from rollout.gate import headline
 
 log = logging.getLogger(__name__)
 

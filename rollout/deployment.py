@@ -1,9 +1,10 @@
 """What redeploy and rollback share: options, step reporting, the journal, the switch.
 
 A deployment moves the gateway from ``old_version`` to ``new_version`` with the protocol of
-``export.switch``. Its state (versions, steps done, figures) lives in a journal written after
-every step; a rerun after a kill reads it and either finishes the deployment or puts the old
-version back (``recover``). Every attempt ends as one line in the deployment log.
+``serving.control`` (Triton) and ``rollout.admin`` (gateway). Its state (versions, steps done,
+figures) lives in a journal written after every step; a rerun after a kill reads it and either
+finishes the deployment or puts the old version back (``recover``). Every attempt ends as one
+line in the deployment log.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from covidct.config import ModelSpec
-from export.deploylog import LOG_NAME, DeploymentLog, Journal, now_iso, who
-from export.gate import GateTolerances
 from export.repository import (
     pinned_config,
     read_manifest,
@@ -27,8 +26,11 @@ from export.repository import (
     versions,
     write_config,
 )
-from export.smoke import smoke_slices, smoke_test
-from export.switch import DeployError, GatewayAdmin, TritonControl
+from rollout.admin import GatewayAdmin
+from rollout.deploylog import LOG_NAME, DeploymentLog, Journal, now_iso, who
+from rollout.gate import GateTolerances
+from rollout.smoke import smoke_slices, smoke_test
+from serving.control import DeployError, TritonControl
 
 log = logging.getLogger(__name__)
 

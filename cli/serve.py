@@ -44,7 +44,7 @@ def has_model(repository: Path) -> bool:
 
 
 def _covidct(*args: str | Path) -> None:
-    cmd = [sys.executable, "-m", "covidct", *map(str, args)]
+    cmd = [sys.executable, "-m", "cli", *map(str, args)]
     log.info("running: covidct %s", " ".join(map(str, args)))
     subprocess.run(cmd, check=True)
 
@@ -73,8 +73,8 @@ def serve(
     import uvicorn
 
     from covidct.config import GatewaySettings
-    from export.server import TritonServer
     from gateway.app import create_app
+    from serving.server import TritonServer
 
     if not has_model(repository):
         print(

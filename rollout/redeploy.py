@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from covidct.config import TrainConfig
-from export.deployment import (
+from export.repository import ServingConfig, read_manifest, versions
+from rollout.deployment import (
     Deployment,
     DeployOptions,
     Reporter,
@@ -28,17 +29,16 @@ from export.deployment import (
     recover,
     remove_orphans,
 )
-from export.figures import (
+from rollout.figures import (
     candidate_figures,
     data_test_sha,
     production_figures,
     production_test_sha,
     run_test_sha,
 )
-from export.gate import decide
-from export.repository import ServingConfig, read_manifest, versions
-from export.smoke import SmokeError
-from export.switch import DeployError
+from rollout.gate import decide
+from rollout.smoke import SmokeError
+from serving.control import DeployError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from covidct.config import ModelSpec
-from export.switch import DeployError, TritonControl
+from serving.control import DeployError, TritonControl
 
 
 class SmokeError(DeployError):
@@ -22,17 +22,15 @@ class SmokeError(DeployError):
 
 
 def smoke_slices(folder: Path | None, limit: int = 16) -> list[Path]:
-    """Slices to send: every file in ``folder``, else the real CT slices (shared data)."""
+    """Slices to send: every file in ``folder``, else the real CT slices packaged with covidct."""
     if folder is not None:
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         if not files:
             raise SmokeError(f"no slices in {folder}")
         return files[:limit]
-    from covidct.bench import real_data_dir, real_pngs
+    from covidct.samples import reference_slices
 
-    pngs = real_pngs(real_data_dir())
-    step = max(1, len(pngs) // limit)
-    return pngs[::step][:limit]
+    return reference_slices()[:limit]
 
 
 def smoke_test(

@@ -1,5 +1,4 @@
-"""``covidct bench data`` and ``covidct bench train``: preprocessing, synthesis, cache-build
-and training-step speed, side by side (serving benchmarks live in the ``bench`` package).
+"""``covidct bench data``: preprocessing, synthesis and cache-build speed, side by side.
 
 All figures come from one run on the machine at hand. Single-process figures are per core;
 each is the median over several rounds, since these machines are noisy.
@@ -16,30 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.corpus import real_data_dir, real_pngs
 from covidct.preprocessing import preprocess_bytes
 
-REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 5
-
-
-def real_data_dir() -> Path:
-    """Real CT data: $COVIDCT_REAL_DATA, else ../shared/data beside the checkout, else fixtures."""
-    env = os.environ.get("COVIDCT_REAL_DATA")
-    for candidate in (
-        Path(env) if env else None,
-        REPO.parent / "shared" / "data",
-        REPO / "tests" / "fixtures",
-    ):
-        if candidate is not None and (candidate / "dicom").is_dir():
-            return candidate
-    raise FileNotFoundError("no real CT data found (set COVIDCT_REAL_DATA)")
-
-
-def real_pngs(root: Path) -> list[Path]:
-    """The real 512x512 slices under a data root: all 123, or the fixtures' five."""
-    return sorted((root / "covidxct-real" / "images").glob("*.png")) or sorted(
-        (root / "covidxct-mini" / "images").glob("*.png")
-    )
 
 
 def _rate(items: int, fn: Callable[[], object], rounds: int = ROUNDS) -> tuple[float, float, float]:
@@ -52,7 +31,7 @@ def _rate(items: int, fn: Callable[[], object], rounds: int = ROUNDS) -> tuple[f
     return statistics.median(rates), min(rates), max(rates)
 
 
-def _row(name: str, rate: tuple[float, float, float], note: str = "") -> str:
+def row(name: str, rate: tuple[float, float, float], note: str = "") -> str:
     med, lo, hi = rate
     return f"| {name} | {med:,.1f} | {lo:,.1f} to {hi:,.1f} | {note} |"
 
@@ -79,11 +58,11 @@ def run_data_bench(
         ],
     }
     rows = [
-        _row(
+        row(
             "PNG 512² → auto body box → S² (serving path)",
             _rate(len(png_batch), lambda: [preprocess_bytes(b, size) for b in png_batch]),
         ),
-        _row(
+        row(
             "PNG 512² → label box → S² (cache path)",
             _rate(
                 len(png_batch),
@@ -95,7 +74,7 @@ def run_data_bench(
         if blobs:
             batch = [blobs[i % len(blobs)] for i in range(max(png_slices // 2, 1))]
             rows.append(
-                _row(
+                row(
                     f"{name} → auto body box → S²",
                     _rate(len(batch), functools.partial(_preprocess_all, batch, size)),
                 )
@@ -111,7 +90,7 @@ def run_data_bench(
             n, lambda: [write_patient(p, out, per_patient, 512) for p in patients], rounds=3
         )
         rows.append(
-            _row(
+            row(
                 "synthetic CT 512², render + PNG write",
                 synth,
                 f"1,000 slices in {1000 / synth[0]:.0f} s on one core",
@@ -127,7 +106,7 @@ def run_data_bench(
                 rounds=3,
             )
             rows.append(
-                _row(
+                row(
                     f"cache build from real PNGs, {workers} worker(s), S={size}",
                     build,
                     f"{build[0] / workers:,.1f} slices/s per core; 425,000 slices in "
@@ -174,92 +153,3 @@ def _real_folder(out: Path, pngs: list[Path], count: int) -> Path:
 def _preprocess_all(blobs: list[bytes], size: int) -> None:
     for blob in blobs:
         preprocess_bytes(blob, size)
-
-
-def run_train_bench(
-    backbone: str = "densenet201", size: int = 224, batch_size: int = 8, steps: int = 6
-) -> str:
-    """Input pipeline vs training step, side by side in one process.
-
-    The pipeline (cache gather + augmentation, as in training) is timed alone over many
-    batches; the step is ``train_on_batch`` on the same batches after a first, separately
-    timed call that builds the graph. Peak memory is the process's maximum resident size.
-    """
-    import resource
-
-    import keras
-
-    from covidct.config import ModelSpec, TrainConfig
-    from training.cache import PreparedCache, prepare_cache
-    from training.data import SlicePool, make_dataset
-    from training.model import build_classifier, set_trainable
-    from training.synth import synthesize
-
-    cfg = TrainConfig(backbone=backbone, image_size=size, batch_size=batch_size, weights="none")
-    with tempfile.TemporaryDirectory() as tmp:
-        data, cache = Path(tmp) / "data", Path(tmp) / "cache"
-        synthesize(data, 12, 10, seed=0, workers=os.cpu_count() or 1)
-        prepare_cache(data, cache, size, workers=os.cpu_count() or 1)
-        pool = SlicePool.open(PreparedCache(cache))
-        train_idx = pool.splits()["train"]
-        ds, _ = make_dataset(pool, train_idx, cfg, training=True)
-        ds = ds.repeat()
-        it = iter(ds)
-        next(it)  # warm the pipeline
-        n_batches = 60
-        rates = []
-        for _ in range(ROUNDS):
-            start = time.perf_counter()
-            for _ in range(n_batches):
-                next(it)
-            rates.append(n_batches * batch_size / (time.perf_counter() - start))
-        pipeline = (statistics.median(rates), min(rates), max(rates))
-
-        keras.utils.set_random_seed(0)
-        clf = build_classifier(ModelSpec(image_size=size, backbone=backbone), weights=None)
-        step_rows = []
-        for label, unfreeze in (
-            ("fine-tune: last 30 backbone layers", 30),
-            ("whole backbone (--unfreeze -1)", -1),
-        ):
-            set_trainable(clf, unfreeze)
-            clf.train_model.compile(
-                optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy"
-            )
-            x, y = next(it)
-            start = time.perf_counter()
-            clf.train_model.train_on_batch(x, y)
-            build_s = time.perf_counter() - start
-            step_rates = []
-            for _ in range(steps):
-                x, y = next(it)
-                start = time.perf_counter()
-                clf.train_model.train_on_batch(x, y)
-                step_rates.append(batch_size / (time.perf_counter() - start))
-            step = (statistics.median(step_rates), min(step_rates), max(step_rates))
-            step_rows.append(
-                _row(
-                    f"training step, {label}",
-                    step,
-                    f"first step (graph build) {build_s:.1f} s; pipeline is "
-                    f"{pipeline[0] / step[0]:,.0f}x faster",
-                )
-            )
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    return "\n".join(
-        [
-            f"## covidct bench train ({backbone}, S={size}, batch {batch_size})",
-            "",
-            f"{platform.machine()}, {os.cpu_count()} cores; pipeline: cache gather + augmentation, "
-            f"{n_batches} batches x {ROUNDS} rounds; steps: `train_on_batch`, median of {steps} "
-            "after the graph-building first one.",
-            "",
-            "| what | images/s (median) | range | note |",
-            "|---|---:|---:|---|",
-            _row("input pipeline from the prepared cache", pipeline, "gather + augment, uint8"),
-            *step_rows,
-            "",
-            f"Peak resident memory of the whole run: {peak_gib:.1f} GiB.",
-            "",
-        ]
-    )

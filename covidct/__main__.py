@@ -1,3 +1,0 @@
-from covidct.cli import main
-
-main()
