@@ -72,8 +72,8 @@ def serve(
     """Start Triton, then the gateway in this process; Ctrl-C stops both."""
     import uvicorn
 
-    from covidct.config import GatewaySettings
     from gateway.app import create_app
+    from gateway.settings import GatewaySettings
     from serving.server import TritonServer
 
     if not has_model(repository):

@@ -21,9 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from covidct.config import GatewaySettings, get_settings
 from gateway.errors import BadRequest, GatewayError, NotReady, Saturated, Unauthorized
 from gateway.serving import ServingVersions
+from gateway.settings import GatewaySettings, get_settings
 from gateway.triton import Backend, TritonBackend
 
 log = logging.getLogger(__name__)

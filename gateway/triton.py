@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from covidct.config import GatewaySettings, ModelSpec
+from covidct.config import ModelSpec
 from gateway.errors import InferenceError, InferenceTimeout, NotReady
+from gateway.settings import GatewaySettings
 
 SPEC_PARAMETER = "covidct_model_spec"
 

@@ -18,9 +18,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from covidct.config import GatewaySettings, ModelSpec, Provenance
+from covidct.config import ModelSpec, Provenance
 from gateway.app import create_app
 from gateway.errors import InferenceTimeout, NotReady
+from gateway.settings import GatewaySettings
 from gateway.triton import Inference
 
 SPEC = ModelSpec(image_size=64, provenance=Provenance(synthetic=True))

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from covidct.config import GatewaySettings, ModelSpec
+from covidct.config import ModelSpec
 from gateway.errors import InferenceError
+from gateway.settings import GatewaySettings
 from gateway.triton import TritonBackend
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from covidct.config import GatewaySettings
 from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from serving.server import TritonServer, free_port
 from tests.cli_helpers import covidct
 

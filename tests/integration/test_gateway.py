@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from covidct.config import GatewaySettings, ModelSpec
+from covidct.config import ModelSpec
 from covidct.preprocessing import preprocess_bytes
 from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from tests.integration.test_triton import _infer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from bench.corpus import real_data_dir, real_pngs
-from covidct.config import GatewaySettings
 from export.repository import pinned_config, versions, write_config
 from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from rollout.deployment import DeployOptions
 from rollout.redeploy import redeploy
 from serving.control import DeployError, TritonControl

@@ -1,0 +1,41 @@
+"""The gateway's settings: the one place its ``COVIDCT_*`` environment variables are read."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Gateway settings, from ``COVIDCT_*`` environment variables (or a ``.env`` file).
+
+    Every variable is listed in ``.env.example``. Tests override them by passing an instance
+    to ``gateway.app.create_app``.
+    """
+
+    # env_ignore_empty: a variable left empty (as in .env.example) means "unset", not "".
+    model_config = SettingsConfigDict(
+        env_prefix="COVIDCT_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
+
+    triton_url: str = "127.0.0.1:8001"
+    model_name: str = "covidct"
+    model_version: str = ""  # version served at start; empty: the newest ready one
+    request_timeout_s: float = 10.0
+    max_in_flight: int = 32
+    max_upload_bytes: int = 32 * 1024 * 1024
+    preprocess_workers: int = 2
+    grpc_max_message_mb: int = 256
+    max_study_slices: int = 512
+    max_study_bytes: int = 512 * 1024 * 1024
+    api_key: SecretStr | None = None
+    admin_key: SecretStr | None = None  # X-Admin-Key for /admin/v1/*; unset: admin disabled
+    cors_origins: list[str] = []
+    retry_after_s: int = 1
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> GatewaySettings:
+    return GatewaySettings()
