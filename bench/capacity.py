@@ -24,7 +24,7 @@ from bench.corpus import real_data_dir, real_pngs
 from bench.load import Upload, load_level
 from bench.sweep import BenchError, save
 from covidct.config import ModelSpec, Provenance
-from export.repository import ServingConfig, render_config
+from export.tritonconfig import ServingConfig, render_config
 from serving.server import TritonError, TritonServer, free_port
 
 IDENTITY_MODEL = Path(__file__).parent / "identity" / "model.py"

@@ -154,7 +154,7 @@ def triton(repository: Path | None, url: str | None, protocol: str) -> Iterator[
 
 def served_spec(url: str, model: str, version: str, protocol: str) -> ModelSpec:
     """The ModelSpec the server carries in the model's config (as the gateway reads it)."""
-    from gateway.triton import SPEC_PARAMETER, spec_in_config
+    from covidct.modelconfig import SPEC_PARAMETER, spec_of
 
     if protocol == "grpc":
         import tritonclient.grpc as grpcclient
@@ -165,7 +165,7 @@ def served_spec(url: str, model: str, version: str, protocol: str) -> ModelSpec:
         import tritonclient.http as httpclient
 
         config = httpclient.InferenceServerClient(url).get_model_config(model, version)
-    spec = spec_in_config(config)
+    spec = spec_of(config)
     if spec is None:
         raise BenchError(f"model {model} carries no {SPEC_PARAMETER}; export it with covidct")
     return spec

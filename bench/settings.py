@@ -22,14 +22,8 @@ from pathlib import Path
 
 from bench.sweep import BenchError, Row, plot, rel, save
 from covidct.config import ModelSpec
-from export.repository import (
-    RepositoryError,
-    ServingConfig,
-    read_manifest,
-    render_config,
-    version_cam_hw,
-    versions,
-)
+from export.repository import read_manifest, version_cam_hw, versions
+from export.tritonconfig import RepositoryError, ServingConfig, render_config
 
 
 @dataclass(frozen=True)

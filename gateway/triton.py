@@ -9,25 +9,15 @@ gateway is switched.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from covidct.config import ModelSpec
+from covidct.modelconfig import SPEC_PARAMETER, ConfigError, spec_of
 from gateway.errors import InferenceError, InferenceTimeout, NotReady
 from gateway.settings import GatewaySettings
-
-SPEC_PARAMETER = "covidct_model_spec"
-
-
-def spec_in_config(config: dict[str, Any]) -> ModelSpec | None:
-    """The ModelSpec in a model config as Triton returns it in JSON (None: not there)."""
-    params = config.get("parameters", {})
-    if SPEC_PARAMETER not in params:
-        return None
-    return ModelSpec.from_dict(json.loads(params[SPEC_PARAMETER]["string_value"]))
 
 
 @dataclass(frozen=True)
@@ -79,12 +69,13 @@ class TritonBackend:
         from tritonclient.utils import InferenceServerException
 
         try:
-            config = await self._client.get_model_config(
-                self._settings.model_name, version, as_json=True
-            )
+            response = await self._client.get_model_config(self._settings.model_name, version)
         except InferenceServerException as e:
             raise self._translate(e) from e
-        spec = spec_in_config(config["config"])
+        try:
+            spec = spec_of(response.config)
+        except ConfigError as e:
+            raise InferenceError(f"model {self._settings.model_name}: {e}") from e
         if spec is None:
             raise InferenceError(
                 f"model {self._settings.model_name} carries no ModelSpec "

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from covidct.files import atomic_write_text
+
 LOG_NAME = "deployments.jsonl"
 
 
@@ -128,12 +130,7 @@ class Journal:
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w") as f:
-            f.write(json.dumps(state, indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

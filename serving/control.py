@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidct.modelconfig import config_json, parse_config
 from export.repository import pinned_config, write_config
 
 log = logging.getLogger(__name__)
@@ -29,15 +30,6 @@ log = logging.getLogger(__name__)
 
 class DeployError(RuntimeError):
     """A redeploy or rollback step failed; the message says which and why."""
-
-
-def config_json(text: str) -> str:
-    """A config.pbtxt as the JSON Triton takes as a load-time config override."""
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
-
-    message = text_format.Parse(text, model_config_pb2.ModelConfig())
-    return json_format.MessageToJson(message, preserving_proto_field_name=True)
 
 
 class TritonControl:
@@ -74,7 +66,7 @@ class TritonControl:
         text = pinned_config(model_dir, spec_version, versions)
         started = time.perf_counter()
         try:
-            self.client.load_model(self.model, config=config_json(text))
+            self.client.load_model(self.model, config=config_json(parse_config(text)))
         except Exception as e:
             message = str(e)
             if "polling is enabled" in message or "explicit" in message.lower():

@@ -33,6 +33,7 @@ import numpy as np
 
 from covidct.config import CLASS_NAMES, INTERPOLATION, WINDOW_CENTRE_HU, WINDOW_WIDTH_HU
 from covidct.dataset import DatasetError, Sample, read_covidx
+from covidct.files import atomic_write_text, sha256_file
 from covidct.preprocessing import PreprocessingError, preprocess_bytes
 
 CACHE_VERSION = 1
@@ -56,17 +57,7 @@ class _ShardJob:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _content_hash(samples: Sequence[Sample], size: int) -> str:

@@ -12,7 +12,7 @@ from bench.perf import parse_perf_csv
 from bench.report import render, targets
 from bench.settings import recommend
 from bench.sweep import RESULTS, BenchError, Row, parse_levels, read_csv, write_csv
-from export.repository import ServingConfig
+from export.tritonconfig import ServingConfig
 
 
 @pytest.mark.parametrize(

@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
 from covidct.config import ModelSpec
-from export.repository import ServingConfig, pinned_config, render_config
+from covidct.modelconfig import config_json, parse_config
+from export.repository import pinned_config
+from export.tritonconfig import ServingConfig, render_config
 from rollout.deploylog import TABLE_COLUMNS, DeploymentLog, Journal, table_rows
 from rollout.gate import GateTolerances, decide, headline
-from serving.control import config_json
 
 PROD = {"macro_f1": 0.90, "covid_sensitivity": 0.90, "covid_ppv": 0.90}
 SHA = "a" * 64
@@ -111,13 +110,14 @@ def test_journal_is_replaced_atomically(tmp_path: Path) -> None:
 def test_pinned_config_serves_exactly_the_named_versions(tmp_path: Path) -> None:
     spec = ModelSpec(image_size=64)
     text = render_config(spec, ServingConfig(pinned_versions=(3, 2)), (2, 2))
-    assert "version_policy: { specific: { versions: [ 2, 3 ] } }" in text
-    parsed = text_format.Parse(text, model_config_pb2.ModelConfig())
+    parsed = parse_config(text)
     assert list(parsed.version_policy.specific.versions) == [2, 3]
-    assert json.loads(config_json(text))["version_policy"] == {"specific": {"versions": ["2", "3"]}}
+    assert not parsed.version_policy.HasField("latest")
+    override = json.loads(config_json(parsed))
+    assert override["version_policy"] == {"specific": {"versions": ["2", "3"]}}
     model = tmp_path / "covidct"
     (model / "2").mkdir(parents=True)
     manifest = {"model_spec": spec.to_dict(), "serving": {"max_batch_size": 4}, "cam_hw": [2, 2]}
     (model / "2" / "manifest.json").write_text(json.dumps(manifest))
-    pinned = pinned_config(model, 2, [2])
-    assert "specific: { versions: [ 2 ] }" in pinned and "max_batch_size: 4" in pinned
+    pinned = parse_config(pinned_config(model, 2, [2]))
+    assert list(pinned.version_policy.specific.versions) == [2] and pinned.max_batch_size == 4

@@ -198,7 +198,7 @@ def test_gpu_script_stops_at_the_gpu_boundary(tmp_path: Path) -> None:
     """No GPU here: the script must get everything ready, then say what is missing."""
     from covidct.config import ModelSpec
     from export.pipeline import _tensorrt_script
-    from export.repository import ServingConfig, render_config
+    from export.tritonconfig import ServingConfig, render_config
 
     spec, serving = ModelSpec(image_size=64), ServingConfig(target="tensorrt-plan")
     version = tmp_path / "models" / "covidct" / "1"
