@@ -32,7 +32,7 @@ ENGINES = ("tf-savedmodel", "ort-fp32", "openvino-fp32", "openvino-bf16", "ort-i
 def _runner(engine: str, model: Path, spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
     """A function from a uint8 batch to probabilities, for one engine."""
     if engine == "tf-savedmodel":
-        from training.report import SavedModelRunner
+        from training.run import SavedModelRunner
 
         tf_runner = SavedModelRunner(model, spec)
         return lambda x: tf_runner(x, batch_size=len(x))[spec.probabilities_name]
@@ -143,7 +143,7 @@ def prepare_models(
     """The run's SavedModel, its ONNX conversion and a static INT8 quantisation of that."""
     from export.onnx import convert
     from export.quantize import quantize
-    from training.report import SAVED_MODEL
+    from training.run import SAVED_MODEL
 
     saved = run / SAVED_MODEL
     if not (saved / "saved_model.pb").is_file():
@@ -170,7 +170,7 @@ def run_engines_bench(
     """The whole ``covidct bench engines`` command; returns its Markdown section."""
     from bench.corpus import real_data_dir, real_pngs
     from export.onnx import slice_images
-    from training.train import load_spec
+    from training.run import load_spec
 
     spec = load_spec(run)
     real = slice_images(real_pngs(real_data_dir()), spec)

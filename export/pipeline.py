@@ -34,7 +34,7 @@ def _calibration_images(data: Path, spec: ModelSpec, limit: int = 64) -> np.ndar
     """Validation slices of a COVIDx-CT folder from its prepared cache (val, else any split)."""
     from training.cache import PreparedCache
     from training.data import SlicePool
-    from training.train import prepare_for_training
+    from training.run import prepare_for_training
 
     cache_dir, _ = prepare_for_training(data, spec.image_size)
     pool = SlicePool.open(PreparedCache(cache_dir))
@@ -96,8 +96,8 @@ def export_run(
     Raises:
         ExportError: conversion, parity or INT8 agreement failed (repository untouched).
     """
-    from training.report import SAVED_MODEL, SavedModelRunner
-    from training.train import load_spec
+    from training.run import SAVED_MODEL, SavedModelRunner
+    from training.run import load_spec
 
     started = time.perf_counter()
     spec = load_spec(run)

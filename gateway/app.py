@@ -1,7 +1,8 @@
 """The FastAPI application: lifespan-held Triton client, one error handler, metrics, API key.
 
-``create_app(settings, backend_factory)`` builds an app; tests pass their own settings and,
-for error handling, a fake backend. The gateway never imports TensorFlow (a test enforces it).
+``create_app(settings, backend_factory)`` builds an app from the routers in ``gateway.routes``
+(which reach its state through ``gateway.deps``); tests pass their own settings and, for error
+handling, a fake backend. The gateway never imports TensorFlow (a test enforces it).
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.errors import BadRequest, GatewayError, NotReady, Saturated, Unauthorized
-from gateway.serving import ServingVersions
+from gateway.deps import GatewayState, Metrics, request_id
+from gateway.errors import BadRequest, GatewayError, Unauthorized
+from gateway.routes import admin, health, page, predict, study
 from gateway.settings import GatewaySettings, get_settings
 from gateway.triton import Backend, TritonBackend
 
@@ -31,65 +31,6 @@ log = logging.getLogger(__name__)
 OPEN_PATHS = ("/healthz", "/readyz")
 ADMIN_PREFIX = "/admin/"  # protected by its own key (X-Admin-Key), not the API key
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-class Metrics:
-    """Prometheus metrics in a registry of the app's own (several apps may share a process)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "covidct_requests_total", "HTTP requests", ["route", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "covidct_request_seconds", "HTTP request latency", ["route"], registry=self.registry
-        )
-        self.preprocess = Histogram(
-            "covidct_preprocess_seconds", "Decode, crop and resize", registry=self.registry
-        )
-        self.inference = Histogram(
-            "covidct_inference_seconds", "Triton round trip", registry=self.registry
-        )
-        self.in_flight = Gauge(
-            "covidct_in_flight", "Predictions in progress", registry=self.registry
-        )
-        self.rejections = Counter(
-            "covidct_rejections_total", "Answered 503 at once (saturated)", registry=self.registry
-        )
-
-
-@dataclass
-class GatewayState:
-    settings: GatewaySettings
-    backend: Backend
-    metrics: Metrics
-    limiter: anyio.CapacityLimiter
-    serving: ServingVersions = field(init=False)
-    in_flight: int = 0
-
-    def __post_init__(self) -> None:
-        self.serving = ServingVersions(self.backend, self.settings.model_version)
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Admit a prediction, or answer 503 with Retry-After at once when saturated."""
-        if self.in_flight >= self.settings.max_in_flight:
-            self.metrics.rejections.inc()
-            raise Saturated(
-                f"{self.in_flight} predictions in flight (limit {self.settings.max_in_flight})",
-                self.settings.retry_after_s,
-            )
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
-
-
-def request_id(request: Request) -> str:
-    return str(getattr(request.state, "request_id", "-"))
 
 
 def problem(error: GatewayError, request: Request) -> JSONResponse:
@@ -195,16 +136,6 @@ def create_app(
             allow_headers=["*"],
         )
 
-    from gateway.admin import router as admin_router
-    from gateway.routes import router
-
-    app.include_router(router)
-    app.include_router(admin_router)
+    for router in (predict.router, study.router, page.router, health.router, admin.router):
+        app.include_router(router)
     return app
-
-
-def state_of(request: Request) -> GatewayState:
-    state = getattr(request.app.state, "gw", None)
-    if state is None:
-        raise NotReady("the gateway is starting")
-    return state

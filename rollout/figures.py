@@ -78,8 +78,8 @@ def evaluate_version(
 
     from export.onnx import onnx_session, run_onnx
     from training.cache import PreparedCache
-    from training.evaluate import classification_report
-    from training.train import prepare_for_training
+    from training.metrics import classification_report
+    from training.run import prepare_for_training
 
     spec = ModelSpec.from_dict(read_manifest(model_dir, version)["model_spec"])
     cache_dir, _ = prepare_for_training(data, spec.image_size, cache_root)

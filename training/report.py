@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from covidct.config import (
-    CLASS_NAMES,
-    NOT_A_MEDICAL_DEVICE,
-    SYNTHETIC_DATA_NOTE,
     ModelSpec,
     TrainConfig,
 )
-from training.evaluate import (
+from training.card import write_model_card
+from training.metrics import (
     apply_temperature,
     classification_report,
     expected_calibration_error,
@@ -32,43 +28,15 @@ from training.evaluate import (
     plot_confusion_matrix,
     plot_roc,
 )
+from training.run import (
+    SAVED_MODEL,
+    SavedModelRunner,
+    export_saved_model,
+    load_spec,
+    prepare_for_training,
+)
 
 log = logging.getLogger(__name__)
-
-SAVED_MODEL = "saved_model"
-
-
-class SavedModelRunner:
-    """Batched inference through a SavedModel's serving signature."""
-
-    def __init__(self, path: Path, spec: ModelSpec) -> None:
-        import tensorflow as tf
-
-        self._tf = tf
-        self.spec = spec
-        self._loaded = tf.saved_model.load(str(path))
-        self.signature = self._loaded.signatures["serving_default"]
-
-    def __call__(self, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
-        outs: dict[str, list[np.ndarray]] = {
-            self.spec.probabilities_name: [],
-            self.spec.cam_name: [],
-        }
-        for i in range(0, len(images), batch_size):
-            batch = self._tf.constant(images[i : i + batch_size])
-            result = self.signature(**{self.spec.input_name: batch})
-            for key in outs:
-                outs[key].append(result[key].numpy())
-        return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
-
-
-def export_saved_model(serve_model: Any, path: Path) -> None:
-    """Export atomically: a temporary folder beside ``path`` renamed into place."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    serve_model.export(str(tmp), format="tf_saved_model", verbose=False)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.replace(path)
 
 
 def evaluate_split(runner: SavedModelRunner, pool: Any, indices: np.ndarray) -> dict[str, Any]:
@@ -158,75 +126,6 @@ def finish_run(
     return {**results, "tables": tables}
 
 
-def write_model_card(
-    run: Path, spec: ModelSpec, cfg: TrainConfig, results: dict[str, Any], tables: list[str]
-) -> None:
-    split_files = (
-        json.loads((run / "data_fingerprint.json").read_text())
-        if (run / "data_fingerprint.json").is_file()
-        else {}
-    )
-    lines = [
-        f"# Model card: {spec.name}",
-        "",
-        f"**{NOT_A_MEDICAL_DEVICE}**",
-        "",
-    ]
-    if spec.provenance.synthetic:
-        lines += [f"**{SYNTHETIC_DATA_NOTE}**", ""]
-    lines += [
-        "## Intended use",
-        "",
-        spec.intended_use(),
-        "",
-        "## Model",
-        "",
-        f"- Backbone: {spec.backbone} ({'weights ' + cfg.weights})",
-        f"- Input: `{spec.input_name}` uint8 `[N, {spec.image_size}, {spec.image_size}, 1]`, "
-        "a windowed grey slice (centre "
-        f"{spec.window_centre:g} HU, width {spec.window_width:g} HU) cropped to the body and "
-        "resized by `covidct.preprocessing`",
-        f"- Outputs: `{spec.probabilities_name}` `[N, 3]` ({', '.join(CLASS_NAMES)}), "
-        f"`{spec.cam_name}` class activation maps",
-        f"- Calibration temperature: {spec.temperature:.4f} "
-        f"(val ECE {results['calibration']['ece_before']:.4f} before"
-        + (
-            f", {results['calibration']['ece_after']:.4f} after)"
-            if "ece_after" in results["calibration"]
-            else ")"
-        ),
-        "",
-        "## Training",
-        "",
-        f"- Data fingerprint (sha256 of the split label files): "
-        f"`{spec.provenance.data_fingerprint}`",
-        *(f"  - {k}: `{v}`" for k, v in split_files.items()),
-        "- Slices: " + ", ".join(f"{k} {v}" for k, v in results["splits"].items()),
-        "- Split: "
-        + ("the folder's own" if cfg.auto_split == "none" else f"automatic by {cfg.auto_split}")
-        + (
-            " (slices of one patient are in several splits: the figures are optimistic)"
-            if cfg.auto_split == "slice"
-            else ""
-        ),
-        f"- Epochs: head {cfg.head_epochs if cfg.pretrained else 0}, "
-        f"{'fine-tune' if cfg.pretrained else 'from scratch'} {cfg.epochs}; batch "
-        f"{cfg.batch_size}; unfreeze {cfg.unfreeze if cfg.pretrained else 'all'}; "
-        f"augmentation {'on' if cfg.augment else 'off'}; balance {cfg.balance}; seed {cfg.seed}",
-        f"- Training time: {results['train_seconds']:.0f} s",
-        "",
-        "## Figures",
-        "",
-        *tables,
-        "",
-        f"SavedModel vs Keras, max |difference| of probabilities: "
-        f"{results['saved_model_max_abs_diff']:.2e}",
-        "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.",
-    ]
-    (run / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
-
-
 def evaluate_run(
     run: Path, data: Path, split: str, out: Path | None = None, cache_root: Path | None = None
 ) -> str:
@@ -237,7 +136,6 @@ def evaluate_run(
     """
     from training.cache import PreparedCache
     from training.data import SlicePool
-    from training.train import load_spec, prepare_for_training
 
     spec = load_spec(run)
     cfg_path = run / "train_config.json"

@@ -27,39 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from covidct.config import ModelSpec, Provenance, SpecError, TrainConfig
-from covidct.dataset import Dataset, is_synthetic, read_covidx
+from covidct.config import ModelSpec, Provenance, TrainConfig
+from covidct.dataset import is_synthetic
+from training.run import TrainError, prepare_for_training
 
 log = logging.getLogger(__name__)
 
 MONITOR = "val_macro_f1"  # best checkpoint (ties: the later epoch) and early stopping
-
-
-class TrainError(RuntimeError):
-    """Training cannot start or continue; the message says why and what to do."""
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get("COVIDCT_CACHE_DIR", Path.home() / ".cache" / "covidct"))
-
-
-def prepare_for_training(
-    data: Path, size: int, cache_root: Path | None = None, workers: int | None = None
-) -> tuple[Path, Dataset]:
-    """Prepare (or reuse) the cache of ``data`` at ``size``; keyed by the data fingerprint.
-
-    Returns:
-        The cache folder and the folder's labels (read once, images not opened).
-    """
-    from covidct.dataset import DatasetError
-    from training.cache import prepare_cache
-
-    ds = read_covidx(data, check_images=False)
-    if ds.problems:
-        raise DatasetError(ds.root, ds.problems)
-    out = (cache_root or default_cache_root()) / f"{ds.fingerprint()[:16]}-S{size}"
-    prepare_cache(data, out, size, workers=workers or (os.cpu_count() or 1))
-    return out, ds
 
 
 def _phases(cfg: TrainConfig) -> list[tuple[str, int, float, int]]:
@@ -249,10 +223,3 @@ def _best_checkpoint(path: Path, run: Path, state: dict[str, Any]) -> Any:
             _write_state(run, state)
 
     return BestCheckpoint()
-
-
-def load_spec(run: Path) -> ModelSpec:
-    try:
-        return ModelSpec.load(run / "model_spec.json")
-    except SpecError as e:
-        raise TrainError(str(e)) from e

@@ -11,7 +11,8 @@ from PIL import Image
 
 from covidct.dataset import read_covidx
 from covidct.preprocessing import hu_to_grey_level
-from training.synth import plan_patients, render_slice, synthesize
+from training.phantom import render_slice
+from training.synth import plan_patients, synthesize
 
 
 def _digest(folder: Path) -> str:

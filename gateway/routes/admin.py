@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from gateway.app import state_of
+from gateway.deps import state_of
 from gateway.errors import AdminDisabled, AdminUnauthorized
 
 

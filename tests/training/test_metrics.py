@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.evaluate import (
+from training.metrics import (
     apply_temperature,
     classification_report,
     expected_calibration_error,

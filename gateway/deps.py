@@ -1,0 +1,86 @@
+"""What every router needs from a request: the gateway's state, metrics and request id.
+
+The app factory puts a ``GatewayState`` on ``app.state.gw`` in its lifespan; routers reach it
+through ``state_of(request)`` and never import the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+from fastapi import Request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.errors import NotReady, Saturated
+from gateway.serving import ServingVersions
+from gateway.settings import GatewaySettings
+from gateway.triton import Backend
+
+
+class Metrics:
+    """Prometheus metrics in a registry of the app's own (several apps may share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "covidct_requests_total", "HTTP requests", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "covidct_request_seconds", "HTTP request latency", ["route"], registry=self.registry
+        )
+        self.preprocess = Histogram(
+            "covidct_preprocess_seconds", "Decode, crop and resize", registry=self.registry
+        )
+        self.inference = Histogram(
+            "covidct_inference_seconds", "Triton round trip", registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "covidct_in_flight", "Predictions in progress", registry=self.registry
+        )
+        self.rejections = Counter(
+            "covidct_rejections_total", "Answered 503 at once (saturated)", registry=self.registry
+        )
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    backend: Backend
+    metrics: Metrics
+    limiter: anyio.CapacityLimiter
+    serving: ServingVersions = field(init=False)
+    in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self.serving = ServingVersions(self.backend, self.settings.model_version)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Admit a prediction, or answer 503 with Retry-After at once when saturated."""
+        if self.in_flight >= self.settings.max_in_flight:
+            self.metrics.rejections.inc()
+            raise Saturated(
+                f"{self.in_flight} predictions in flight (limit {self.settings.max_in_flight})",
+                self.settings.retry_after_s,
+            )
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+
+
+def state_of(request: Request) -> GatewayState:
+    state = getattr(request.app.state, "gw", None)
+    if state is None:
+        raise NotReady("the gateway is starting")
+    return state
+
+
+def request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "-"))

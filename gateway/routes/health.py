@@ -1,0 +1,62 @@
+"""Liveness, readiness, the served model and its ModelSpec, and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.deps import state_of
+from gateway.errors import NotReady
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Triton and the model are ready (and the ModelSpec was read)."""
+    gw = state_of(request)
+    try:
+        version = await gw.serving.current()
+        ready = await gw.backend.ready(version)
+        if ready:
+            await gw.serving.spec(version)
+    except Exception:  # not ready is the answer, whatever the reason
+        ready = False
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503
+    )
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    """The served model, its versions and its ModelSpec."""
+    gw = state_of(request)
+    try:
+        version = await gw.serving.current()
+        spec = await gw.serving.spec(version)
+    except Exception as e:
+        raise NotReady(f"model spec not available: {e}") from e
+    return {
+        "name": spec.name,
+        "serving_version": version,
+        "versions": await gw.backend.versions(),
+        "model_spec": spec.to_dict(),
+        "intended_use": spec.intended_use(),
+    }
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(
+        generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
