@@ -102,13 +102,6 @@ def slice_images(files: list[Path], spec: ModelSpec) -> np.ndarray:
     return np.stack(images)
 
 
-def parity_images(spec: ModelSpec) -> np.ndarray:
-    """The real CT slices packaged with covidct (``covidct.samples``), preprocessed."""
-    from covidct.samples import reference_slices
-
-    return slice_images(reference_slices(), spec)
-
-
 def check_parity(
     reference: dict[str, np.ndarray],
     candidate: dict[str, np.ndarray],

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from covidct.config import ModelSpec
+from covidct.samples import reference_slices
 from export.onnx import (
     ExportError,
     check_parity,
     convert,
     onnx_session,
-    parity_images,
     run_onnx,
     slice_images,
 )
@@ -96,8 +96,7 @@ def export_run(
     Raises:
         ExportError: conversion, parity or INT8 agreement failed (repository untouched).
     """
-    from training.run import SAVED_MODEL, SavedModelRunner
-    from training.run import load_spec
+    from training.run import SAVED_MODEL, SavedModelRunner, load_spec
 
     started = time.perf_counter()
     spec = load_spec(run)
@@ -128,11 +127,17 @@ def export_run(
         convert(saved_model, onnx_path, spec)
         manifest["onnx_seconds"] = round(time.perf_counter() - t0, 1)
 
-        images = parity_images(spec)
+        # Parity on the real slices packaged with covidct, so it runs wherever export does.
+        files = reference_slices()
+        images = slice_images(files, spec)
         reference = SavedModelRunner(saved_model, spec)(images)
         session = onnx_session(onnx_path)
         outputs = run_onnx(session, spec, images)
-        manifest["parity"] = {**check_parity(reference, outputs, spec), "slices": len(images)}
+        manifest["parity"] = {
+            **check_parity(reference, outputs, spec),
+            "slices": len(images),
+            "slice_files": [f"covidct/reference_slices/{p.name}" for p in files],
+        }
         cam_hw = (int(outputs[spec.cam_name].shape[1]), int(outputs[spec.cam_name].shape[2]))
         manifest["cam_hw"] = list(cam_hw)
 

@@ -11,6 +11,7 @@ import pytest
 
 from bench.corpus import REPO
 from tests.cli_helpers import CI_DATA, CI_TRAIN, covidct
+from tests.wheel import InstalledWheel, install_wheel
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -71,3 +72,9 @@ def ci_run(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run / "test-duration.txt").write_text(f"{time.perf_counter() - started:.0f}")
     return run
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> InstalledWheel:
+    """The project's wheel in a temporary venv, run from a folder outside the checkout."""
+    return install_wheel(tmp_path_factory.mktemp("wheel"))

@@ -10,20 +10,27 @@ from pathlib import Path
 
 import pytest
 
+from covidct.samples import reference_slices
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from serving.server import TritonServer, free_port
-from tests.cli_helpers import covidct
+from tests.wheel import InstalledWheel
 
 
 @pytest.fixture(scope="session")
-def repository(ci_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def repository(
+    ci_run: Path, tmp_path_factory: pytest.TempPathFactory, installed_wheel: InstalledWheel
+) -> Path:
+    """The session's one export, made by the installed wheel outside the checkout: its
+    parity check runs on the real slices packaged with covidct."""
     repo = tmp_path_factory.mktemp("served") / "models"
-    result = covidct("export", "--run", ci_run, "--repository", repo, "--target", "cpu")
+    result = installed_wheel.run("export", "--run", ci_run, "--repository", repo, "--target", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads(result.stdout.strip().splitlines()[-1])
     assert manifest["version"] == 1
     assert manifest["parity"]["probabilities_max_abs_diff"] <= 1e-4
+    packaged = [s.name for s in reference_slices()]
+    assert [Path(f).name for f in manifest["parity"]["slice_files"]] == packaged
     return repo
 
 

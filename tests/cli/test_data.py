@@ -1,25 +1,15 @@
-"""The covidct command line: real processes, real files."""
+"""``covidct preprocess`` and ``covidct data``: real processes, real files."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-
-def covidct(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+from tests.cli_helpers import covidct
 
 
 def test_preprocess_json_and_out(fixtures: Path, tmp_path: Path) -> None:
@@ -122,12 +112,3 @@ def test_synth_then_prepare(tmp_path: Path) -> None:
     assert "train=6, val=6, test=6" in run.stdout and (cache / "manifest.json").is_file()
     run = covidct("data", "prepare", "--data", data, "--out", cache, "--size", "32")
     assert run.returncode == 2 and "different size" in run.stderr
-
-
-def test_error_messages_are_printed_literally() -> None:
-    """Rich must not read a message as markup or emoji codes (":end:" is one)."""
-    result = covidct("bench", "triton", "--concurrency", "0")
-    assert result.returncode == 2
-    assert "expected START:END:xFACTOR" in result.stderr
-    result = covidct("bench", "all", "--only", "[bold]x")
-    assert result.returncode == 2 and "['[bold]x']" in result.stderr

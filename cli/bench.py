@@ -1,0 +1,281 @@
+"""The ``covidct bench`` group: benchmarks whose output goes into BENCHMARKS.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import ModelOpt, err, fail
+
+bench_app = typer.Typer(
+    help="Benchmarks whose output goes into BENCHMARKS.md.", no_args_is_help=True
+)
+
+# Options several bench commands share.
+ResultFolder = Annotated[
+    Path | None, typer.Option(help="Result folder (default: bench/results/NAME).")
+]
+Concurrency = Annotated[str, typer.Option(help="Levels: 1:16:x2, 1:8:2 or 1,2,8.")]
+MeasurementMs = Annotated[int, typer.Option(help="perf_analyzer window (ms).")]
+Stability = Annotated[
+    float, typer.Option(help="perf_analyzer: windows must agree within this percent.")
+]
+
+
+def _bench_out(out: Path | None, name: str) -> Path:
+    from bench.sweep import RESULTS
+
+    return out or RESULTS / name
+
+
+def _levels(text: str) -> list[int]:
+    from bench.sweep import BenchError, parse_levels
+
+    try:
+        return parse_levels(text)
+    except BenchError as e:
+        fail(str(e))
+
+
+@bench_app.command("data")
+def bench_data(
+    png: Annotated[int, typer.Option(help="PNG slices to time.")] = 200,
+    synth_slices: Annotated[int, typer.Option(help="Synthetic slices to time.")] = 200,
+    cache_slices: Annotated[int, typer.Option(help="Slices per cache build.")] = 1000,
+    size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
+    out: ResultFolder = None,
+) -> None:
+    """Decode+crop+resize speed per core (PNG, DICOM), synthesis and cache build speed."""
+    from bench.data import run_data_bench
+    from bench.sweep import save
+
+    section = run_data_bench(png, synth_slices, cache_slices, size)
+    save(_bench_out(out, "data"), "data", section, {"size": size})
+    print(section)
+
+
+@bench_app.command("train")
+def bench_train(
+    backbone: Annotated[str, typer.Option(help="Backbone.")] = "densenet201",
+    size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    steps: Annotated[int, typer.Option(help="Timed training steps.")] = 6,
+    out: ResultFolder = None,
+) -> None:
+    """Input pipeline images/s versus training-step images/s, plus graph build and memory."""
+    from bench.sweep import save
+    from bench.train import run_train_bench
+
+    section = run_train_bench(backbone, size, batch_size, steps)
+    save(_bench_out(out, "train"), "train", section, {"backbone": backbone, "size": size})
+    print(section)
+
+
+@bench_app.command("triton")
+def bench_triton(
+    repository: Annotated[
+        Path | None, typer.Option(help="Model repository: a tritonserver is started on it.")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Use this running server instead (HOST:PORT).")
+    ] = None,
+    model: ModelOpt = "covidct",
+    versions: Annotated[
+        str, typer.Option(help="Comma-separated versions, measured interleaved (default: latest).")
+    ] = "",
+    concurrency: Concurrency = "1:16:x2",
+    protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
+    batch: Annotated[int, typer.Option(help="Batch size per request.")] = 1,
+    measurement_ms: MeasurementMs = 4000,
+    stability: Stability = 50.0,
+    out: ResultFolder = None,
+) -> None:
+    """perf_analyzer sweep with real CT slices: CSV, throughput-latency PNG, report section."""
+    from bench.perf import run_triton_bench
+    from bench.sweep import BenchError
+
+    levels = _levels(concurrency)
+    chosen = [v.strip() for v in versions.split(",") if v.strip()]
+    try:
+        print(
+            run_triton_bench(
+                repository,
+                url,
+                model,
+                chosen,
+                levels,
+                _bench_out(out, "triton"),
+                protocol,
+                batch,
+                measurement_ms,
+                stability,
+            )
+        )
+    except BenchError as e:
+        fail(str(e))
+
+
+@bench_app.command("gateway")
+def bench_gateway(
+    url: Annotated[str, typer.Option(help="Gateway URL.")] = "http://127.0.0.1:8080",
+    triton: Annotated[
+        str | None, typer.Option(help="Also measure Triton directly (gRPC HOST:PORT).")
+    ] = None,
+    concurrency: Concurrency = "1:16:x2",
+    requests: Annotated[int, typer.Option(help="Most requests per level.")] = 200,
+    seconds: Annotated[float, typer.Option(help="Most seconds per level.")] = 30.0,
+    measurement_ms: MeasurementMs = 4000,
+    stability: Stability = 50.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="COVIDCT_API_KEY", help="X-API-Key, if the gateway has one."),
+    ] = None,
+    label: Annotated[str, typer.Option(help="Added to the report heading.")] = "",
+    out: ResultFolder = None,
+) -> None:
+    """Load test of /v1/predict with real PNG and DICOM slices, beside Triton direct."""
+    from bench.load import run_gateway_bench
+    from bench.sweep import BenchError
+
+    levels = _levels(concurrency)
+    try:
+        print(
+            run_gateway_bench(
+                url,
+                levels,
+                _bench_out(out, "gateway"),
+                triton,
+                requests,
+                seconds,
+                measurement_ms,
+                api_key,
+                stability,
+                label,
+            )
+        )
+    except BenchError as e:
+        fail(str(e))
+
+
+@bench_app.command("engines")
+def bench_engines(
+    run: Annotated[Path, typer.Option(help="Finished training run (its SavedModel).")],
+    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4,8,16",
+    rounds: Annotated[int, typer.Option(help="Timed calls per batch size.")] = 10,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="COVIDx-CT folder whose val slices calibrate INT8 (default: half "
+            "the real slices, agreement judged on the other half)."
+        ),
+    ] = None,
+    out: ResultFolder = None,
+) -> None:
+    """TF SavedModel, ONNX Runtime fp32, OpenVINO fp32, ONNX Runtime INT8: one run."""
+    from bench.engines import run_engines_bench
+    from bench.sweep import BenchError
+    from export.onnx import ExportError
+    from training.run import TrainError
+
+    sizes = _levels(batches)
+    try:
+        print(run_engines_bench(run, _bench_out(out, "engines"), sizes, rounds, calibration_data))
+    except (BenchError, ExportError, TrainError) as e:
+        fail(str(e))
+
+
+@bench_app.command("settings")
+def bench_settings(
+    repository: Annotated[Path, typer.Option(help="Repository with an exported cpu version.")],
+    model: ModelOpt = "covidct",
+    version: Annotated[int | None, typer.Option(help="Version (default: latest).")] = None,
+    concurrency: Concurrency = "1:16:x2",
+    measurement_ms: MeasurementMs = 4000,
+    stability: Stability = 50.0,
+    out: ResultFolder = None,
+) -> None:
+    """Dynamic batching off/on (two delays), one/two instances: which should export use?"""
+    from bench.settings import run_settings_bench
+    from bench.sweep import BenchError
+
+    levels = _levels(concurrency)
+    try:
+        print(
+            run_settings_bench(
+                repository,
+                _bench_out(out, "settings"),
+                levels,
+                model,
+                version,
+                measurement_ms,
+                stability,
+            )
+        )
+    except BenchError as e:
+        fail(str(e))
+
+
+@bench_app.command("capacity")
+def bench_capacity(
+    workers: Annotated[str, typer.Option(help="Gateway worker counts, e.g. 1,2.")] = "1,2",
+    concurrency: Annotated[int, typer.Option(help="Concurrent connections.")] = 16,
+    seconds: Annotated[float, typer.Option(help="Seconds per worker count.")] = 15.0,
+    profile: Annotated[
+        bool, typer.Option(help="py-spy the 1-worker gateway: where its time goes.")
+    ] = True,
+    out: ResultFolder = None,
+) -> None:
+    """The gateway's ceiling: PNG uploads/s per worker with a model that costs nothing."""
+    from bench.capacity import run_capacity_bench
+    from bench.sweep import BenchError
+
+    counts = _levels(workers)
+    try:
+        print(
+            run_capacity_bench(
+                _bench_out(out, "capacity"), counts, concurrency, seconds, 20000, profile
+            )
+        )
+    except BenchError as e:
+        fail(str(e))
+
+
+@bench_app.command("all")
+def bench_all(
+    work: Annotated[Path, typer.Option(help="Data, run and repository for the benchmarks.")] = Path(
+        "runs/bench"
+    ),
+    run: Annotated[
+        Path | None, typer.Option(help="Use this run (default: train DenseNet201 224² once).")
+    ] = None,
+    only: Annotated[
+        str, typer.Option(help="Comma-separated subset of the benchmarks.")
+    ] = "data,train,engines,triton,settings,gateway,capacity",
+    output: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("BENCHMARKS.md"),
+) -> None:
+    """Every benchmark (preparing the model they need), then BENCHMARKS.md: `make bench`."""
+    from bench.all import run_all
+    from bench.sweep import RESULTS, BenchError
+
+    try:
+        run_all(work, run, RESULTS, tuple(s.strip() for s in only.split(",") if s.strip()), output)
+    except BenchError as e:
+        fail(str(e))
+
+
+@bench_app.command("report")
+def bench_report(
+    results: Annotated[Path | None, typer.Option(help="Result folders.")] = None,
+    output: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("BENCHMARKS.md"),
+) -> None:
+    """Write BENCHMARKS.md from the result folders (targets table computed from them)."""
+    from bench.report import write_report
+    from bench.sweep import RESULTS
+
+    root = results or RESULTS
+    if not root.is_dir():
+        fail(f"{root} does not exist: run a `covidct bench ...` command first")
+    write_report(root, output)
+    err.print(f"wrote {output}")

@@ -1,0 +1,28 @@
+"""What every area of the command line shares: the error console, ``fail``, logging and the
+options several areas spell the same way."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+err = Console(stderr=True, highlight=False, emoji=False)
+
+RepositoryOpt = Annotated[Path, typer.Option(help="Triton model repository.")]
+ModelOpt = Annotated[str, typer.Option(help="Model name.")]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``message`` literally (no markup, no emoji codes) as an error and exit."""
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)

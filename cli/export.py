@@ -1,0 +1,87 @@
+"""``covidct export``: a run as the next version of its Triton model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import RepositoryOpt, fail
+from export.tritonconfig import RepositoryError, ServingConfig
+
+SERVING_DEFAULTS = ServingConfig()
+
+app = typer.Typer()
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Option(help="Run directory from covidct train.")],
+    repository: RepositoryOpt = Path("model_repository"),
+    target: Annotated[
+        str,
+        typer.Option(
+            help="cpu (Python backend + ONNX Runtime, local "
+            "server), onnx-trt (ONNX Runtime + TensorRT, GPU) or "
+            "tensorrt-plan (trtexec engine, GPU)."
+        ),
+    ] = "cpu",
+    int8: Annotated[bool, typer.Option(help="Static INT8 (QDQ) for the cpu target.")] = False,
+    calibration_data: Annotated[
+        Path | None, typer.Option(help="COVIDx-CT folder whose val slices calibrate --int8.")
+    ] = None,
+    agreement_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="COVIDx-CT folder whose test slices judge --int8 agreement with fp32 "
+            "(default: --calibration-data)."
+        ),
+    ] = None,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Largest batch Triton forms.")
+    ] = SERVING_DEFAULTS.max_batch_size,
+    dynamic_batching: Annotated[
+        bool, typer.Option(help="Dynamic batching (default: what `covidct bench settings` chose).")
+    ] = SERVING_DEFAULTS.dynamic_batching,
+    max_queue_delay_us: Annotated[
+        int, typer.Option(help="Dynamic batcher wait.")
+    ] = SERVING_DEFAULTS.max_queue_delay_us,
+    instances: Annotated[
+        int, typer.Option(help="Model instances.")
+    ] = SERVING_DEFAULTS.instance_count,
+) -> None:
+    """Export a run as the next version of its Triton model: ONNX, parity check, config."""
+    from export.onnx import ExportError
+    from export.pipeline import export_run
+    from training.run import TrainError
+
+    try:
+        serving = ServingConfig(
+            target=target,
+            max_batch_size=max_batch_size,
+            dynamic_batching=dynamic_batching,
+            max_queue_delay_us=max_queue_delay_us,
+            instance_count=instances,
+        )
+        manifest = export_run(
+            run,
+            repository,
+            serving,
+            int8=int8,
+            calibration_data=calibration_data,
+            agreement_data=agreement_data,
+        )
+    except (ExportError, RepositoryError, TrainError) as e:
+        fail(str(e))
+    print(
+        json.dumps(
+            {
+                k: manifest[k]
+                for k in ("version", "target", "parity", "export_seconds")
+                if k in manifest
+            }
+            | ({"int8": manifest["int8"]} if "int8" in manifest else {})
+        )
+    )

@@ -1,0 +1,114 @@
+"""``covidct triton``, ``covidct serve`` and ``covidct predict``: run and query the service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import RepositoryOpt, err, fail
+
+app = typer.Typer()
+
+
+@app.command()
+def triton(
+    repository: RepositoryOpt = Path("model_repository"),
+    grpc_port: Annotated[int, typer.Option(help="gRPC port on 127.0.0.1.")] = 8001,
+    http_port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1.")] = 8000,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port on 127.0.0.1.")] = 8002,
+    model_control: Annotated[str, typer.Option(help="explicit, poll or none.")] = "poll",
+    log_file: Annotated[
+        Path | None, typer.Option(help="Server log (default: beside the repository).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0,
+) -> None:
+    """Run the real tritonserver on this machine until Ctrl-C or SIGTERM."""
+    import signal
+
+    from serving.server import TritonError, TritonServer
+
+    server = TritonServer(
+        repository, grpc_port, http_port, metrics_port, model_control, log_file=log_file
+    )
+    try:
+        server.start(timeout)
+    except TritonError as e:
+        fail(str(e))
+    err.print(
+        f"tritonserver ready: gRPC 127.0.0.1:{grpc_port}, HTTP {server.url}, log {server.log_file}"
+    )
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        assert server.process is not None
+        server.process.wait()
+        fail(f"tritonserver exited: {server.failure_reason()}")
+    except KeyboardInterrupt:
+        server.stop()
+        err.print("tritonserver stopped")
+
+
+@app.command()
+def serve(
+    repository: RepositoryOpt = Path("model_repository"),
+    host: Annotated[str, typer.Option(help="Gateway address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8080,
+    grpc_port: Annotated[int, typer.Option(help="Triton gRPC port (127.0.0.1).")] = 8001,
+    http_port: Annotated[int, typer.Option(help="Triton HTTP port (127.0.0.1).")] = 8000,
+    metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
+) -> None:
+    """Start Triton and the gateway (building a demo model first when there is none)."""
+    import subprocess
+
+    from cli.serve import default_demo_dir
+    from cli.serve import serve as run_serve
+    from serving.server import TritonError
+
+    try:
+        run_serve(repository, host, port, grpc_port, http_port, metrics_port, default_demo_dir())
+    except TritonError as e:
+        fail(str(e))
+    except subprocess.CalledProcessError as e:
+        fail(f"building the demo model failed: {' '.join(map(str, e.cmd[2:]))}")
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM slices.")],
+    url: Annotated[str, typer.Option(help="Gateway URL.")] = "http://127.0.0.1:8080",
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="COVIDCT_API_KEY", help="X-API-Key, when the gateway needs one."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 60.0,
+) -> None:
+    """Send each file to the gateway; print one JSON result per file (exit 1 if any failed)."""
+    import httpx
+
+    headers = {"x-api-key": api_key} if api_key else {}
+    failed = 0
+    with httpx.Client(base_url=url, timeout=timeout, headers=headers) as client:
+        for file in files:
+            try:
+                data = file.read_bytes()
+                r = client.post("/v1/predict", files={"file": (file.name, data)})
+                body = r.json()
+            except OSError as e:
+                body, r = {"status": 0, "detail": f"cannot read: {e.strerror}"}, None
+            except (httpx.HTTPError, ValueError) as e:
+                fail(f"{url}: {e}")
+            ok = r is not None and r.status_code == 200
+            failed += not ok
+            print(
+                json.dumps(
+                    {"file": str(file), **body} if ok else {"file": str(file), "error": body}
+                )
+            )
+    if failed:
+        raise typer.Exit(1)

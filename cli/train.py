@@ -1,0 +1,163 @@
+"""``covidct train`` and ``covidct evaluate``: a COVIDx-CT folder in, a run directory out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import fail
+from covidct.config import SpecError, TrainConfig
+
+TRAIN_DEFAULTS = TrainConfig()
+
+app = typer.Typer()
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="COVIDx-CT folder (the cache is prepared or reused).")],
+    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="densenet201, densenet121, densenet169, vgg16, vgg19, resnet101 or resnet152."
+        ),
+    ] = "densenet201",
+    image_size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (from scratch: all epochs).")] = 3,
+    head_epochs: Annotated[
+        int, typer.Option(help="Head-only epochs before fine-tuning (pretrained weights only).")
+    ] = 1,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 16,
+    weights: Annotated[
+        str,
+        typer.Option(help="imagenet, none (from scratch) or a .weights.h5 file for the backbone."),
+    ] = "imagenet",
+    unfreeze: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "Fine-tune the last N entries of the backbone's layer list (keras.applications "
+                "order, every layer type counted: conv, BatchNorm, activation, concat, pooling). "
+                "BatchNorm layers among them stay frozen and in inference mode. 0: head only; "
+                "-1: the whole backbone. Ignored with --weights none (everything trains)."
+            )
+        ),
+    ] = 30,
+    learning_rate: Annotated[float, typer.Option(help="Head / from-scratch learning rate.")] = 1e-3,
+    fine_tune_learning_rate: Annotated[float, typer.Option(help="Fine-tuning rate.")] = 1e-4,
+    dropout: Annotated[float, typer.Option(help="Dropout on pooled features.")] = 0.3,
+    augment: Annotated[bool, typer.Option(help="Augment the training split.")] = True,
+    flip: Annotated[bool, typer.Option(help="Random horizontal flips (with --augment).")] = True,
+    rotation: Annotated[
+        float, typer.Option(help="Random rotation up to +-degrees (with --augment; 0: off).")
+    ] = TRAIN_DEFAULTS.rotation_degrees,
+    zoom: Annotated[
+        float, typer.Option(help="Random zoom up to +-this fraction (0: off).")
+    ] = TRAIN_DEFAULTS.zoom,
+    shift: Annotated[
+        float, typer.Option(help="Random shift up to +-this fraction of the size (0: off).")
+    ] = TRAIN_DEFAULTS.shift,
+    brightness: Annotated[
+        float, typer.Option(help="Random brightness up to +-this fraction of 255 (0: off).")
+    ] = TRAIN_DEFAULTS.brightness,
+    contrast: Annotated[
+        float, typer.Option(help="Random contrast up to +-this fraction (0: off).")
+    ] = TRAIN_DEFAULTS.contrast,
+    balance: Annotated[
+        str, typer.Option(help="class-weights, sampling (balanced batches) or none.")
+    ] = "class-weights",
+    mixed_precision: Annotated[bool, typer.Option(help="float16 compute (GPUs).")] = False,
+    strategy: Annotated[
+        str, typer.Option(help="default, mirrored (all local GPUs) or multiworker (TF_CONFIG).")
+    ] = "default",
+    seed: Annotated[int, typer.Option(help="Seed (deterministic on CPU).")] = 0,
+    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 3,
+    calibrate: Annotated[bool, typer.Option(help="Fit a temperature on val.")] = True,
+    auto_split: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "For folders without train/val label files: none, patient (patient-disjoint "
+                "70/15/15) or slice (smoke tests only: leaks patients)."
+            )
+        ),
+    ] = "none",
+    name: Annotated[str, typer.Option(help="Model name (Triton model name).")] = "covidct",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Cache root (default $COVIDCT_CACHE_DIR or ~/.cache/covidct)."),
+    ] = None,
+) -> None:
+    """Fine-tune a Keras backbone on a COVIDx-CT folder into a servable run directory."""
+    from covidct.dataset import DatasetError
+    from training.cache import CacheError
+    from training.data import SplitError
+    from training.model import ModelError
+    from training.run import TrainError
+    from training.train import train as run_training
+
+    try:
+        cfg = TrainConfig(
+            backbone=backbone,
+            image_size=image_size,
+            weights=weights,
+            unfreeze=unfreeze,
+            head_epochs=head_epochs,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            fine_tune_learning_rate=fine_tune_learning_rate,
+            dropout=dropout,
+            augment=augment,
+            flip=flip,
+            rotation_degrees=rotation,
+            zoom=zoom,
+            shift=shift,
+            brightness=brightness,
+            contrast=contrast,
+            balance=balance,
+            mixed_precision=mixed_precision,
+            strategy=strategy,
+            seed=seed,
+            patience=patience,
+            calibrate=calibrate,
+            auto_split=auto_split,
+            model_name=name,
+        )
+        # Progress bars on a terminal; one line per epoch in logs and CI.
+        verbose = "auto" if sys.stdout.isatty() else 2
+        results = run_training(data, out, cfg, resume=resume, cache_root=cache_dir, verbose=verbose)
+    except (SpecError, DatasetError, CacheError, SplitError, ModelError, TrainError) as e:
+        fail(str(e))
+    print("\n\n".join(results["tables"]))
+    print(f"run written to {out} (SavedModel, model card, metrics)")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Option(help="Run directory (from covidct train).")],
+    data: Annotated[Path, typer.Option(help="COVIDx-CT folder.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for metrics.json and the figures (default: RUN/eval-SPLIT)."),
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache root.")] = None,
+) -> None:
+    """Evaluate a run's SavedModel: accuracy, per-class sensitivity/PPV/specificity/F1, AUC."""
+    from covidct.dataset import DatasetError
+    from training.cache import CacheError
+    from training.report import evaluate_run
+    from training.run import TrainError
+
+    if split not in ("train", "val", "test"):
+        fail(f"--split {split!r}: choose train, val or test")
+    try:
+        print(evaluate_run(run, data, split, out, cache_dir))
+    except (DatasetError, CacheError, TrainError, ValueError, OSError) as e:
+        fail(str(e))
