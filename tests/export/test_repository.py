@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from covidct.config import ModelSpec
-from export.repository import publish_version, staged_version, versions
-from export.tritonconfig import RepositoryError, ServingConfig
+from covidct.modelconfig import config_json, parse_config
+from export.repository import pinned_config, publish_version, staged_version, versions
+from export.tritonconfig import RepositoryError, ServingConfig, render_config
 from tests.export.test_tritonconfig import CAM, SPEC
 
 
@@ -65,3 +66,19 @@ def test_a_different_input_size_is_refused(tmp_path: Path) -> None:
     _publish(tmp_path)
     with pytest.raises(RepositoryError, match="another --name"):
         _publish(tmp_path, ModelSpec(image_size=128))
+
+
+def test_pinned_config_serves_exactly_the_named_versions(tmp_path: Path) -> None:
+    spec = ModelSpec(image_size=64)
+    text = render_config(spec, ServingConfig(pinned_versions=(3, 2)), (2, 2))
+    parsed = parse_config(text)
+    assert list(parsed.version_policy.specific.versions) == [2, 3]
+    assert not parsed.version_policy.HasField("latest")
+    override = json.loads(config_json(parsed))
+    assert override["version_policy"] == {"specific": {"versions": ["2", "3"]}}
+    model = tmp_path / "covidct"
+    (model / "2").mkdir(parents=True)
+    manifest = {"model_spec": spec.to_dict(), "serving": {"max_batch_size": 4}, "cam_hw": [2, 2]}
+    (model / "2" / "manifest.json").write_text(json.dumps(manifest))
+    pinned = parse_config(pinned_config(model, 2, [2]))
+    assert list(pinned.version_policy.specific.versions) == [2] and pinned.max_batch_size == 4

@@ -61,7 +61,7 @@ def ct_png(fixtures: Path) -> tuple[bytes, np.ndarray]:
 def test_no_tensorflow_import() -> None:
     code = (
         "import sys, covidct.preprocessing, covidct.dataset, covidct.config, cli.main, "
-        "training.synth, training.cache; "
+        "covidct.modelconfig, covidct.samples, covidct.files, training.synth, training.cache; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')); "
         "assert not bad, bad"
     )

@@ -1,16 +1,11 @@
-"""Redeploy building blocks without servers: gate, deployment log, journal, pinned config."""
+"""Redeploy building blocks without servers: the gate, the deployment log and the journal."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from covidct.config import ModelSpec
-from covidct.modelconfig import config_json, parse_config
-from export.repository import pinned_config
-from export.tritonconfig import ServingConfig, render_config
 from rollout.deploylog import TABLE_COLUMNS, DeploymentLog, Journal, table_rows
 from rollout.gate import GateTolerances, decide, headline
 
@@ -105,19 +100,3 @@ def test_journal_is_replaced_atomically(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [".deploy-covidct.json"]
     journal.clear()
     assert journal.load() is None
-
-
-def test_pinned_config_serves_exactly_the_named_versions(tmp_path: Path) -> None:
-    spec = ModelSpec(image_size=64)
-    text = render_config(spec, ServingConfig(pinned_versions=(3, 2)), (2, 2))
-    parsed = parse_config(text)
-    assert list(parsed.version_policy.specific.versions) == [2, 3]
-    assert not parsed.version_policy.HasField("latest")
-    override = json.loads(config_json(parsed))
-    assert override["version_policy"] == {"specific": {"versions": ["2", "3"]}}
-    model = tmp_path / "covidct"
-    (model / "2").mkdir(parents=True)
-    manifest = {"model_spec": spec.to_dict(), "serving": {"max_batch_size": 4}, "cam_hw": [2, 2]}
-    (model / "2" / "manifest.json").write_text(json.dumps(manifest))
-    pinned = parse_config(pinned_config(model, 2, [2]))
-    assert list(pinned.version_policy.specific.versions) == [2] and pinned.max_batch_size == 4
