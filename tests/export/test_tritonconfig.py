@@ -83,3 +83,12 @@ def test_queue_delay_and_batch_size_are_configurable() -> None:
 def test_bad_serving_options(bad) -> None:
     with pytest.raises(RepositoryError):
         ServingConfig(**bad)
+
+
+def test_the_python_backend_reads_the_same_parameter() -> None:
+    """The backend's model.py runs inside Triton's stub without covidct on its path, so it
+    names the parameter itself; it must be the name export writes."""
+    from covidct.modelconfig import SPEC_PARAMETER
+    from export.pipeline import BACKEND_MODEL
+
+    assert f'params["{SPEC_PARAMETER}"]' in BACKEND_MODEL.read_text()

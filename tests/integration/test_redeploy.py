@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from bench.corpus import real_data_dir, real_pngs
+from covidct.modelconfig import parse_config
 from export.repository import pinned_config, versions, write_config
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -68,8 +69,8 @@ class Stack:
     def assert_serves_only(self, version: int) -> None:
         assert self.serving()["version"] == str(version)
         assert self.ready() == [version]
-        config = (self.model_dir / "config.pbtxt").read_text()
-        assert f"specific: {{ versions: [ {version} ] }}" in config
+        config = parse_config((self.model_dir / "config.pbtxt").read_text())
+        assert list(config.version_policy.specific.versions) == [version]
         assert not list(self.model_dir.glob(".tmp-*"))
 
 
