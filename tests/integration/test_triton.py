@@ -109,7 +109,7 @@ def test_killed_export_leaves_the_repository_unchanged_and_served(
         [
             sys.executable,
             "-m",
-            "covidct",
+            "cli",
             "export",
             "--run",
             str(ci_run),
