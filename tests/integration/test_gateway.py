@@ -78,20 +78,28 @@ def test_study_slices_reach_triton_together(server, shared_data: Path) -> None:
         )
 
     settings = GatewaySettings(triton_url=f"127.0.0.1:{server.grpc_port}")
+    grouped = []
     with TestClient(create_app(settings)) as client:
-        before = counts()
-        r = client.post(
-            "/v1/predict/study", files=[("files", (p.name, p.read_bytes())) for p in pngs]
-        )
-        # Triton can count an execution's statistics after its responses have gone out: give
-        # the last batch a moment to be counted (a wrong count still fails below).
-        deadline = time.monotonic() + 10
-        while (after := counts())[0] - before[0] < 16 and time.monotonic() < deadline:
-            time.sleep(0.1)
-    assert r.status_code == 200, r.text
-    assert r.json()["summary"]["slices_used"] == 16
-    assert after[0] - before[0] == 16
-    assert after[1] - before[1] < 16  # the dynamic batcher grouped the study's slices
+        # Whether the batcher groups depends on arrival times within its 2 ms window, which a
+        # loaded machine can spread; a gateway that sent slices one after another would never
+        # be grouped, so up to three studies are sent and one grouped study is required.
+        for _ in range(3):
+            before = counts()
+            r = client.post(
+                "/v1/predict/study", files=[("files", (p.name, p.read_bytes())) for p in pngs]
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["summary"]["slices_used"] == 16
+            # Triton can count an execution after its responses have gone out: give the last
+            # batch a moment to be counted (a wrong count still fails below).
+            deadline = time.monotonic() + 10
+            while (after := counts())[0] - before[0] < 16 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert after[0] - before[0] == 16
+            grouped.append(after[1] - before[1])
+            if grouped[-1] < 16:
+                break
+    assert min(grouped) < 16, f"executions per 16-slice study: {grouped}"
 
 
 def test_bad_input_table_against_the_real_stack(server, shared_data: Path, fixtures: Path) -> None:
