@@ -43,7 +43,7 @@ RESAMPLE = Image.Resampling.BILINEAR
 #: Automatic body box: pixels brighter than this HU (after the window) are body or table;
 #: the largest connected component after a 3x3 opening is the body. -350 HU lies between
 #: aerated lung (about -850) and fat (about -100), and gave mean IoU 0.973 with the official
-#: COVIDx-CT boxes on the 123 real slices in ../shared/data (tests/test_preprocessing.py).
+#: COVIDx-CT boxes on the 123 real slices in ../shared/data (tests/covidct/test_preprocessing.py).
 BODY_THRESHOLD_HU = -350.0
 BODY_OPENING = 3
 BODY_MARGIN = 1
