@@ -11,39 +11,12 @@ from fastapi import APIRouter, Query, Request
 from covidct.config import ModelSpec
 from covidct.preprocessing import Preprocessed, PreprocessingError, preprocess_bytes
 from gateway.deps import request_id, state_of
-from gateway.errors import BadRequest, PayloadTooLarge, from_preprocessing
+from gateway.errors import from_preprocessing
 from gateway.heatmap import overlay_png
 from gateway.schemas import ModelInfo, Prediction, PreprocessingInfo, Timings
+from gateway.uploads import read_upload
 
 router = APIRouter()
-
-
-async def read_upload(request: Request, limit: int) -> bytes:
-    """The slice's bytes: multipart field ``file``, or the raw body. 413 past ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise PayloadTooLarge(f"upload of {declared} bytes; the limit is {limit}")
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=1, max_fields=8)
-        except Exception as e:  # malformed multipart bodies raise assorted parser errors
-            raise BadRequest(f"malformed multipart body: {e}") from e
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise BadRequest("multipart upload needs one file in the field named 'file'")
-        data = await upload.read(limit + 1)
-    else:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        data = b"".join(chunks)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
-    return data
 
 
 def _preprocess(data: bytes, size: int) -> Preprocessed:

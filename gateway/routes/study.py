@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import time
-import zipfile
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -18,54 +16,13 @@ from gateway.errors import (
     UnsupportedMediaType,
     UnusableSlice,
 )
-from gateway.routes.predict import predict_one, read_upload
+from gateway.routes.predict import predict_one
 from gateway.schemas import Prediction, SliceResult, StudyPrediction, StudySummary, Timings
+from gateway.uploads import read_study
 
 router = APIRouter()
 
 STUDY_RULE = "mean of the slice probabilities over the usable slices; the study label is its argmax"
-
-
-async def read_study(request: Request, max_slices: int, max_bytes: int) -> list[tuple[str, bytes]]:
-    """Slices of one series: several multipart files (any field name), or one zip of them."""
-    content_type = request.headers.get("content-type", "")
-    items: list[tuple[str, bytes]] = []
-    if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=max_slices + 1, max_fields=max_slices + 8)
-        except Exception as e:  # malformed multipart bodies raise assorted parser errors
-            raise BadRequest(f"malformed multipart body: {e}") from e
-        total = 0
-        for _, value in form.multi_items():
-            if isinstance(value, str):
-                continue
-            data = await value.read(max_bytes + 1)
-            total += len(data)
-            if total > max_bytes:
-                raise PayloadTooLarge(f"study exceeds {max_bytes} bytes")
-            items.append((value.filename or f"slice-{len(items)}", data))
-    else:
-        items = [("upload", await read_upload(request, max_bytes))]
-    if len(items) == 1 and items[0][1][:4] == b"PK\x03\x04":
-        items = _unzip(items[0][1], max_slices, max_bytes)
-    if not items:
-        raise BadRequest("no slices: send files in a multipart body, or one zip")
-    if len(items) > max_slices:
-        raise PayloadTooLarge(f"{len(items)} slices; the limit is {max_slices}")
-    return items
-
-
-def _unzip(blob: bytes, max_slices: int, max_bytes: int) -> list[tuple[str, bytes]]:
-    try:
-        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir()]
-            if len(members) > max_slices:
-                raise PayloadTooLarge(f"zip holds {len(members)} files; the limit is {max_slices}")
-            if sum(m.file_size for m in members) > max_bytes:
-                raise PayloadTooLarge(f"zip expands beyond {max_bytes} bytes")
-            return [(m.filename, archive.read(m)) for m in members]
-    except zipfile.BadZipFile as e:
-        raise BadRequest(f"unreadable zip: {e}") from e
 
 
 @router.post("/v1/predict/study", response_model=StudyPrediction, response_model_exclude_none=True)
@@ -74,7 +31,12 @@ async def predict_study(request: Request) -> StudyPrediction:
     gw = state_of(request)
     started = time.perf_counter()
     async with gw.slot():
-        items = await read_study(request, gw.settings.max_study_slices, gw.settings.max_study_bytes)
+        items = await read_study(
+            request,
+            gw.settings.max_study_slices,
+            gw.settings.max_study_bytes,
+            gw.settings.max_upload_bytes,
+        )
         async with gw.serving.use() as (version, spec):  # every slice by the same version
 
             async def one(data: bytes) -> Prediction | GatewayError:

@@ -1,0 +1,134 @@
+"""Hostile zips for /v1/predict/study: every one answered 4xx in our words, memory bounded."""
+
+from __future__ import annotations
+
+import io
+import resource
+import struct
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from gateway.uploads import unzip_slices
+from tests.gateway.test_app import client
+
+MiB = 1 << 20
+
+
+def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=method) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _bomb(expands_to: int) -> bytes:
+    """One deflated member of zeros: a few hundred kB that expand to ``expands_to``."""
+    return _zip({"slice.dcm": bytes(expands_to)})
+
+
+def _lying_bomb(expands_to: int) -> bytes:
+    """The same, with headers that declare 1 kB."""
+    blob = bytearray(_zip({"slice.dcm": bytes(expands_to)}))
+    for sig, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central headers
+        at = blob.find(sig)
+        blob[at + offset : at + offset + 4] = struct.pack("<I", 1000)
+    return bytes(blob)
+
+
+def _encrypted() -> bytes:
+    blob = bytearray(_zip({"slice.dcm": b"x" * 100}, zipfile.ZIP_STORED))
+    for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # general-purpose flag bit 0
+        at = blob.find(sig)
+        blob[at + offset] |= 0x1
+    return bytes(blob)
+
+
+def _corrupt_deflate() -> bytes:
+    blob = bytearray(_zip({"slice.dcm": bytes(range(256)) * 400}))
+    start = blob.find(b"slice.dcm") + len("slice.dcm")
+    blob[start + 10 : start + 60] = b"\xff" * 50  # inside the deflate stream
+    return bytes(blob)
+
+
+HOSTILE: list[tuple[str, Callable[[], bytes], type[Exception], str]] = [
+    ("bomb: 200 MiB of zeros", lambda: _bomb(200 * MiB), PayloadTooLarge, "expands beyond"),
+    ("bomb declaring 1 kB", lambda: _lying_bomb(200 * MiB), BadRequest, "is corrupt"),
+    (
+        "members summing past the cap",
+        lambda: _zip({f"{i}.dcm": bytes(10 * MiB) for i in range(8)}),
+        PayloadTooLarge,
+        "expands beyond 67108864",
+    ),
+    (
+        "too many members",
+        lambda: _zip({f"{i}.dcm": b"x" for i in range(11)}),
+        PayloadTooLarge,
+        "11 files",
+    ),
+    ("encrypted member", _encrypted, UnsupportedMediaType, "encrypted"),
+    (
+        "bzip2 member",
+        lambda: _zip({"a.dcm": b"x" * 100}, zipfile.ZIP_BZIP2),
+        UnsupportedMediaType,
+        "compression method 12",
+    ),
+    (
+        "lzma member",
+        lambda: _zip({"a.dcm": b"x" * 100}, zipfile.ZIP_LZMA),
+        UnsupportedMediaType,
+        "compression method 14",
+    ),
+    ("corrupt deflate data", _corrupt_deflate, BadRequest, "is corrupt"),
+    (
+        "nested zip",
+        lambda: _zip({"inner.zip": _zip({"a.dcm": b"x"})}),
+        UnsupportedMediaType,
+        "itself a zip",
+    ),
+    ("truncated archive", lambda: _zip({"a.dcm": b"x" * 5000})[:-30], BadRequest, "unreadable zip"),
+]
+
+
+@pytest.mark.parametrize(("kind", "make", "error", "says"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_zips_raise_our_errors(
+    kind: str, make: Callable[[], bytes], error: type[Exception], says: str
+) -> None:
+    blob = make()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(error, match=says) as raised:
+        unzip_slices(blob, max_slices=10, max_bytes=64 * MiB, max_slice_bytes=16 * MiB)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 100, f"{kind}: peak memory grew by {grown_mib:.0f} MiB"
+    assert "Error" not in str(raised.value) and "zlib" not in str(raised.value)
+
+
+def test_member_names_are_reported_as_sent_and_paths_are_only_names() -> None:
+    blob = _zip({"../../etc/passwd": b"a", "dir/IM0001.dcm": b"b"})
+    assert unzip_slices(blob, 10, MiB, MiB) == [
+        ("../../etc/passwd", b"a"),
+        ("dir/IM0001.dcm", b"b"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("blob", "status"),
+    [
+        (_bomb(64 * MiB), 413),
+        (_lying_bomb(64 * MiB), 400),
+        (_encrypted(), 415),
+        (_corrupt_deflate(), 400),
+        (_zip({}), 400),
+        (_zip({"a.zip": _zip({"b.dcm": b"x"})}), 415),
+    ],
+    ids=["bomb", "lying-bomb", "encrypted", "corrupt", "empty", "nested"],
+)
+def test_the_study_route_answers_them_4xx(blob: bytes, status: int, fixtures: Path) -> None:
+    with client(max_study_bytes=32 * MiB) as c:
+        r = c.post("/v1/predict/study", content=blob, headers={"content-type": "application/zip"})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json") or r.json()["detail"]
