@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+#: Seconds the gateway gives requests in flight to finish when asked to stop.
+GRACE_S = 30
 
 DEMO_SYNTH = ["--patients", "60", "--slices-per-patient", "4", "--seed", "1"]
 DEMO_TRAIN = [
@@ -69,7 +73,8 @@ def serve(
     metrics_port: int,
     demo_dir: Path,
 ) -> None:
-    """Start Triton, then the gateway in this process; Ctrl-C stops both."""
+    """Start Triton, then the gateway in this process; Ctrl-C or SIGTERM stops both, the
+    gateway first (requests in flight get ``GRACE_S`` to finish), then Triton."""
     import uvicorn
 
     from gateway.app import create_app
@@ -91,21 +96,40 @@ def serve(
         model_control="explicit",  # versions change only through covidct redeploy/rollback
         log_file=repository.parent / "tritonserver.log",
     )
-    server.start()
+    # SIGTERM (docker, systemd, Kubernetes) ends like Ctrl-C: the gateway drains first, then
+    # Triton stops. uvicorn re-raises the signal it caught once it has shut down; without this
+    # handler that would kill the process before Triton is stopped, leaving it orphaned.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        server.start()
         settings = GatewaySettings(triton_url=f"127.0.0.1:{grpc_port}")
         url = f"http://{host}:{port}"
         print(
             f"gateway: {url}/  (page)\n"
             f"try:     curl -F file=@slice.png {url}/v1/predict\n"
             f"Triton:  gRPC 127.0.0.1:{grpc_port}, log {server.log_file}\n"
-            "Ctrl-C stops both.",
+            "Ctrl-C or SIGTERM stops both.",
             flush=True,
         )
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=GRACE_S,
+        )
+    except SystemExit as e:
+        if e.code != 0:
+            raise
     finally:
         server.stop()
+        signal.signal(signal.SIGTERM, previous)
         print("stopped", flush=True)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def default_demo_dir() -> Path:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import time
 import urllib.error
@@ -70,6 +71,16 @@ def port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def _die_with_parent() -> None:  # runs in the child, between fork and exec
+    """In the child before exec: Linux sends it SIGKILL when the parent dies, however it dies
+    (SIGKILL included), so a tritonserver never outlives the process that started it."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass
@@ -136,6 +147,9 @@ class TritonServer:
             stderr=subprocess.STDOUT,
             env={**server_env(), **self.env},
             start_new_session=True,
+            # The parent-death signal follows the starting thread: start servers from the
+            # main thread (or one that lives as long as the server).
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         log.close()
         self.wait_ready(timeout)

@@ -1,0 +1,122 @@
+"""Stopping: tritonserver never outlives what started it; SIGTERM to `covidct serve` stops the
+gateway, then Triton, and exits 0 with nothing left running."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline and _alive(int(proc.name)):
+                found.append(int(proc.name))
+    return found
+
+
+def _listening(port: int) -> bool:
+    """Something accepts connections on 127.0.0.1:port (a closed port in TIME_WAIT does not)."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.integration
+def test_tritonserver_dies_with_a_parent_killed_by_sigkill(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    ports = [free_port() for _ in range(3)]
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from serving.server import TritonServer\n"
+        f"s = TritonServer(Path({str(tmp_path / 'models')!r}), *{ports!r})\n"
+        "s.start()\n"
+        "print(s.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert parent.stdout is not None
+        triton_pid = int(parent.stdout.readline())
+        assert _alive(triton_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        assert _wait(lambda: not _alive(triton_pid), 15), "tritonserver outlived its parent"
+        assert _wait(lambda: not any(_listening(p) for p in ports), 15)
+    finally:
+        parent.kill()
+
+
+@pytest.mark.integration
+@pytest.mark.xdist_group("ci-run")
+def test_sigterm_to_covidct_serve_stops_gateway_then_triton(
+    repository: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(repository, models)
+    port, grpc, http, metrics = (free_port() for _ in range(4))
+    ports = ["--port", port, "--grpc-port", grpc, "--http-port", http, "--metrics-port", metrics]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", "--repository", str(models), *map(str, ports)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert _wait(ready, 180), "covidct serve did not become ready"
+        assert _processes_mentioning(str(models)), "no tritonserver serving the copy"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 0, out[-3000:]
+        assert "stopped" in out
+        assert _wait(lambda: not _processes_mentioning(str(models)), 15), "tritonserver survived"
+        assert not any(_listening(p) for p in (port, grpc, http, metrics))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
