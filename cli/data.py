@@ -61,7 +61,8 @@ def preprocess(
     try:
         result = preprocess_bytes(data, model_spec.image_size, box=parse_box(box) if box else None)
     except PreprocessingError as e:
-        fail(f"{file}: {e}")
+        cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""
+        fail(f"{file}: {e}{cause}")
     if out is not None:
         from PIL import Image
 

@@ -339,9 +339,11 @@ def _decode_raster(data: bytes, limits: Limits) -> np.ndarray:
     except PreprocessingError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputTooLargeError(f"decompression bomb guard: {e}") from e
+        raise InputTooLargeError(
+            "decompression bomb guard: the image declares too many pixels"
+        ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(f"cannot decode image: {e}") from e
+        raise CorruptImageError("cannot decode image: the data is corrupt or truncated") from e
     return _raster_to_grey(img)
 
 
@@ -369,9 +371,9 @@ def _decode_dicom(data: bytes, limits: Limits) -> np.ndarray:
             warnings.simplefilter("ignore")  # pydicom warns on every oddity; we judge below
             ds = pydicom.dcmread(io.BytesIO(data))
     except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, KeyError) as e:
-        raise CorruptImageError(f"cannot parse DICOM: {e}") from e
+        raise CorruptImageError("cannot parse DICOM: the file is corrupt or truncated") from e
     except Exception as e:  # pydicom raises assorted errors on garbled element headers
-        raise CorruptImageError(f"cannot parse DICOM: {type(e).__name__}: {e}") from e
+        raise CorruptImageError("cannot parse DICOM: garbled element headers") from e
 
     problems: list[tuple[type[UnusableSliceError], str]] = []
     if "PixelData" not in ds:
@@ -399,7 +401,9 @@ def _decode_dicom(data: bytes, limits: Limits) -> np.ndarray:
             warnings.simplefilter("ignore")
             raw = ds.pixel_array
     except Exception as e:  # missing decoder, truncated pixel data, bad transfer syntax
-        raise CorruptImageError(f"cannot decode DICOM pixel data: {e}") from e
+        raise CorruptImageError(
+            "cannot decode DICOM pixel data: truncated, or a transfer syntax without a decoder"
+        ) from e
     if raw.ndim != 2:
         raise UnusableSliceError(f"DICOM pixel array has shape {raw.shape}; expected 2-D")
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)

@@ -9,6 +9,7 @@ gateway is switched.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +19,8 @@ from covidct.config import ModelSpec
 from covidct.modelconfig import SPEC_PARAMETER, ConfigError, spec_of
 from gateway.errors import InferenceError, InferenceTimeout, NotReady
 from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class TritonBackend:
             )
         if "UNAVAILABLE" in status or "unavailable" in text.lower() or "not ready" in text:
             return NotReady(f"Triton or model {self._settings.model_name} is not available")
-        return InferenceError(f"Triton error: {text[:300]}")
+        log.warning("Triton error: %s", text[:500])
+        return InferenceError("Triton could not run the model; see the gateway log")
 
     async def model_spec(self, version: str) -> tuple[ModelSpec, str]:
         from tritonclient.utils import InferenceServerException
@@ -116,7 +120,8 @@ class TritonBackend:
             probabilities = result.as_numpy(spec.probabilities_name)
             cam = result.as_numpy(spec.cam_name)
         except ValueError as e:  # the server's tensor does not match its declared shape
-            raise InferenceError(f"Triton returned malformed outputs: {e}") from e
+            log.warning("malformed Triton outputs: %s", e)
+            raise InferenceError("Triton returned malformed outputs") from e
         if probabilities is None or cam is None or len(probabilities) != len(images):
             raise InferenceError("Triton's answer lacks the model's outputs for every image")
         return Inference(probabilities, cam, str(response.model_version))

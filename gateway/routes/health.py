@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -9,8 +10,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.deps import state_of
-from gateway.errors import NotReady
+from gateway.errors import GatewayError, NotReady
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -43,8 +45,11 @@ async def models(request: Request) -> dict[str, Any]:
     try:
         version = await gw.serving.current()
         spec = await gw.serving.spec(version)
-    except Exception as e:
+    except GatewayError as e:  # our own words
         raise NotReady(f"model spec not available: {e}") from e
+    except Exception as e:
+        log.warning("model spec not available: %s: %s", type(e).__name__, e)
+        raise NotReady("model spec not available") from e
     return {
         "name": spec.name,
         "serving_version": version,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import anyio
@@ -16,6 +17,7 @@ from gateway.heatmap import overlay_png
 from gateway.schemas import ModelInfo, Prediction, PreprocessingInfo, Timings
 from gateway.uploads import read_upload
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -23,6 +25,8 @@ def _preprocess(data: bytes, size: int) -> Preprocessed:
     try:
         return preprocess_bytes(data, size)
     except PreprocessingError as e:
+        if e.__cause__ is not None:  # the library's words stay in the log
+            log.info("preprocessing: %s (%s: %s)", e, type(e.__cause__).__name__, e.__cause__)
         raise from_preprocessing(e) from e
 
 

@@ -132,3 +132,19 @@ def test_the_study_route_answers_them_4xx(blob: bytes, status: int, fixtures: Pa
         r = c.post("/v1/predict/study", content=blob, headers={"content-type": "application/zip"})
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json") or r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, b"\xff\xd8\xff\xe0" + b"garbage" * 20, b"DICM" * 40],
+    ids=["broken-png", "broken-jpeg", "garbage"],
+)
+def test_error_details_are_our_words_and_the_library_text_goes_to_the_log(
+    body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with client() as c:
+        r = c.post("/v1/predict", content=body)
+    assert 400 <= r.status_code < 500, r.text
+    detail = r.json()["detail"]
+    for library_words in ("PIL", "pydicom", "Error", "Traceback", "identify image", "errno"):
+        assert library_words not in detail, detail
