@@ -58,21 +58,22 @@ class GatewayState:
         self.serving = ServingVersions(self.backend, self.settings.model_version)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Admit a prediction, or answer 503 with Retry-After at once when saturated."""
-        if self.in_flight >= self.settings.max_in_flight:
+    async def slot(self, units: int = 1) -> AsyncIterator[None]:
+        """Admit ``units`` concurrent predictions, or answer 503 with Retry-After at once when
+        they would pass the in-flight limit."""
+        if units and self.in_flight + units > self.settings.max_in_flight:
             self.metrics.rejections.inc()
             raise Saturated(
                 f"{self.in_flight} predictions in flight (limit {self.settings.max_in_flight})",
                 self.settings.retry_after_s,
             )
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
+        self.in_flight += units
+        self.metrics.in_flight.inc(units)
         try:
             yield
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
+            self.in_flight -= units
+            self.metrics.in_flight.dec(units)
 
 
 def state_of(request: Request) -> GatewayState:

@@ -30,6 +30,7 @@ class GatewaySettings(BaseSettings):
     grpc_max_message_mb: int = 256
     max_study_slices: int = 512
     max_study_bytes: int = 512 * 1024 * 1024
+    study_concurrency: int = 8  # a study's slices in flight at once (each counted)
     api_key: SecretStr | None = None
     admin_key: SecretStr | None = None  # X-Admin-Key for /admin/v1/*; unset: admin disabled
     cors_origins: list[str] = []

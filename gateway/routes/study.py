@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 
+from covidct.config import ModelSpec
 from gateway.deps import request_id, state_of
 from gateway.errors import (
     BadRequest,
@@ -25,27 +26,62 @@ router = APIRouter()
 STUDY_RULE = "mean of the slice probabilities over the usable slices; the study label is its argmax"
 
 
+#: Errors that are one slice's own fault: reported in place, the study goes on.
+SLICE_FAULTS = (BadRequest, PayloadTooLarge, UnsupportedMediaType, UnusableSlice)
+
+
+async def _run_slices(
+    request: Request, blobs: list[bytes], width: int, version: str, spec: ModelSpec
+) -> list[Prediction | GatewayError]:
+    """Every slice through ``predict_one``, ``width`` at a time. A slice's own fault is its
+    answer; any other error (Triton down, timeout) cancels the rest and is raised."""
+    results: list[Prediction | GatewayError | None] = [None] * len(blobs)
+    limiter = anyio.CapacityLimiter(width)
+
+    async def one(index: int) -> None:
+        async with limiter:
+            try:
+                results[index] = await predict_one(request, blobs[index], False, version, spec)
+            except SLICE_FAULTS as e:
+                results[index] = e
+
+    try:
+        async with anyio.create_task_group() as group:
+            for index in range(len(blobs)):
+                group.start_soon(one, index)
+    except BaseExceptionGroup as group_error:
+        raise _first_error(group_error) from None
+    return [r for r in results if r is not None]
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error that stopped the study (not the cancellations it caused)."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_error(error)
+        if not isinstance(error, anyio.get_cancelled_exc_class()):
+            return error
+    return group.exceptions[0]
+
+
 @router.post("/v1/predict/study", response_model=StudyPrediction, response_model_exclude_none=True)
 async def predict_study(request: Request) -> StudyPrediction:
     """Classify every slice of one series concurrently (Triton batches them) and summarise."""
     gw = state_of(request)
     started = time.perf_counter()
-    async with gw.slot():
+    async with gw.slot():  # reading the body holds one slot
         items = await read_study(
             request,
             gw.settings.max_study_slices,
             gw.settings.max_study_bytes,
             gw.settings.max_upload_bytes,
         )
-        async with gw.serving.use() as (version, spec):  # every slice by the same version
-
-            async def one(data: bytes) -> Prediction | GatewayError:
-                try:
-                    return await predict_one(request, data, False, version, spec)
-                except (BadRequest, PayloadTooLarge, UnsupportedMediaType, UnusableSlice) as e:
-                    return e  # a bad slice is reported in place; the study goes on
-
-            results = await asyncio.gather(*(one(data) for _, data in items))
+        width = max(1, min(gw.settings.study_concurrency, len(items), gw.settings.max_in_flight))
+        # The study's slices run ``width`` at a time, each counted in flight, all by one version;
+        # the task group returns only when every slice is done or cancelled, so nothing of the
+        # study outlives its count (a redeploy's drain waits for all of it).
+        async with gw.slot(width - 1), gw.serving.use() as (version, spec):
+            results = await _run_slices(request, [d for _, d in items], width, version, spec)
     slices, usable = [], []
     for (name, _), result in zip(items, results, strict=True):
         if isinstance(result, GatewayError):
