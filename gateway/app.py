@@ -28,7 +28,9 @@ from gateway.triton import Backend, TritonBackend
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = ("/healthz", "/readyz")
+#: Open without the API key: health probes, and the page (static HTML holding no data; every
+#: call it makes sends the key the user typed into it).
+OPEN_PATHS = ("/healthz", "/readyz", "/")
 ADMIN_PREFIX = "/admin/"  # protected by its own key (X-Admin-Key), not the API key
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

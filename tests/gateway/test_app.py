@@ -252,7 +252,9 @@ def test_api_key_required_everywhere_but_health(png: bytes) -> None:
     with client(api_key="s3cret") as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 200
+        assert c.get("/").status_code == 200  # the page: static, it sends the key it is given
         assert c.post("/v1/predict", content=png).status_code == 401
+        assert c.get("/v1/models").status_code == 401
         assert c.get("/v1/models", headers={"x-api-key": "wrong"}).status_code == 401
         r = c.post("/v1/predict", content=png, headers={"x-api-key": "s3cret"})
         assert r.status_code == 200

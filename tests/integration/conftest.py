@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,19 +51,28 @@ def server(repository: Path):
         yield srv
 
 
-@pytest.fixture(scope="session")
-def gateway_url(server):
-    """The real gateway (uvicorn on 127.0.0.1, in a thread) in front of ``server``."""
+@contextmanager
+def running_gateway(settings: GatewaySettings) -> Iterator[str]:
+    """A real gateway (uvicorn on 127.0.0.1, in a thread) with ``settings``; yields its URL."""
     import uvicorn
 
     port = free_port()
-    app = create_app(GatewaySettings(triton_url=f"127.0.0.1:{server.grpc_port}"))
+    app = create_app(settings)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not uv.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def gateway_url(server):
+    """The real gateway in front of ``server``."""
+    with running_gateway(GatewaySettings(triton_url=f"127.0.0.1:{server.grpc_port}")) as url:
+        yield url
