@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint unit serve bench lock clean
+.PHONY: setup test lint unit fuzz serve bench lock clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# Property tests with fresh random examples, many more than make test runs (about 5 min).
+fuzz: setup
+	COVIDCT_FUZZ=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/covidct/test_preprocessing_properties.py
 
 serve: setup
 	$(BIN)/covidct serve

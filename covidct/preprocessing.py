@@ -375,6 +375,16 @@ def _decode_dicom(data: bytes, limits: Limits) -> np.ndarray:
     except Exception as e:  # pydicom raises assorted errors on garbled element headers
         raise CorruptImageError("cannot parse DICOM: garbled element headers") from e
 
+    try:
+        return _dicom_to_grey(ds, limits)
+    except (PreprocessingError, MemoryError):
+        raise
+    except Exception as e:  # pydicom converts values lazily: a garbled one raises on access
+        raise CorruptImageError("cannot read DICOM: garbled header values") from e
+
+
+def _dicom_to_grey(ds: pydicom.Dataset, limits: Limits) -> np.ndarray:
+    """Check a parsed DICOM is one greyscale CT slice; its pixels in HU, windowed to uint8."""
     problems: list[tuple[type[UnusableSliceError], str]] = []
     if "PixelData" not in ds:
         problems.append((NoPixelDataError, "it has no pixel data"))

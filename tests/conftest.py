@@ -8,12 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from bench.corpus import REPO
 from tests.cli_helpers import CI_DATA, CI_TRAIN, covidct
 from tests.wheel import InstalledWheel, install_wheel
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Property tests: bounded and reproducible in `make test`, long and fresh in `make fuzz`.
+settings.register_profile("ci", max_examples=120, derandomize=True)
+settings.register_profile("fuzz", max_examples=int(os.environ.get("COVIDCT_FUZZ_EXAMPLES", "5000")))
+settings.load_profile("fuzz" if os.environ.get("COVIDCT_FUZZ") else "ci")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
