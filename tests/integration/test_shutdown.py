@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,9 +88,11 @@ def test_tritonserver_dies_with_a_parent_killed_by_sigkill(tmp_path: Path) -> No
 
 @pytest.mark.integration
 @pytest.mark.xdist_group("ci-run")
-def test_sigterm_to_covidct_serve_stops_gateway_then_triton(
-    repository: Path, tmp_path: Path
+def test_sigterm_to_covidct_serve_drains_then_stops_gateway_and_triton(
+    repository: Path, tmp_path: Path, shared_data: Path
 ) -> None:
+    """SIGTERM with studies in flight: every one is answered 200 (none cut), then the gateway
+    and Triton stop, the command exits 0 and nothing it started is left running."""
     models = tmp_path / "models"
     shutil.copytree(repository, models)
     port, grpc, http, metrics = (free_port() for _ in range(4))
@@ -101,18 +104,39 @@ def test_sigterm_to_covidct_serve_stops_gateway_then_triton(
         text=True,
         cwd=tmp_path,
     )
+    url = f"http://127.0.0.1:{port}"
+    pngs = sorted((shared_data / "covidxct-real" / "images").glob("*.png"))[:16]
+    study = [("files", (p.name, p.read_bytes())) for p in pngs]
     try:
 
         def ready() -> bool:
             try:
-                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 
         assert _wait(ready, 180), "covidct serve did not become ready"
         assert _processes_mentioning(str(models)), "no tritonserver serving the copy"
+        answers: list[int | str] = []
+
+        def send() -> None:
+            try:
+                r = httpx.post(f"{url}/v1/predict/study", files=study, timeout=120)
+                answers.append(r.status_code)
+            except httpx.HTTPError as e:
+                answers.append(type(e).__name__)
+
+        senders = [threading.Thread(target=send) for _ in range(4)]
+        for s in senders:
+            s.start()
+        time.sleep(0.3)  # the studies are being read, preprocessed and inferred
+        in_flight = len(senders) - len(answers)
         proc.send_signal(signal.SIGTERM)
+        for s in senders:
+            s.join(timeout=150)
         out, _ = proc.communicate(timeout=90)
+        assert in_flight > 0, "every study was answered before SIGTERM: nothing was drained"
+        assert answers == [200] * 4, (answers, out[-3000:])
         assert proc.returncode == 0, out[-3000:]
         assert "stopped" in out
         assert _wait(lambda: not _processes_mentioning(str(models)), 15), "tritonserver survived"
