@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from tritonclient.grpc import model_config_pb2 as pb
 
 from covidct.config import ModelSpec
-from covidct.modelconfig import ModelConfig, config_text, set_spec, spec_of
+from covidct.modelconfig import ModelConfig, config_text, parse_config, set_spec, spec_of
 
 TARGETS = ("cpu", "onnx-trt", "tensorrt-plan")
 LABELS_FILE = "labels.txt"
@@ -140,7 +140,5 @@ def spec_from_config(text: str) -> ModelSpec:
 
 def cam_hw_of(text: str, spec: ModelSpec) -> tuple[int, int]:
     """The CAM output's height and width in a config.pbtxt."""
-    from covidct.modelconfig import parse_config
-
     (cam,) = [o for o in parse_config(text).output if o.name == spec.cam_name]
     return int(cam.dims[0]), int(cam.dims[1])

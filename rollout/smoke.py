@@ -43,16 +43,12 @@ def smoke_test(
     max_latency_ms: float = 5000.0,
 ) -> dict[str, Any]:
     """Run the checks; returns the figures, raises SmokeError on the first failed check."""
-    from covidct.preprocessing import PreprocessingError, preprocess_bytes
-    from export.onnx import onnx_session, run_onnx
+    from export.onnx import ExportError, onnx_session, run_onnx, slice_images
 
-    images = []
-    for path in files:
-        try:
-            images.append(preprocess_bytes(path.read_bytes(), spec.image_size).image)
-        except (OSError, PreprocessingError) as e:
-            raise SmokeError(f"smoke slice {path.name} is unusable: {e}") from e
-    batch = np.stack(images)
+    try:
+        batch = slice_images(files, spec)
+    except ExportError as e:
+        raise SmokeError(f"smoke slices are unusable: {e}") from e
     latencies, served = [], []
     for image in batch:  # one request per slice, as clients send them
         t0 = time.perf_counter()
