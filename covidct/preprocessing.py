@@ -35,6 +35,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
+#: A DICOM stream without the 128-byte preamble (some archives export these): it starts with a
+#: little-endian tag of group 0002 (file meta) or 0008 (identifying), element 00xx.
+DICOM_STREAM_STARTS = (b"\x02\x00", b"\x08\x00")
 
 #: One fixed interpolation for every resize (Pillow's bilinear filter, antialiased when
 #: shrinking). Recorded in ModelSpec.interpolation.
@@ -193,7 +196,8 @@ def sniff(data: bytes) -> Source:
 
     Raises:
         EmptyInputError: no bytes.
-        UnsupportedFormatError: not PNG, JPEG or DICOM (Part 10 with the 'DICM' preamble).
+        UnsupportedFormatError: not PNG, JPEG or DICOM (Part 10 with the 'DICM' preamble, or
+            a DICOM stream that starts with its group 0002 or 0008 elements).
     """
     if not data:
         raise EmptyInputError("empty input: no bytes received")
@@ -203,6 +207,8 @@ def sniff(data: bytes) -> Source:
         return "jpeg"
     if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC:
         return "dicom"
+    if data[:2] in DICOM_STREAM_STARTS and data[3:4] == b"\x00" and len(data) > 8:
+        return "dicom"  # no preamble: parsed without it (pydicom's force)
     raise UnsupportedFormatError(
         f"unsupported format: {len(data)} bytes starting {data[:8].hex(' ')} are not PNG, "
         "JPEG or DICOM (Part 10 file with 'DICM' at byte 128)"
@@ -335,6 +341,9 @@ def _decode_raster(data: bytes, limits: Limits) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             _check_shape(img.height, img.width, limits)  # header only: nothing decoded yet
+            frames = int(getattr(img, "n_frames", 1))
+            if frames > 1:  # APNG, multi-page: which frame would be the slice?
+                raise MultiFrameError(f"the image has {frames} frames; send one slice per file")
             img.load()
     except PreprocessingError:
         raise
@@ -369,7 +378,8 @@ def _decode_dicom(data: bytes, limits: Limits) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on every oddity; we judge below
-            ds = pydicom.dcmread(io.BytesIO(data))
+            preamble = data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+            ds = pydicom.dcmread(io.BytesIO(data), force=not preamble)
     except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, KeyError) as e:
         raise CorruptImageError("cannot parse DICOM: the file is corrupt or truncated") from e
     except Exception as e:  # pydicom raises assorted errors on garbled element headers
@@ -410,6 +420,12 @@ def _dicom_to_grey(ds: pydicom.Dataset, limits: Limits) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             raw = ds.pixel_array
+    except NotImplementedError as e:  # pydicom has no decoder for this transfer syntax
+        syntax = str(getattr(ds.get("file_meta"), "TransferSyntaxUID", "") or "none")[:64]
+        raise UnsupportedFormatError(
+            f"DICOM transfer syntax {syntax} cannot be decoded here; send uncompressed, "
+            "JPEG, JPEG Lossless, JPEG-LS, JPEG 2000 or RLE"
+        ) from e
     except Exception as e:  # missing decoder, truncated pixel data, bad transfer syntax
         raise CorruptImageError(
             "cannot decode DICOM pixel data: truncated, or a transfer syntax without a decoder"

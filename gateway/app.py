@@ -19,9 +19,11 @@ import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from gateway.deps import GatewayState, Metrics, request_id
-from gateway.errors import BadRequest, GatewayError, Unauthorized
+from gateway.errors import BadRequest, GatewayError, Unauthorized, problem_body
+from gateway.limits import BodyLimit
 from gateway.routes import admin, health, page, predict, study
 from gateway.settings import GatewaySettings, get_settings
 from gateway.triton import Backend, TritonBackend
@@ -36,15 +38,11 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def problem(error: GatewayError, request: Request) -> JSONResponse:
-    body = {
-        "type": f"https://covidct.example/problems/{type(error).__name__}",
-        "title": error.title,
-        "status": error.status,
-        "detail": str(error),
-        "request_id": request_id(request),
-    }
     return JSONResponse(
-        body, status_code=error.status, headers=error.headers, media_type="application/problem+json"
+        problem_body(error, request_id(request)),
+        status_code=error.status,
+        headers=error.headers,
+        media_type="application/problem+json",
     )
 
 
@@ -78,6 +76,9 @@ def create_app(
         lifespan=lifespan,
         description="COVID-19 chest CT slice classification. Not a medical device.",
     )
+
+    # Inside the envelope below (added later, so outside it): 401 comes before 413.
+    app.add_middleware(BodyLimit, settings=settings)
 
     @app.middleware("http")
     async def envelope(
@@ -121,6 +122,12 @@ def create_app(
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return problem(exc, request)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # Nobody reads this answer; it keeps a closed connection out of the 5xx figures.
+        error = BadRequest("the client closed the connection before the whole body arrived")
+        return problem(error, request)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

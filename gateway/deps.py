@@ -53,6 +53,7 @@ class GatewayState:
     limiter: anyio.CapacityLimiter
     serving: ServingVersions = field(init=False)
     in_flight: int = 0
+    studies: int = 0
 
     def __post_init__(self) -> None:
         self.serving = ServingVersions(self.backend, self.settings.model_version)
@@ -74,6 +75,21 @@ class GatewayState:
         finally:
             self.in_flight -= units
             self.metrics.in_flight.dec(units)
+
+    @asynccontextmanager
+    async def study_slot(self) -> AsyncIterator[None]:
+        """Admit one study (its upload is spooled to disk: this bounds the spool), or 503."""
+        limit = self.settings.max_studies_in_flight
+        if self.studies >= limit:
+            self.metrics.rejections.inc()
+            raise Saturated(
+                f"{self.studies} studies in flight (limit {limit})", self.settings.retry_after_s
+            )
+        self.studies += 1
+        try:
+            yield
+        finally:
+            self.studies -= 1
 
 
 def state_of(request: Request) -> GatewayState:

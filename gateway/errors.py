@@ -40,8 +40,20 @@ class VersionConflict(GatewayError):
     status, title = 409, "Version cannot be served"
 
 
+class RequestTimeout(GatewayError):
+    status, title = 408, "Body not sent in time"
+
+
 class PayloadTooLarge(GatewayError):
     status, title = 413, "Upload too large"
+
+
+class StudyTooLarge(PayloadTooLarge):
+    """The study as a whole passed a cap: ends the study, unlike one slice's own fault."""
+
+
+class HeadersTooLarge(GatewayError):
+    status, title = 431, "Request headers too large"
 
 
 class UnsupportedMediaType(GatewayError):
@@ -69,6 +81,17 @@ class InferenceTimeout(GatewayError):
 
 class InferenceError(GatewayError):
     status, title = 502, "Inference server error"
+
+
+def problem_body(error: GatewayError, request_id: str) -> dict[str, object]:
+    """The problem-details document for ``error``: the one shape of every error answer."""
+    return {
+        "type": f"https://covidct.example/problems/{type(error).__name__}",
+        "title": error.title,
+        "status": error.status,
+        "detail": str(error),
+        "request_id": request_id,
+    }
 
 
 # Preprocessing errors are the input's fault: each maps to a 4xx.

@@ -25,12 +25,14 @@ class GatewaySettings(BaseSettings):
     model_version: str = ""  # version served at start; empty: the newest ready one
     request_timeout_s: float = 10.0
     max_in_flight: int = 32
-    max_upload_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = 64 * 1024 * 1024  # one slice (a 512x512 DICOM is about 0.5 MB)
     preprocess_workers: int = 2
     grpc_max_message_mb: int = 256
-    max_study_slices: int = 512
-    max_study_bytes: int = 512 * 1024 * 1024
+    max_study_slices: int = 1000
+    max_study_bytes: int = 1024 * 1024 * 1024  # spooled to disk past 1 MiB, never held whole
     study_concurrency: int = 8  # a study's slices in flight at once (each counted)
+    max_studies_in_flight: int = 4  # bounds the spool: this x max_study_bytes of disk
+    body_idle_timeout_s: float = 15.0  # a body that stalls this long mid-way is answered 408
     api_key: SecretStr | None = None
     admin_key: SecretStr | None = None  # X-Admin-Key for /admin/v1/*; unset: admin disabled
     cors_origins: list[str] = []

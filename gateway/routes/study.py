@@ -14,12 +14,13 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
     PayloadTooLarge,
+    StudyTooLarge,
     UnsupportedMediaType,
     UnusableSlice,
 )
 from gateway.routes.predict import predict_one
 from gateway.schemas import Prediction, SliceResult, StudyPrediction, StudySummary, Timings
-from gateway.uploads import read_study
+from gateway.uploads import StudySlice, open_study
 
 router = APIRouter()
 
@@ -31,23 +32,28 @@ SLICE_FAULTS = (BadRequest, PayloadTooLarge, UnsupportedMediaType, UnusableSlice
 
 
 async def _run_slices(
-    request: Request, blobs: list[bytes], width: int, version: str, spec: ModelSpec
+    request: Request, slices: list[StudySlice], width: int, version: str, spec: ModelSpec
 ) -> list[Prediction | GatewayError]:
-    """Every slice through ``predict_one``, ``width`` at a time. A slice's own fault is its
-    answer; any other error (Triton down, timeout) cancels the rest and is raised."""
-    results: list[Prediction | GatewayError | None] = [None] * len(blobs)
+    """Every slice read (worker thread) and through ``predict_one``, ``width`` at a time. A
+    slice's own fault is its answer; any other error (the study past its cap, Triton down, a
+    timeout) cancels the rest and is raised."""
+    results: list[Prediction | GatewayError | None] = [None] * len(slices)
     limiter = anyio.CapacityLimiter(width)
+    workers = state_of(request).limiter
 
     async def one(index: int) -> None:
         async with limiter:
             try:
-                results[index] = await predict_one(request, blobs[index], False, version, spec)
+                data = await anyio.to_thread.run_sync(slices[index].read, limiter=workers)
+                results[index] = await predict_one(request, data, False, version, spec)
+            except StudyTooLarge:
+                raise
             except SLICE_FAULTS as e:
                 results[index] = e
 
     try:
         async with anyio.create_task_group() as group:
-            for index in range(len(blobs)):
+            for index in range(len(slices)):
                 group.start_soon(one, index)
     except BaseExceptionGroup as group_error:
         raise _first_error(group_error) from None
@@ -69,21 +75,24 @@ async def predict_study(request: Request) -> StudyPrediction:
     """Classify every slice of one series concurrently (Triton batches them) and summarise."""
     gw = state_of(request)
     started = time.perf_counter()
-    async with gw.slot():  # reading the body holds one slot
-        items = await read_study(
-            request,
-            gw.settings.max_study_slices,
-            gw.settings.max_study_bytes,
-            gw.settings.max_upload_bytes,
-        )
-        width = max(1, min(gw.settings.study_concurrency, len(items), gw.settings.max_in_flight))
+    settings = gw.settings
+    # Reading the body holds one slot (and one of the study slots that bound the spool).
+    async with (
+        gw.study_slot(),
+        gw.slot(),
+        open_study(
+            request, settings.max_study_slices, settings.max_study_bytes, settings.max_upload_bytes
+        ) as items,
+    ):
+        width = max(1, min(settings.study_concurrency, len(items), settings.max_in_flight))
         # The study's slices run ``width`` at a time, each counted in flight, all by one version;
         # the task group returns only when every slice is done or cancelled, so nothing of the
         # study outlives its count (a redeploy's drain waits for all of it).
         async with gw.slot(width - 1), gw.serving.use() as (version, spec):
-            results = await _run_slices(request, [d for _, d in items], width, version, spec)
+            results = await _run_slices(request, items, width, version, spec)
     slices, usable = [], []
-    for (name, _), result in zip(items, results, strict=True):
+    for item, result in zip(items, results, strict=True):
+        name = item.name
         if isinstance(result, GatewayError):
             slices.append(
                 SliceResult(
@@ -95,7 +104,11 @@ async def predict_study(request: Request) -> StudyPrediction:
             slices.append(SliceResult(name=name, prediction=result))
             usable.append(result)
     if not usable:
-        raise UnusableSlice(f"none of the {len(items)} slices could be used")
+        first = next(s for s in slices if s.error is not None)
+        raise UnusableSlice(
+            f"none of the {len(items)} slices could be used; the first, {first.name!r}: "
+            f"{first.error['detail'] if first.error else ''}"
+        )
     mean = np.mean([[p.probabilities[n] for n in spec.class_names] for p in usable], axis=0)
     index = int(np.argmax(mean))
     counts = {n: sum(p.label == n for p in usable) for n in spec.class_names}
