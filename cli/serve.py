@@ -74,12 +74,13 @@ def serve(
     demo_dir: Path,
 ) -> None:
     """Start Triton, then the gateway in this process; Ctrl-C or SIGTERM stops both, the
-    gateway first (requests in flight get ``GRACE_S`` to finish), then Triton."""
+    gateway first (requests in flight get ``GRACE_S`` to finish), then Triton. A Triton that
+    dies meanwhile is restarted (``serving.server.Supervisor``); the gateway reconnects."""
     import uvicorn
 
     from gateway.app import create_app
     from gateway.settings import GatewaySettings
-    from serving.server import TritonServer
+    from serving.server import Supervisor, TritonServer
 
     if not has_model(repository):
         print(
@@ -100,8 +101,10 @@ def serve(
     # Triton stops. uvicorn re-raises the signal it caught once it has shut down; without this
     # handler that would kill the process before Triton is stopped, leaving it orphaned.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    supervisor = Supervisor(server)  # a Triton that dies is restarted, with backoff
     try:
         server.start()
+        supervisor.start()
         settings = GatewaySettings(triton_url=f"127.0.0.1:{grpc_port}")
         url = f"http://{host}:{port}"
         print(
@@ -123,7 +126,7 @@ def serve(
         if e.code != 0:
             raise
     finally:
-        server.stop()
+        supervisor.stop()  # then Triton
         signal.signal(signal.SIGTERM, previous)
         print("stopped", flush=True)
 

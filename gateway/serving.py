@@ -80,8 +80,10 @@ class ServingVersions:
         self.in_flight[version] += 1
         try:
             yield version, await self.spec(version)
-        except MODEL_ERRORS:
+        except MODEL_ERRORS as e:
             self.errors[version] += 1
+            if isinstance(e, NotReady):  # Triton went away: read the spec again when it is back
+                self._specs.pop(version, None)
             raise
         finally:
             self.in_flight[version] -= 1

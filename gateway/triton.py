@@ -21,6 +21,7 @@ from gateway.errors import InferenceError, InferenceTimeout, NotReady
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+READY_TIMEOUT_S = 2.0  # a readiness probe never waits longer on Triton
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class TritonBackend:
             channel_args=[
                 ("grpc.max_send_message_length", size),
                 ("grpc.max_receive_message_length", size),
+                # After Triton restarts, reconnect within about a second (gRPC's default
+                # backoff grows to 120 s): calls meanwhile fail fast with UNAVAILABLE (503).
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
         self._settings = settings
@@ -89,8 +95,11 @@ class TritonBackend:
 
     async def ready(self, version: str) -> bool:
         try:
-            return bool(await self._client.is_server_ready()) and bool(
-                await self._client.is_model_ready(self._settings.model_name, version)
+            timeout = min(READY_TIMEOUT_S, self._settings.request_timeout_s)
+            return bool(await self._client.is_server_ready(client_timeout=timeout)) and bool(
+                await self._client.is_model_ready(
+                    self._settings.model_name, version, client_timeout=timeout
+                )
             )
         except Exception:  # an unreachable server is simply not ready
             return False

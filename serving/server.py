@@ -10,6 +10,7 @@ and stops it cleanly.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_CONTROL = ("explicit", "poll", "none")
+_log = logging.getLogger(__name__)
 
 
 class TritonError(RuntimeError):
@@ -65,7 +67,10 @@ def free_port() -> int:
 
 
 def port_in_use(port: int) -> bool:
+    """Something holds ``port`` on 127.0.0.1. SO_REUSEADDR as Triton binds: the connections a
+    killed server leaves in TIME_WAIT do not count, a listener does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -184,8 +189,8 @@ class TritonServer:
             for ln in lines
             if ("failed to load" in ln or ln.startswith("E")) and not any(n in ln for n in noise)
         ]
-        picked = errors[-5:] or lines[-10:]
-        return " | ".join(x.strip() for x in picked)
+        picked = errors[-5:] or [ln for ln in lines if ln.strip()][-3:]
+        return " | ".join(x.strip()[:300] for x in picked)
 
     def model_ready(self, name: str) -> bool:
         try:
@@ -213,3 +218,69 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Supervisor:
+    """Keeps one started ``TritonServer`` running: a watcher thread restarts it when it exits
+    without being asked to (crash, OOM kill, ``kill -9``), after a backoff that doubles from
+    ``first_backoff_s`` up to ``max_backoff_s`` and resets once a server has stayed up for
+    ``stable_s``. Every exit and restart is logged with the server's own reason.
+
+    The watcher thread starts the replacements, so it is the parent-death anchor
+    (``_die_with_parent``) of every server after the first; it lives until ``stop()``.
+    """
+
+    def __init__(
+        self,
+        server: TritonServer,
+        first_backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        stable_s: float = 60.0,
+        ready_timeout_s: float = 120.0,
+    ) -> None:
+        import threading
+
+        self.server = server
+        self.first_backoff_s, self.max_backoff_s = first_backoff_s, max_backoff_s
+        self.stable_s, self.ready_timeout_s = stable_s, ready_timeout_s
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="triton-supervisor", daemon=True)
+
+    def start(self) -> Supervisor:
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        backoff = self.first_backoff_s
+        up_since = time.monotonic()
+        while not self._stopping.wait(0.25):
+            process = self.server.process
+            if process is None or process.poll() is None:
+                continue
+            if time.monotonic() - up_since >= self.stable_s:
+                backoff = self.first_backoff_s
+            _log.warning(
+                "tritonserver exited (code %s): %s; restarting in %.0f s",
+                process.returncode,
+                self.server.failure_reason(),
+                backoff,
+            )
+            if self._stopping.wait(backoff):
+                return
+            try:
+                self.server.start(self.ready_timeout_s)
+            except TritonError as e:
+                _log.error("tritonserver restart failed: %s", e)
+            else:
+                self.restarts += 1
+                _log.warning("tritonserver restarted (restart %d)", self.restarts)
+            up_since = time.monotonic()
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def stop(self) -> None:
+        """Stop watching, then stop the server (a restart under way finishes first)."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.ready_timeout_s + 5)
+        self.server.stop()
