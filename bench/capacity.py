@@ -25,6 +25,7 @@ from bench.load import Upload, load_level
 from bench.sweep import BenchError, save
 from covidct.config import ModelSpec, Provenance
 from export.tritonconfig import ServingConfig, render_config
+from gateway.protocol import UVICORN_ARGS
 from serving.server import TritonError, TritonServer, free_port
 
 IDENTITY_MODEL = Path(__file__).parent / "identity" / "model.py"
@@ -179,6 +180,7 @@ def gateway_process(
         "--log-level",
         "warning",
         "--no-access-log",
+        *UVICORN_ARGS,
     ]
     with log.open("wb") as f:
         return subprocess.Popen(cmd, env=full_env, stdout=f, stderr=subprocess.STDOUT)

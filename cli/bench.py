@@ -242,6 +242,31 @@ def bench_capacity(
         fail(str(e))
 
 
+@bench_app.command("overload")
+def bench_overload(
+    seconds: Annotated[float, typer.Option(help="Seconds of overload.")] = 30.0,
+    factor: Annotated[
+        int, typer.Option(help="Clients, as a multiple of the in-flight limit.")
+    ] = 10,
+    big_mib: Annotated[int, typer.Option(help="Size of the large uploads, MiB.")] = 8,
+    repository: Annotated[
+        Path | None, typer.Option(help="Model repository to serve (default: identity model).")
+    ] = None,
+    out: ResultFolder = None,
+) -> None:
+    """The gateway at 10x its capacity: 200 or a fast 503 with Retry-After, RSS in budget."""
+    from bench.overload import overload_markdown, run_overload_bench
+    from bench.sweep import BenchError
+
+    try:
+        figures = run_overload_bench(
+            _bench_out(out, "overload"), seconds, factor, big_mib, repository=repository
+        )
+    except BenchError as e:
+        fail(str(e))
+    print(overload_markdown(figures))
+
+
 @bench_app.command("all")
 def bench_all(
     work: Annotated[Path, typer.Option(help="Data, run and repository for the benchmarks.")] = Path(

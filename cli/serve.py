@@ -79,6 +79,7 @@ def serve(
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.protocol import UVICORN_OPTIONS
     from gateway.settings import GatewaySettings
     from serving.server import Supervisor, TritonServer
 
@@ -116,6 +117,7 @@ def serve(
         )
         uvicorn.run(
             create_app(settings),
+            **UVICORN_OPTIONS,
             host=host,
             port=port,
             log_level="info",

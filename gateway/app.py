@@ -7,34 +7,25 @@ handling, a fake backend. The gateway never imports TensorFlow (a test enforces 
 
 from __future__ import annotations
 
-import hmac
 import logging
-import re
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from gateway.deps import GatewayState, Metrics, request_id
-from gateway.errors import BadRequest, GatewayError, Unauthorized, problem_body
+from gateway.envelope import Envelope
+from gateway.errors import BadRequest, GatewayError, problem_body
 from gateway.limits import BodyLimit
 from gateway.routes import admin, health, page, predict, study
 from gateway.settings import GatewaySettings, get_settings
 from gateway.triton import Backend, TritonBackend
 
 log = logging.getLogger(__name__)
-
-#: Open without the API key: health probes, and the page (static HTML holding no data; every
-#: call it makes sends the key the user typed into it).
-OPEN_PATHS = ("/healthz", "/readyz", "/")
-ADMIN_PREFIX = "/admin/"  # protected by its own key (X-Admin-Key), not the API key
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def problem(error: GatewayError, request: Request) -> JSONResponse:
@@ -77,47 +68,12 @@ def create_app(
         description="COVID-19 chest CT slice classification. Not a medical device.",
     )
 
-    # Inside the envelope below (added later, so outside it): 401 comes before 413.
+    # The envelope (request id, API key, saturation, metrics, log) wraps the body cap: 401
+    # comes before 413. Both are plain ASGI: no per-request task, no body copy.
     app.add_middleware(BodyLimit, settings=settings)
-
-    @app.middleware("http")
-    async def envelope(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get("x-request-id", "")
-        request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        started = time.perf_counter()
-        path = request.url.path
-        if (
-            settings.api_key is not None
-            and path not in OPEN_PATHS
-            and not path.startswith(ADMIN_PREFIX)
-        ):
-            supplied = request.headers.get("x-api-key", "").encode()
-            expected = settings.api_key.get_secret_value().encode()
-            if not hmac.compare_digest(supplied, expected):
-                response: Response = problem(Unauthorized("send the key in X-API-Key"), request)
-                return _finish(request, response, started)
-        response = await call_next(request)
-        return _finish(request, response, started)
-
-    def _finish(request: Request, response: Response, started: float) -> Response:
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        elapsed = time.perf_counter() - started
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(elapsed)
-        response.headers["X-Request-ID"] = request_id(request)
-        # Never the body, file names or DICOM tags: only what and how long.
-        log.info(
-            "%s %s %d %.1f ms id=%s",
-            request.method,
-            path,
-            response.status_code,
-            elapsed * 1000,
-            request_id(request),
-        )
-        return response
+    app.add_middleware(
+        Envelope, settings=settings, metrics=metrics, state=lambda: getattr(app.state, "gw", None)
+    )
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:

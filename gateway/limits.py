@@ -116,15 +116,23 @@ def _check_declared(values: list[bytes], limit: int) -> GatewayError | None:
 
 
 async def _answer(scope: Scope, send: Send, error: GatewayError) -> None:
-    """Answer at once with problem details; the body is never read."""
+    """Answer at once with problem details; the body is never read, the connection closes."""
     request_id = str(scope.get("state", {}).get("request_id", "-"))
     log.info("%s refused before reading the body: %s id=%s", scope["path"], error, request_id)
+    await send_problem(send, error, request_id, close=True)
+
+
+async def send_problem(
+    send: Send, error: GatewayError, request_id: str, close: bool = False
+) -> None:
+    """``error`` as a problem-details answer, sent from the ASGI layer (no app involved)."""
     body = json.dumps(problem_body(error, request_id)).encode()
     headers = [
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
         *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
     ]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

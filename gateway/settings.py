@@ -7,6 +7,13 @@ from functools import lru_cache
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MiB = 1024 * 1024
+#: Peak working memory of decoding the largest slice the decoder takes (4096² pixels, 16-bit
+#: DICOM: raw, HU float32, windowed, resized; 144 MiB measured, rounded up).
+DECODE_BYTES = 256 * MiB
+#: The decoded grey slice a request keeps for its heatmap (4096² x uint8).
+KEPT_SLICE_BYTES = 16 * MiB
+
 
 class GatewaySettings(BaseSettings):
     """Gateway settings, from ``COVIDCT_*`` environment variables (or a ``.env`` file).
@@ -37,6 +44,15 @@ class GatewaySettings(BaseSettings):
     admin_key: SecretStr | None = None  # X-Admin-Key for /admin/v1/*; unset: admin disabled
     cors_origins: list[str] = []
     retry_after_s: int = 1
+
+    def memory_budget(self) -> int:
+        """Bytes the gateway may hold for requests beyond its base RSS, at most:
+        ``max_in_flight x (2 x max_upload_bytes + KEPT_SLICE_BYTES)`` (a body, its chunks
+        while being joined, and the decoded slice kept for a heatmap) plus
+        ``preprocess_workers x DECODE_BYTES`` (decoding runs in that many threads only).
+        A study's slices count in flight one by one; its body is spooled to disk."""
+        per_request = 2 * self.max_upload_bytes + KEPT_SLICE_BYTES
+        return self.max_in_flight * per_request + self.preprocess_workers * DECODE_BYTES
 
 
 @lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ import pytest
 
 from covidct.samples import reference_slices
 from gateway.app import create_app
+from gateway.protocol import UVICORN_OPTIONS
 from gateway.settings import GatewaySettings
 from serving.server import TritonServer, free_port
 from tests.wheel import InstalledWheel
@@ -58,7 +59,10 @@ def running_gateway(settings: GatewaySettings) -> Iterator[str]:
 
     port = free_port()
     app = create_app(settings)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", **UVICORN_OPTIONS
+    )
+    uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

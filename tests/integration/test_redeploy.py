@@ -26,6 +26,7 @@ from bench.corpus import real_data_dir, real_pngs
 from covidct.modelconfig import parse_config
 from export.repository import pinned_config, versions, write_config
 from gateway.app import create_app
+from gateway.protocol import UVICORN_OPTIONS
 from gateway.settings import GatewaySettings
 from rollout.deployment import DeployOptions
 from rollout.redeploy import redeploy
@@ -92,7 +93,13 @@ def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory, cache_env:
     port = free_port()
     settings = GatewaySettings(triton_url=f"127.0.0.1:{ports[0]}", admin_key=ADMIN)
     uv = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            **UVICORN_OPTIONS,
+        )
     )
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()

@@ -1,0 +1,30 @@
+"""`covidct bench overload` as a test: the gateway (one uvicorn worker, default settings, a real
+tritonserver with the identity model) sent ten times its measured capacity for 30 s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.overload import run_overload_bench
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
+
+
+def test_ten_times_the_capacity_gets_200_or_a_fast_503_and_memory_stays_in_budget(
+    tmp_path: Path,
+) -> None:
+    f = run_overload_bench(tmp_path, seconds=30, factor=10, big_mib=8, big_seconds=10)
+    over, large = f["overload"], f["large"]
+    assert f["capacity"]["statuses"] == {"200": f["capacity"]["sent"]}, f["capacity"]
+    assert f["offered_vs_capacity"] >= 5, f  # the generator really sent several times more
+    for phase in (over, large):
+        assert set(phase["statuses"]) <= {"200", "503"}, phase["statuses"]
+        assert phase["rejected_without_retry_after"] == 0
+        assert phase["statuses"].get("200", 0) > 0, "nothing admitted under overload"
+    assert over["statuses"].get("503", 0) > over["statuses"].get("200", 0)
+    assert over["rejected_p99_ms"] < 50, over
+    assert f["rss_peak_overload_mib"] < f["rss_budget_mib"], f
+    assert f["rss_peak_large_mib"] < f["rss_budget_mib"], f
+    assert f["healthy_after"]
