@@ -20,9 +20,12 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Property tests with fresh random examples, many more than make test runs (about 5 min).
+# Property tests and the OpenAPI-driven API fuzzing with fresh random examples, many more than
+# make test runs (5000 per property or operation). The API run needs the CI-sized model: it
+# trains it (about 8 min on 2 cores) unless COVIDCT_TEST_CI_RUN names a finished run.
 fuzz: setup
-	COVIDCT_FUZZ=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/covidct/test_preprocessing_properties.py
+	COVIDCT_FUZZ=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/covidct/test_preprocessing_properties.py tests/integration/test_api_fuzz.py
 
 serve: setup
 	$(BIN)/covidct serve

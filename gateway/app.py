@@ -15,13 +15,15 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from gateway.deps import GatewayState, Metrics, request_id
 from gateway.envelope import Envelope
-from gateway.errors import BadRequest, GatewayError, problem_body
+from gateway.errors import BadRequest, GatewayError, HTTPProblem, problem_body
 from gateway.limits import BodyLimit
 from gateway.routes import admin, health, page, predict, study
+from gateway.schemas import ANY_ROUTE
 from gateway.settings import GatewaySettings, get_settings
 from gateway.triton import Backend, TritonBackend
 
@@ -66,6 +68,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
         description="COVID-19 chest CT slice classification. Not a medical device.",
+        responses=ANY_ROUTE,
     )
 
     # The envelope (request id, API key, saturation, metrics, log) wraps the body cap: 401
@@ -78,6 +81,14 @@ def create_app(
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return problem(exc, request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.error("framework error %d: %s", exc.status_code, exc.detail)
+        else:
+            log.info("framework answer %d: %s", exc.status_code, exc.detail)
+        return problem(HTTPProblem(exc.status_code, dict(exc.headers or {})), request)
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:

@@ -6,6 +6,9 @@ Every error answer is JSON problem details (RFC 9457): ``type``, ``title``, ``st
 
 from __future__ import annotations
 
+from http import HTTPStatus
+from typing import ClassVar
+
 from covidct import preprocessing as pp
 
 
@@ -81,6 +84,22 @@ class InferenceTimeout(GatewayError):
 
 class InferenceError(GatewayError):
     status, title = 502, "Inference server error"
+
+
+class HTTPProblem(GatewayError):
+    """An HTTP error raised by the framework (unknown route, wrong method, unparsable body),
+    answered in the same problem format and our own words."""
+
+    WORDS: ClassVar[dict[int, str]] = {
+        400: "the request body could not be parsed",
+        404: "no such route; the API is described at /docs",
+        405: "this route does not take that method",
+    }
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        phrase = HTTPStatus(status).phrase if status in set(HTTPStatus) else "Error"
+        super().__init__(self.WORDS.get(status, phrase.lower()), headers)
+        self.status, self.title = status, phrase
 
 
 def problem_body(error: GatewayError, request_id: str) -> dict[str, object]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -73,3 +76,72 @@ class Problem(BaseModel):
     status: int
     detail: str
     request_id: str
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready, or not ready")
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, each answered as problem details (RFC 9457)."""
+    return {
+        status: {
+            "model": Problem,
+            "description": HTTPStatus(status).phrase,
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
+        }
+        for status in statuses
+    }
+
+
+#: What any route can answer before it runs: a bad or oversized body or head (gateway.limits).
+ANY_ROUTE = problems(400, 408, 413, 431)
+#: What a prediction can answer besides 200.
+PREDICTION_ERRORS = problems(401, 415, 422, 502, 503, 504)
+
+
+def binary(description: str) -> dict[str, Any]:
+    return {"type": "string", "format": "binary", "description": description}
+
+
+#: The request body of /v1/predict, for the OpenAPI document (the route reads it itself).
+SLICE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": binary("one slice: PNG, JPEG or DICOM")},
+                    "required": ["file"],
+                }
+            },
+            **{
+                media: {"schema": binary("one slice, the bytes as the body")}
+                for media in (
+                    "application/octet-stream",
+                    "image/png",
+                    "image/jpeg",
+                    "application/dicom",
+                )
+            },
+        },
+    }
+}
+#: The request body of /v1/predict/study.
+STUDY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": binary("one slice per file, any field name"),
+                }
+            },
+            "application/zip": {"schema": binary("one zip of the slices (stored or deflate)")},
+        },
+    }
+}

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from gateway.deps import state_of
 from gateway.errors import AdminDisabled, AdminUnauthorized
+from gateway.schemas import problems
 
 
 def require_admin(request: Request) -> None:
@@ -26,7 +27,11 @@ def require_admin(request: Request) -> None:
         raise AdminUnauthorized("send the admin key in X-Admin-Key")
 
 
-router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin/v1",
+    dependencies=[Depends(require_admin)],
+    responses=problems(401, 403, 409, 503),
+)
 
 
 class SwitchRequest(BaseModel):

@@ -6,11 +6,12 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.deps import state_of
 from gateway.errors import GatewayError, NotReady
+from gateway.schemas import Readiness, problems
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -22,7 +23,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Triton or the model is not ready"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Triton and the model are ready (and the ModelSpec was read)."""
     gw = state_of(request)
@@ -38,7 +43,7 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=problems(401, 503))
 async def models(request: Request) -> dict[str, Any]:
     """The served model, its versions and its ModelSpec."""
     gw = state_of(request)
@@ -59,7 +64,11 @@ async def models(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics."""
     return Response(

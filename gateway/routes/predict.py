@@ -14,7 +14,14 @@ from covidct.preprocessing import Preprocessed, PreprocessingError, preprocess_b
 from gateway.deps import request_id, state_of
 from gateway.errors import from_preprocessing
 from gateway.heatmap import overlay_png
-from gateway.schemas import ModelInfo, Prediction, PreprocessingInfo, Timings
+from gateway.schemas import (
+    PREDICTION_ERRORS,
+    SLICE_BODY,
+    ModelInfo,
+    Prediction,
+    PreprocessingInfo,
+    Timings,
+)
 from gateway.uploads import read_upload
 
 log = logging.getLogger(__name__)
@@ -77,7 +84,13 @@ async def predict_one(
     )
 
 
-@router.post("/v1/predict", response_model=Prediction, response_model_exclude_none=True)
+@router.post(
+    "/v1/predict",
+    response_model=Prediction,
+    response_model_exclude_none=True,
+    responses=PREDICTION_ERRORS,
+    openapi_extra=SLICE_BODY,
+)
 @router.post(
     "/predict", response_model=Prediction, response_model_exclude_none=True, include_in_schema=False
 )

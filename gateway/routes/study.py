@@ -19,7 +19,15 @@ from gateway.errors import (
     UnusableSlice,
 )
 from gateway.routes.predict import predict_one
-from gateway.schemas import Prediction, SliceResult, StudyPrediction, StudySummary, Timings
+from gateway.schemas import (
+    PREDICTION_ERRORS,
+    STUDY_BODY,
+    Prediction,
+    SliceResult,
+    StudyPrediction,
+    StudySummary,
+    Timings,
+)
 from gateway.uploads import StudySlice, open_study
 
 router = APIRouter()
@@ -70,7 +78,13 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
     return group.exceptions[0]
 
 
-@router.post("/v1/predict/study", response_model=StudyPrediction, response_model_exclude_none=True)
+@router.post(
+    "/v1/predict/study",
+    response_model=StudyPrediction,
+    response_model_exclude_none=True,
+    responses=PREDICTION_ERRORS,
+    openapi_extra=STUDY_BODY,
+)
 async def predict_study(request: Request) -> StudyPrediction:
     """Classify every slice of one series concurrently (Triton batches them) and summarise."""
     gw = state_of(request)

@@ -449,9 +449,8 @@ CORPUS: list[Case] = [
         "GET on the predict route",
         lambda i: Raw(method="GET", content_length=None),
         405,
-        ours=False,
     ),
-    Case("unknown route", lambda i: Raw(path="/v1/predict/../../etc/passwd"), 404, ours=False),
+    Case("unknown route", lambda i: Raw(path="/v1/predict/../../etc/passwd"), 404),
     Case(
         "admin call without its key",
         lambda i: Raw(
