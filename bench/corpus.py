@@ -1,5 +1,6 @@
-"""Real CT data for benchmarks and tests: all 123 shared slices when the checkout sits beside
-``shared/data`` (or ``$COVIDCT_REAL_DATA`` names a copy), else the test fixtures' five.
+"""Real CT data for benchmarks and tests: all 123 shared slices and 11 DICOMs when the checkout
+sits beside ``shared/data`` (or ``$COVIDCT_REAL_DATA`` names a copy), else the test fixtures'
+five slices and five DICOMs, laid out the same way (``covidxct-real/``, ``dicom/MANIFEST.csv``).
 
 Exports and redeploys never read this: they use the slices packaged in ``covidct.samples``.
 """
@@ -34,9 +35,7 @@ def real_data_dir() -> Path:
 
 def real_pngs(root: Path) -> list[Path]:
     """The real 512x512 slices under a data root: all 123, or the fixtures' five."""
-    return sorted((root / "covidxct-real" / "images").glob("*.png")) or sorted(
-        (root / "covidxct-mini" / "images").glob("*.png")
-    )
+    return sorted((root / "covidxct-real" / "images").glob("*.png"))
 
 
 def real_images(spec: ModelSpec, limit: int) -> np.ndarray:

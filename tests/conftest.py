@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from bench.corpus import REPO
+from bench.corpus import real_data_dir
 from tests.cli_helpers import CI_DATA, CI_TRAIN, covidct
 from tests.wheel import InstalledWheel, install_wheel
 
@@ -20,15 +20,23 @@ FIXTURES = Path(__file__).parent / "fixtures"
 settings.register_profile("ci", max_examples=120, derandomize=True)
 settings.register_profile("fuzz", max_examples=int(os.environ.get("COVIDCT_FUZZ_EXAMPLES", "5000")))
 settings.load_profile("fuzz" if os.environ.get("COVIDCT_FUZZ") else "ci")
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The 123 real slices and 11 DICOMs; the tests that need all of them skip without it."""
-    if not (SHARED_DATA / "covidxct-real").is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def real_data() -> Path:
+    """Real CT data, never skipped: ../shared/data (123 slices, 11 DICOMs) when the checkout
+    sits beside it, else tests/fixtures (5 slices, 5 DICOMs) in the same layout. Tests count
+    what the root holds, not fixed numbers."""
+    return real_data_dir()
+
+
+def real_split(root: Path) -> list[tuple[str, int, tuple[int, int, int, int]]]:
+    """The official COVIDx CT-3A lines of a real-data root: file, class, body box."""
+    rows = []
+    for line in (root / "covidxct-real" / "test_COVIDx-CT.txt").read_text().splitlines():
+        name, label, *box = line.split()
+        rows.append((name, int(label), (int(box[0]), int(box[1]), int(box[2]), int(box[3]))))
+    return rows
 
 
 @pytest.fixture(scope="session")

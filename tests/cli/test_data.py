@@ -15,7 +15,7 @@ from tests.cli_helpers import covidct
 def test_preprocess_json_and_out(fixtures: Path, tmp_path: Path) -> None:
     # PNG bytes under a .dcm name: the format comes from the bytes.
     src = tmp_path / "slice.dcm"
-    shutil.copy(fixtures / "covidxct-mini" / "images" / "COVIDCTMD-P001-IM0038.png", src)
+    shutil.copy(fixtures / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png", src)
     out = tmp_path / "input.png"
     run = covidct("preprocess", src, "--size", "128", "--out", out, "--json")
     assert run.returncode == 0, run.stderr
@@ -59,28 +59,28 @@ def test_preprocess_errors_name_the_file(fixtures: Path, tmp_path: Path) -> None
         assert "Traceback" not in run.stderr
 
 
-def test_data_check_real_and_broken(shared_data: Path, tmp_path: Path) -> None:
-    run = covidct("data", "check", shared_data / "covidxct-real")
+def test_data_check_real_and_broken(real_data: Path, tmp_path: Path) -> None:
+    run = covidct("data", "check", real_data / "covidxct-real")
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.splitlines()[0].startswith("test: Normal=")
     broken = tmp_path / "broken"
-    shutil.copytree(shared_data / "covidxct-real", broken)
+    shutil.copytree(real_data / "covidxct-real", broken)
     (broken / "images").chmod(0o755)
     for p in (broken / "images").iterdir():
         p.chmod(0o644)
     (broken / "test_COVIDx-CT.txt").chmod(0o644)
-    (broken / "images" / "COVIDCTMD-P001-IM0030.png").unlink()
     lines = (broken / "test_COVIDx-CT.txt").read_text().splitlines()
-    lines[9] = lines[9].split()[0] + " 5 0 100 512 400"
-    lines[19] = lines[19].split()[0] + " 0 0 100 700 400"
+    (broken / "images" / lines[0].split()[0]).unlink()
+    lines[1] = lines[1].split()[0] + " 5 0 100 512 400"
+    lines[2] = lines[2].split()[0] + " 0 0 100 700 400"
     (broken / "test_COVIDx-CT.txt").write_text("\n".join(lines) + "\n")
     run = covidct("data", "check", broken)
     assert run.returncode == 1
     out = run.stdout
     assert "3 problem(s)" in out
-    assert "test_COVIDx-CT.txt:4: COVIDCTMD-P001-IM0030.png: image not found" in out
-    assert "test_COVIDx-CT.txt:10:" in out and "bad class 5" in out
-    assert "test_COVIDx-CT.txt:20:" in out and "outside the 512x512 image" in out
+    assert f"test_COVIDx-CT.txt:1: {lines[0].split()[0]}: image not found" in out
+    assert "test_COVIDx-CT.txt:2:" in out and "bad class 5" in out
+    assert "test_COVIDx-CT.txt:3:" in out and "outside the 512x512 image" in out
 
 
 def test_synth_then_prepare(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import pytest
 from covidct.dataset import patient_id, read_covidx
 
 
-def test_real_folder_reads_clean(shared_data: Path) -> None:
-    root = shared_data / "covidxct-real"
+def test_real_folder_reads_clean(real_data: Path) -> None:
+    root = real_data / "covidxct-real"
     ds = read_covidx(root)
     assert ds.problems == []
     # Independent count straight from the label file.
@@ -20,7 +20,7 @@ def test_real_folder_reads_clean(shared_data: Path) -> None:
     expected = Counter(int(line.split()[1]) for line in lines if line.strip())
     counts = ds.class_counts("test")
     assert counts == {"Normal": expected[0], "Pneumonia": expected[1], "COVID-19": expected[2]}
-    assert sum(counts.values()) == 123
+    assert sum(counts.values()) == len(list((root / "images").glob("*.png")))
     assert ds.summary_line("test") == (
         f"test: Normal={expected[0]} Pneumonia={expected[1]} COVID-19={expected[2]}"
     )
@@ -52,7 +52,7 @@ def test_patient_ids(name: str, patient: str) -> None:
 def broken(fixtures: Path, tmp_path: Path) -> Path:
     """A copy of the mini folder with one problem of each kind, at known lines."""
     root = tmp_path / "broken"
-    shutil.copytree(fixtures / "covidxct-mini", root)
+    shutil.copytree(fixtures / "covidxct-real", root)
     (root / "images" / "COVIDCTMD-normal002-IM0001.png").unlink()
     (root / "images" / "not_an_image.png").write_bytes(b"this is text")
     shutil.copy(
@@ -94,7 +94,7 @@ def test_broken_folder_lists_every_problem_with_its_line(broken: Path) -> None:
 
 def test_leakage_between_splits_is_reported(fixtures: Path, tmp_path: Path) -> None:
     root = tmp_path / "leaky"
-    shutil.copytree(fixtures / "covidxct-mini", root)
+    shutil.copytree(fixtures / "covidxct-real", root)
     lines = (root / "test_COVIDx-CT.txt").read_text().splitlines()
     (root / "test_COVIDx-CT.txt").write_text("\n".join(lines[:3]) + "\n")
     (root / "train_COVIDx-CT.txt").write_text("\n".join(lines[3:]) + "\n")

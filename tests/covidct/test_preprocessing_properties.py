@@ -37,7 +37,7 @@ def _jpeg(png: bytes, progressive: bool) -> bytes:
     return buf.getvalue()
 
 
-_PNG = (FIXTURES / "covidxct-mini" / "images" / "COVIDCTMD-normal002-IM0042.png").read_bytes()
+_PNG = (FIXTURES / "covidxct-real" / "images" / "COVIDCTMD-normal002-IM0042.png").read_bytes()
 REAL = {
     "png": _PNG,
     "jpeg": _jpeg(_PNG, progressive=False),

@@ -45,7 +45,7 @@ def _client(fake: FakeTriton | None = None, **settings) -> TestClient:
 
 @pytest.fixture(scope="module")
 def png(fixtures: Path) -> bytes:
-    return (fixtures / "covidxct-mini" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
+    return (fixtures / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
 
 
 def test_admin_is_disabled_without_a_key_and_needs_the_right_one() -> None:

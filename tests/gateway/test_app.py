@@ -68,7 +68,7 @@ def client(fake: FakeTriton | None = None, **settings) -> TestClient:
 
 @pytest.fixture(scope="module")
 def png(fixtures: Path) -> bytes:
-    return (fixtures / "covidxct-mini" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
+    return (fixtures / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
 
 
 def test_predict_multipart_png(png: bytes) -> None:

@@ -82,4 +82,4 @@ def test_a_fatal_error_cancels_the_other_slices_and_releases_the_version(png: by
 
 @pytest.fixture(scope="module")
 def png(fixtures) -> bytes:
-    return (fixtures / "covidxct-mini" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
+    return (fixtures / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()

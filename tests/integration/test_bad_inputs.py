@@ -35,7 +35,7 @@ def test_the_corpus_has_every_kind_the_issue_names() -> None:
 def test_every_bad_input_gets_its_status_and_the_server_keeps_serving(
     server, fixtures: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    png = (fixtures / "covidxct-mini" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
+    png = (fixtures / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
     inputs = Inputs(png, fixtures)
     settings = GatewaySettings(triton_url=f"127.0.0.1:{server.grpc_port}", **CORPUS_SETTINGS)
     caplog.set_level(logging.DEBUG)

@@ -116,8 +116,8 @@ def test_triton_killed_under_load_then_sigterm_under_load(
         env={**os.environ, "COVIDCT_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S)},
     )
     url = f"http://127.0.0.1:{port}"
-    png = (fixtures / "covidxct-mini" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
-    pngs = sorted((fixtures / "covidxct-mini" / "images").glob("*.png"))
+    png = (fixtures / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
+    pngs = sorted((fixtures / "covidxct-real" / "images").glob("*.png"))
     study = [("files", (p.name, p.read_bytes())) for p in pngs] * 2  # 10 slices
     try:
         assert _wait(lambda: _status(f"{url}/readyz") == 200, 180), "serve did not get ready"

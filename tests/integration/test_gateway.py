@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.corpus import real_pngs
 from covidct.config import ModelSpec
 from covidct.preprocessing import preprocess_bytes
 from gateway.app import create_app
@@ -19,17 +20,17 @@ from tests.integration.test_triton import _infer
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
 
-def test_gateway_equals_triton_and_the_saved_model(server, ci_run: Path, shared_data: Path) -> None:
+def test_gateway_equals_triton_and_the_saved_model(server, ci_run: Path, real_data: Path) -> None:
     import tensorflow as tf
 
     spec = ModelSpec.load(ci_run / "model_spec.json")
     rows = [
         r
-        for r in csv.DictReader((shared_data / "dicom" / "MANIFEST.csv").open())
+        for r in csv.DictReader((real_data / "dicom" / "MANIFEST.csv").open())
         if r["matching_covidxct_png"]
     ][:3]
-    files = [shared_data / "dicom" / r["file"] for r in rows] + [
-        shared_data / "covidxct-real" / "images" / r["matching_covidxct_png"] for r in rows
+    files = [real_data / "dicom" / r["file"] for r in rows] + [
+        real_data / "covidxct-real" / "images" / r["matching_covidxct_png"] for r in rows
     ]
     settings = GatewaySettings(triton_url=f"127.0.0.1:{server.grpc_port}")
     sig = tf.saved_model.load(str(ci_run / "saved_model")).signatures["serving_default"]
@@ -67,8 +68,8 @@ def test_gateway_reports_not_ready_without_triton() -> None:
         assert r.status_code == 503, r.text
 
 
-def test_study_slices_reach_triton_together(server, shared_data: Path) -> None:
-    pngs = sorted((shared_data / "covidxct-real" / "images").glob("*.png"))[:16]
+def test_study_slices_reach_triton_together(server, real_data: Path) -> None:
+    pngs = (real_pngs(real_data) * 4)[:16]  # the fixtures hold five: repeated
 
     def counts() -> tuple[int, int]:
         stats = server.statistics("covidct")["model_stats"]

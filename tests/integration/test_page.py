@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group
 def _chromium() -> tuple[Any, str]:
     """Headless Debian Chromium (flags as DESIGN.md section 4) and its throwaway profile."""
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.skip("Debian chromium and chromium-driver are not installed (make setup does)")
+        # make setup installs them (apt): their absence is a broken setup, not a reason to skip
+        pytest.fail("Debian chromium and chromium-driver are not installed; run make setup")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -40,7 +41,7 @@ def _chromium() -> tuple[Any, str]:
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options), profile
 
 
-def test_page_shows_the_result_for_a_real_slice(gateway_url: str, shared_data: Path) -> None:
+def test_page_shows_the_result_for_a_real_slice(gateway_url: str, real_data: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -49,7 +50,7 @@ def test_page_shows_the_result_for_a_real_slice(gateway_url: str, shared_data: P
     try:
         driver.get(gateway_url + "/")
         assert "Not a medical device" in driver.page_source
-        slice_png = shared_data / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png"
+        slice_png = real_data / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png"
         driver.find_element(By.ID, "file").send_keys(str(slice_png))
         WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.ID, "result")))
         label = driver.find_element(By.ID, "label").text
@@ -71,7 +72,7 @@ def test_page_shows_the_result_for_a_real_slice(gateway_url: str, shared_data: P
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_page_works_with_an_api_key(server, shared_data: Path) -> None:
+def test_page_works_with_an_api_key(server, real_data: Path) -> None:
     """With COVIDCT_API_KEY set the page still loads; a call without the key says what to do,
     and with the key typed into the page the slice is classified."""
     from selenium.webdriver.common.by import By
@@ -79,7 +80,7 @@ def test_page_works_with_an_api_key(server, shared_data: Path) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     settings = GatewaySettings(triton_url=f"127.0.0.1:{server.grpc_port}", api_key="s3cret")
-    slice_png = shared_data / "covidxct-real" / "images" / "COVIDCTMD-cap001-IM0070.png"
+    slice_png = real_data / "covidxct-real" / "images" / "COVIDCTMD-cap001-IM0070.png"
     driver, profile = _chromium()
     try:
         with running_gateway(settings) as url:

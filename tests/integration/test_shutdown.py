@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.corpus import real_pngs
 from serving.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ def test_tritonserver_dies_with_a_parent_killed_by_sigkill(tmp_path: Path) -> No
 @pytest.mark.integration
 @pytest.mark.xdist_group("ci-run")
 def test_sigterm_to_covidct_serve_drains_then_stops_gateway_and_triton(
-    repository: Path, tmp_path: Path, shared_data: Path
+    repository: Path, tmp_path: Path, real_data: Path
 ) -> None:
     """SIGTERM with studies in flight: every one is answered 200 (none cut), then the gateway
     and Triton stop, the command exits 0 and nothing it started is left running."""
@@ -105,7 +106,7 @@ def test_sigterm_to_covidct_serve_drains_then_stops_gateway_and_triton(
         cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
-    pngs = sorted((shared_data / "covidxct-real" / "images").glob("*.png"))[:16]
+    pngs = (real_pngs(real_data) * 4)[:16]  # the fixtures hold five: repeated
     study = [("files", (p.name, p.read_bytes())) for p in pngs]
     try:
 

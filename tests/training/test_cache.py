@@ -74,7 +74,7 @@ def test_broken_dataset_is_refused_before_anything_is_written(
     fixtures: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "d"
-    shutil.copytree(fixtures / "covidxct-mini", root)
+    shutil.copytree(fixtures / "covidxct-real", root)
     (root / "images" / "COVIDCTMD-P001-IM0038.png").unlink()
     with pytest.raises(DatasetError, match="image not found"):
         prepare_cache(root, tmp_path / "c", size=32)
@@ -83,7 +83,7 @@ def test_broken_dataset_is_refused_before_anything_is_written(
 
 def test_slices_that_fail_preprocessing_are_listed(fixtures: Path, tmp_path: Path) -> None:
     root = tmp_path / "d"
-    shutil.copytree(fixtures / "covidxct-mini", root)
+    shutil.copytree(fixtures / "covidxct-real", root)
     # A readable header with garbage pixel data: passes the header check, fails decoding.
     path = root / "images" / "COVIDCTMD-P001-IM0038.png"
     path.write_bytes(path.read_bytes()[:2000])

@@ -74,7 +74,7 @@ def test_class_weights_equalise_classes() -> None:
 
 
 def test_missing_splits_explain_what_to_do(fixtures: Path, tmp_path: Path) -> None:
-    prepare_cache(fixtures / "covidxct-mini", tmp_path / "c", size=32)
+    prepare_cache(fixtures / "covidxct-real", tmp_path / "c", size=32)
     mini = SlicePool.open(PreparedCache(tmp_path / "c"))
     with pytest.raises(SplitError, match="--auto-split patient"):
         mini.splits()

@@ -8,6 +8,7 @@ training (xdist group "ci-run"), so it is trained once.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 
 def _real_inputs(fixtures: Path, size: int) -> np.ndarray:
-    images = sorted((fixtures / "covidxct-mini" / "images").glob("*.png"))
+    images = sorted((fixtures / "covidxct-real" / "images").glob("*.png"))
     return np.stack([preprocess_bytes(p.read_bytes(), size).image for p in images])
 
 
@@ -199,8 +200,31 @@ def test_same_seed_same_model(tmp_path: Path, synth_dir: Path, cache_env, fixtur
 
 
 @pytest.mark.xdist_group("real")
-def test_real_slices_end_to_end(shared_data: Path, tmp_path: Path, cache_env) -> None:
-    real = shared_data / "covidxct-real"
+def _real_folder(real_data: Path, tmp_path: Path) -> Path:
+    """The real slices to train on: all of ../shared/data's, or (with only the fixtures' five)
+    those five and the six packaged with covidct, their official lines merged (7 slices)."""
+    real = real_data / "covidxct-real"
+    if len(list((real / "images").glob("*.png"))) >= 100:
+        return real
+    from covidct.samples import samples_dir
+
+    merged = tmp_path / "real"
+    (merged / "images").mkdir(parents=True)
+    lines: dict[str, str] = {}
+    for folder, labels in (
+        (real / "images", real / "test_COVIDx-CT.txt"),
+        (samples_dir(), samples_dir() / "labels.txt"),
+    ):
+        for line in labels.read_text().splitlines():
+            name = line.split()[0]
+            lines[name] = line
+            shutil.copyfile(folder / name, merged / "images" / name)
+    (merged / "test_COVIDx-CT.txt").write_text("\n".join(lines.values()) + "\n")
+    return merged
+
+
+def test_real_slices_end_to_end(real_data: Path, tmp_path: Path, cache_env) -> None:
+    real = _real_folder(real_data, tmp_path)
     refused = covidct("train", "--data", real, "--out", tmp_path / "r0", *TINY_TRAIN, env=cache_env)
     assert refused.returncode == 2
     assert "--auto-split patient" in " ".join(refused.stderr.split())
