@@ -106,18 +106,18 @@ def binary(description: str) -> dict[str, Any]:
     return {"type": "string", "format": "binary", "description": description}
 
 
+def multipart(**schema: Any) -> dict[str, Any]:
+    return {"multipart/form-data": {"schema": {"type": "object", **schema}}}
+
+
 #: The request body of /v1/predict, for the OpenAPI document (the route reads it itself).
 SLICE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": binary("one slice: PNG, JPEG or DICOM")},
-                    "required": ["file"],
-                }
-            },
+            **multipart(
+                properties={"file": binary("one slice: PNG, JPEG or DICOM")}, required=["file"]
+            ),
             **{
                 media: {"schema": binary("one slice, the bytes as the body")}
                 for media in (
@@ -135,12 +135,7 @@ STUDY_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": binary("one slice per file, any field name"),
-                }
-            },
+            **multipart(additionalProperties=binary("one slice per file, any field name")),
             "application/zip": {"schema": binary("one zip of the slices (stored or deflate)")},
         },
     }

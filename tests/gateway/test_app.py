@@ -23,6 +23,7 @@ from gateway.app import create_app
 from gateway.errors import InferenceTimeout, NotReady
 from gateway.settings import GatewaySettings
 from gateway.triton import Inference
+from tests.builders import huge_png_dims
 
 SPEC = ModelSpec(image_size=64, provenance=Provenance(synthetic=True))
 
@@ -123,24 +124,6 @@ def _png(shape: tuple[int, ...], mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _huge_png() -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
-        + chunk(b"IEND", b"")
-    )
-
-
 BAD_INPUTS = [
     ("empty", lambda png, fx: b"", 400),
     ("truncated png", lambda png, fx: png[:3000], 400),
@@ -151,7 +134,7 @@ BAD_INPUTS = [
     ("zip", lambda png, fx: _zip(), 415),
     ("gif", lambda png, fx: b"GIF89a" + b"\x00" * 100, 415),
     ("json", lambda png, fx: b'{"image": "slice.png"}', 415),
-    ("huge dimensions", lambda png, fx: _huge_png(), 413),
+    ("huge dimensions", lambda png, fx: huge_png_dims(60_000), 413),
     ("too small png", lambda png, fx: _png((16, 16)), 422),
     ("non-CT dicom (MR)", lambda png, fx: _dicom(lambda d: setattr(d, "Modality", "MR")), 422),
     ("colour dicom", lambda png, fx: (fx / "dicom" / "c_dicom.dcm").read_bytes(), 422),

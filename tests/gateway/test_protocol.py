@@ -4,36 +4,20 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
-from gateway.app import create_app
-from gateway.protocol import MAX_HEAD_BYTES, UVICORN_OPTIONS
+from gateway.protocol import MAX_HEAD_BYTES
 from gateway.settings import GatewaySettings
-from serving.server import free_port
 from tests.gateway.test_app import FakeTriton
+from tests.integration.conftest import running_gateway
 
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    app = create_app(GatewaySettings(), backend_factory=lambda s: FakeTriton())
-    number = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=number, log_level="warning", **UVICORN_OPTIONS
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield number
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_gateway(GatewaySettings(), lambda s: FakeTriton()) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def test_an_endless_header_is_refused_after_a_bounded_number_of_bytes(port: int) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from gateway.uploads import zip_slices
+from tests.builders import zip_of
 from tests.gateway.test_app import client
 
 MiB = 1 << 20
@@ -26,22 +27,14 @@ def unzip_slices(
     return [(s.name, s.read()) for s in slices]
 
 
-def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=method) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
-
-
 def _bomb(expands_to: int) -> bytes:
     """One deflated member of zeros: a few hundred kB that expand to ``expands_to``."""
-    return _zip({"slice.dcm": bytes(expands_to)})
+    return zip_of({"slice.dcm": bytes(expands_to)})
 
 
 def _lying_bomb(expands_to: int) -> bytes:
     """The same, with headers that declare 1 kB."""
-    blob = bytearray(_zip({"slice.dcm": bytes(expands_to)}))
+    blob = bytearray(zip_of({"slice.dcm": bytes(expands_to)}))
     for sig, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central headers
         at = blob.find(sig)
         blob[at + offset : at + offset + 4] = struct.pack("<I", 1000)
@@ -49,7 +42,7 @@ def _lying_bomb(expands_to: int) -> bytes:
 
 
 def _encrypted() -> bytes:
-    blob = bytearray(_zip({"slice.dcm": b"x" * 100}, zipfile.ZIP_STORED))
+    blob = bytearray(zip_of({"slice.dcm": b"x" * 100}, zipfile.ZIP_STORED))
     for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # general-purpose flag bit 0
         at = blob.find(sig)
         blob[at + offset] |= 0x1
@@ -57,7 +50,7 @@ def _encrypted() -> bytes:
 
 
 def _corrupt_deflate() -> bytes:
-    blob = bytearray(_zip({"slice.dcm": bytes(range(256)) * 400}))
+    blob = bytearray(zip_of({"slice.dcm": bytes(range(256)) * 400}))
     start = blob.find(b"slice.dcm") + len("slice.dcm")
     blob[start + 10 : start + 60] = b"\xff" * 50  # inside the deflate stream
     return bytes(blob)
@@ -68,37 +61,42 @@ HOSTILE: list[tuple[str, Callable[[], bytes], type[Exception], str]] = [
     ("bomb declaring 1 kB", lambda: _lying_bomb(200 * MiB), BadRequest, "is corrupt"),
     (
         "members summing past the cap",
-        lambda: _zip({f"{i}.dcm": bytes(10 * MiB) for i in range(8)}),
+        lambda: zip_of({f"{i}.dcm": bytes(10 * MiB) for i in range(8)}),
         PayloadTooLarge,
         "expands beyond 67108864",
     ),
     (
         "too many members",
-        lambda: _zip({f"{i}.dcm": b"x" for i in range(11)}),
+        lambda: zip_of({f"{i}.dcm": b"x" for i in range(11)}),
         PayloadTooLarge,
         "11 files",
     ),
     ("encrypted member", _encrypted, UnsupportedMediaType, "encrypted"),
     (
         "bzip2 member",
-        lambda: _zip({"a.dcm": b"x" * 100}, zipfile.ZIP_BZIP2),
+        lambda: zip_of({"a.dcm": b"x" * 100}, zipfile.ZIP_BZIP2),
         UnsupportedMediaType,
         "compression method 12",
     ),
     (
         "lzma member",
-        lambda: _zip({"a.dcm": b"x" * 100}, zipfile.ZIP_LZMA),
+        lambda: zip_of({"a.dcm": b"x" * 100}, zipfile.ZIP_LZMA),
         UnsupportedMediaType,
         "compression method 14",
     ),
     ("corrupt deflate data", _corrupt_deflate, BadRequest, "is corrupt"),
     (
         "nested zip",
-        lambda: _zip({"inner.zip": _zip({"a.dcm": b"x"})}),
+        lambda: zip_of({"inner.zip": zip_of({"a.dcm": b"x"})}),
         UnsupportedMediaType,
         "itself a zip",
     ),
-    ("truncated archive", lambda: _zip({"a.dcm": b"x" * 5000})[:-30], BadRequest, "unreadable zip"),
+    (
+        "truncated archive",
+        lambda: zip_of({"a.dcm": b"x" * 5000})[:-30],
+        BadRequest,
+        "unreadable zip",
+    ),
 ]
 
 
@@ -116,7 +114,7 @@ def test_hostile_zips_raise_our_errors(
 
 
 def test_member_names_are_reported_as_sent_and_paths_are_only_names() -> None:
-    blob = _zip({"../../etc/passwd": b"a", "dir/IM0001.dcm": b"b"})
+    blob = zip_of({"../../etc/passwd": b"a", "dir/IM0001.dcm": b"b"})
     assert unzip_slices(blob, 10, MiB, MiB) == [
         ("../../etc/passwd", b"a"),
         ("dir/IM0001.dcm", b"b"),
@@ -130,8 +128,8 @@ def test_member_names_are_reported_as_sent_and_paths_are_only_names() -> None:
         (_lying_bomb(64 * MiB), 422),  # the one member is corrupt: no usable slice
         (_encrypted(), 415),
         (_corrupt_deflate(), 422),
-        (_zip({}), 400),
-        (_zip({"a.zip": _zip({"b.dcm": b"x"})}), 422),
+        (zip_of({}), 400),
+        (zip_of({"a.zip": zip_of({"b.dcm": b"x"})}), 422),
     ],
     ids=["bomb", "lying-bomb", "encrypted", "corrupt", "empty", "nested"],
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import socket
-import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -22,6 +21,8 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.uid import UID
+
+from tests.builders import huge_png_dims, png_chunk, zip_of
 
 MiB = 1 << 20
 CORPUS_SETTINGS = {
@@ -111,11 +112,6 @@ def raw_send(
 # --- builders -------------------------------------------------------------------------------
 
 
-def _png_chunk(kind: bytes, body: bytes, length: int | None = None) -> bytes:
-    size = len(body) if length is None else length
-    return struct.pack(">I", size) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
 def _with_chunk(png: bytes, chunk: bytes) -> bytes:
     """``chunk`` inserted right after IHDR (8-byte signature + 25-byte IHDR chunk)."""
     return png[:33] + chunk + png[33:]
@@ -148,16 +144,6 @@ def _apng(inputs: Inputs) -> bytes:
     buf = io.BytesIO()
     first.save(buf, format="PNG", save_all=True, append_images=[second], duration=100, loop=0)
     return buf.getvalue()
-
-
-def _huge_png_dims() -> bytes:
-    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 100))
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 def _dicom_bytes(ds: pydicom.Dataset, preamble: bool = True) -> bytes:
@@ -219,16 +205,8 @@ def _broken_transfer_syntax(inputs: Inputs) -> Raw:
     return Raw(body=buf.getvalue())
 
 
-def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=method) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
-
-
-def _encrypted_zip(inputs: Inputs) -> bytes:
-    blob = bytearray(_zip({"IM0001.png": inputs.png}, zipfile.ZIP_STORED))
+def _encryptedzip_of(inputs: Inputs) -> bytes:
+    blob = bytearray(zip_of({"IM0001.png": inputs.png}, zipfile.ZIP_STORED))
     for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # general-purpose flag bit 0
         at = blob.find(sig)
         blob[at + offset] |= 0x1
@@ -236,7 +214,7 @@ def _encrypted_zip(inputs: Inputs) -> bytes:
 
 
 def _corrupt_deflate(inputs: Inputs) -> bytes:
-    blob = bytearray(_zip({"IM0001.png": inputs.png}))
+    blob = bytearray(zip_of({"IM0001.png": inputs.png}))
     start = blob.find(b"IM0001.png") + len("IM0001.png")
     blob[start + 10 : start + 60] = b"\xff" * 50
     return bytes(blob)
@@ -277,7 +255,7 @@ CORPUS: list[Case] = [
         415,
     ),
     Case("pdf", lambda i: Raw(body=b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n"), 415),
-    Case("zip to the slice route", lambda i: Raw(body=_zip({"a.png": i.png})), 415),
+    Case("zip to the slice route", lambda i: Raw(body=zip_of({"a.png": i.png})), 415),
     # Images in formats we do not take
     Case("tiff", lambda i: Raw(body=_image(_slice_array(i), "TIFF")), 415),
     Case("bmp", lambda i: Raw(body=_image(_slice_array(i), "BMP")), 415),
@@ -285,22 +263,22 @@ CORPUS: list[Case] = [
     # PNG oddities
     Case("truncated png", lambda i: Raw(body=i.png[:3000]), 400),
     Case("png signature then zeros", lambda i: Raw(body=i.png[:8] + b"\x00" * 500), 400),
-    Case("png declaring 100000x100000", lambda i: Raw(body=_huge_png_dims()), 413),
+    Case("png declaring 100000x100000", lambda i: Raw(body=huge_png_dims()), 413),
     Case(
         "png with an ancillary chunk declaring 2 GiB",
-        lambda i: Raw(body=_with_chunk(i.png, _png_chunk(b"prVt", b"x" * 16, length=0x7FFFFFF0))),
+        lambda i: Raw(body=_with_chunk(i.png, png_chunk(b"prVt", b"x" * 16, length=0x7FFFFFF0))),
         400,
     ),
     Case(
         "png with a 4 MiB private chunk (valid: skipped)",
-        lambda i: Raw(body=_with_chunk(i.png, _png_chunk(b"prVt", b"\x00" * (4 * MiB)))),
+        lambda i: Raw(body=_with_chunk(i.png, png_chunk(b"prVt", b"\x00" * (4 * MiB)))),
         200,
     ),
     Case(
         "png with a zTXt chunk inflating to 64 MiB",
         lambda i: Raw(
             body=_with_chunk(
-                i.png, _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"a" * (64 * MiB), 9))
+                i.png, png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"a" * (64 * MiB), 9))
             )
         ),
         400,  # the decoder's text-chunk guard: refused as corrupt
@@ -340,24 +318,24 @@ CORPUS: list[Case] = [
         400,
     ),
     # Studies
-    Case("zip bomb (ratio)", lambda i: _study(_zip({"IM0001.dcm": bytes(64 * MiB)})), 413),
+    Case("zip bomb (ratio)", lambda i: _study(zip_of({"IM0001.dcm": bytes(64 * MiB)})), 413),
     Case(
         "zip bomb (member count)",
-        lambda i: _study(_zip({f"IM{n:05d}.dcm": b"" for n in range(5000)})),
+        lambda i: _study(zip_of({f"IM{n:05d}.dcm": b"" for n in range(5000)})),
         413,
     ),
-    Case("encrypted zip", lambda i: _study(_encrypted_zip(i)), 415),
-    Case("nested zip", lambda i: _study(_zip({"inner.zip": _zip({"IM0001.png": i.png})})), 422),
+    Case("encrypted zip", lambda i: _study(_encryptedzip_of(i)), 415),
+    Case("nested zip", lambda i: _study(zip_of({"inner.zip": zip_of({"IM0001.png": i.png})})), 422),
     Case("zip with corrupt deflate data", lambda i: _study(_corrupt_deflate(i)), 422),
     Case(
         "zip with path-like names (names are only reported)",
-        lambda i: _study(_zip({"../../etc/passwd": i.png, "/abs/IM0002.png": i.png})),
+        lambda i: _study(zip_of({"../../etc/passwd": i.png, "/abs/IM0002.png": i.png})),
         200,
     ),
-    Case("empty zip", lambda i: _study(_zip({})), 400),
+    Case("empty zip", lambda i: _study(zip_of({})), 400),
     Case(
         "study of 1-byte files",
-        lambda i: _study(_zip({f"IM{n}.png": b"\x89" for n in range(5)})),
+        lambda i: _study(zip_of({f"IM{n}.png": b"\x89" for n in range(5)})),
         422,
     ),
     Case(

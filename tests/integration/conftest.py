@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from covidct.samples import reference_slices
 from gateway.app import create_app
 from gateway.protocol import UVICORN_OPTIONS
 from gateway.settings import GatewaySettings
+from gateway.triton import Backend
 from serving.server import TritonServer, free_port
 from tests.wheel import InstalledWheel
 
@@ -53,12 +54,15 @@ def server(repository: Path):
 
 
 @contextmanager
-def running_gateway(settings: GatewaySettings) -> Iterator[str]:
-    """A real gateway (uvicorn on 127.0.0.1, in a thread) with ``settings``; yields its URL."""
+def running_gateway(
+    settings: GatewaySettings, backend_factory: Callable[[GatewaySettings], Backend] | None = None
+) -> Iterator[str]:
+    """A real gateway (uvicorn on 127.0.0.1 as it is served, in a thread) with ``settings``
+    (and a fake Triton from ``backend_factory`` if given); yields its URL."""
     import uvicorn
 
     port = free_port()
-    app = create_app(settings)
+    app = create_app(settings, backend_factory)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", **UVICORN_OPTIONS
     )

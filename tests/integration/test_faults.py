@@ -13,10 +13,7 @@ The figures are printed (run with -s) and quoted in RELIABILITY.md.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -27,8 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.server import free_port
-from tests.integration.test_shutdown import _processes_mentioning, _wait
+from tests.integration.test_shutdown import _processes_mentioning, _wait, start_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
@@ -103,19 +99,8 @@ def _triton_ready(http_port: int) -> bool:
 def test_triton_killed_under_load_then_sigterm_under_load(
     repository: Path, tmp_path: Path, fixtures: Path
 ) -> None:
-    models = tmp_path / "models"
-    shutil.copytree(repository, models)
-    port, grpc, http, metrics = (free_port() for _ in range(4))
-    ports = ["--port", port, "--grpc-port", grpc, "--http-port", http, "--metrics-port", metrics]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--repository", str(models), *map(str, ports)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "COVIDCT_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S)},
-    )
-    url = f"http://127.0.0.1:{port}"
+    serve = start_serve(repository, tmp_path, {"COVIDCT_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S)})
+    proc, models, url, http = serve.process, serve.models, serve.url, serve.http
     png = (fixtures / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
     pngs = sorted((fixtures / "covidxct-real" / "images").glob("*.png"))
     study = [("files", (p.name, p.read_bytes())) for p in pngs] * 2  # 10 slices

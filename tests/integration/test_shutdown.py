@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -59,6 +60,38 @@ def _wait(condition, timeout: float) -> bool:
     return condition()
 
 
+@dataclass
+class Serve:
+    """A `covidct serve` started on a copy of a model repository, with free ports."""
+
+    process: subprocess.Popen[str]
+    models: Path
+    port: int
+    grpc: int
+    http: int
+    metrics: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start_serve(repository: Path, tmp_path: Path, env: dict[str, str] | None = None) -> Serve:
+    models = tmp_path / "models"
+    shutil.copytree(repository, models)
+    port, grpc, http, metrics = (free_port() for _ in range(4))
+    ports = ["--port", port, "--grpc-port", grpc, "--http-port", http, "--metrics-port", metrics]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", "--repository", str(models), *map(str, ports)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **(env or {})},
+    )
+    return Serve(process, models, port, grpc, http, metrics)
+
+
 @pytest.mark.integration
 def test_tritonserver_dies_with_a_parent_killed_by_sigkill(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
@@ -94,18 +127,9 @@ def test_sigterm_to_covidct_serve_drains_then_stops_gateway_and_triton(
 ) -> None:
     """SIGTERM with studies in flight: every one is answered 200 (none cut), then the gateway
     and Triton stop, the command exits 0 and nothing it started is left running."""
-    models = tmp_path / "models"
-    shutil.copytree(repository, models)
-    port, grpc, http, metrics = (free_port() for _ in range(4))
-    ports = ["--port", port, "--grpc-port", grpc, "--http-port", http, "--metrics-port", metrics]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--repository", str(models), *map(str, ports)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}"
+    serve = start_serve(repository, tmp_path)
+    proc, models, url = serve.process, serve.models, serve.url
+    port, grpc, http, metrics = serve.port, serve.grpc, serve.http, serve.metrics
     pngs = (real_pngs(real_data) * 4)[:16]  # the fixtures hold five: repeated
     study = [("files", (p.name, p.read_bytes())) for p in pngs]
     try:
