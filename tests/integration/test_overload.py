@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.overload import run_overload_bench
+from gateway.settings import DECODE_BYTES, KEPT_SLICE_BYTES, GatewaySettings, MiB
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
@@ -27,4 +28,10 @@ def test_ten_times_the_capacity_gets_200_or_a_fast_503_and_memory_stays_in_budge
     assert over["rejected_p99_ms"] < 50, over
     assert f["rss_peak_overload_mib"] < f["rss_budget_mib"], f
     assert f["rss_peak_large_mib"] < f["rss_budget_mib"], f
+    # The budget's terms with the bodies actually sent (8 MiB, not the 64 MiB cap): what an
+    # admitted request may hold, times the in-flight limit, plus the decoding threads.
+    settings = GatewaySettings()
+    per_request = 2 * large["upload_bytes"] + KEPT_SLICE_BYTES
+    bound = settings.max_in_flight * per_request + settings.preprocess_workers * DECODE_BYTES
+    assert f["rss_peak_large_mib"] - f["rss_base_mib"] < bound / MiB, (f, bound / MiB)
     assert f["healthy_after"]
