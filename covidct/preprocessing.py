@@ -423,8 +423,8 @@ def _dicom_to_grey(ds: pydicom.Dataset, limits: Limits) -> np.ndarray:
     except NotImplementedError as e:  # pydicom has no decoder for this transfer syntax
         syntax = str(getattr(ds.get("file_meta"), "TransferSyntaxUID", "") or "none")[:64]
         raise UnsupportedFormatError(
-            f"DICOM transfer syntax {syntax} cannot be decoded here; send uncompressed, "
-            "JPEG, JPEG Lossless, JPEG-LS, JPEG 2000 or RLE"
+            f"DICOM transfer syntax {syntax} cannot be decoded here; send it uncompressed, "
+            "RLE, JPEG, JPEG Lossless or JPEG-LS"
         ) from e
     except Exception as e:  # missing decoder, truncated pixel data, bad transfer syntax
         raise CorruptImageError(

@@ -1,13 +1,13 @@
-"""Request bodies capped in the ASGI layer, before any route reads a byte of them.
+"""Request heads and bodies capped in the ASGI layer, before any route reads a byte of them.
 
-Headers past ``MAX_HEADER_BYTES`` in all are answered 431 (the HTTP server itself drops a head
-of more than about 256 kB).
 Every request gets a byte limit from its path (a slice, a study, anything else). A declared
 ``Content-Length`` over the limit is answered 413 before the body is read (a client sending
 ``Expect: 100-continue`` never sends it); one that is not a single non-negative integer is 400.
 A body without a length (chunked) or longer than it said is counted while it streams and
 stopped with 413 at the limit. A client that stalls mid-body for ``body_idle_timeout_s`` gets
-408, so a slow sender cannot hold an admission slot for ever.
+408, so a slow sender cannot hold an admission slot for ever. Headers past
+``MAX_HEADER_BYTES`` in all are 431 (a head that never ends is refused earlier, while it
+streams in: ``gateway.protocol``).
 """
 
 from __future__ import annotations
