@@ -103,7 +103,7 @@ def test_triton_killed_under_load_then_sigterm_under_load(
     proc, models, url, http = serve.process, serve.models, serve.url, serve.http
     png = (fixtures / "covidxct-real" / "images" / "COVIDCTMD-P001-IM0038.png").read_bytes()
     pngs = sorted((fixtures / "covidxct-real" / "images").glob("*.png"))
-    study = [("files", (p.name, p.read_bytes())) for p in pngs] * 2  # 10 slices
+    study = [("files", (p.name, p.read_bytes())) for p in pngs] * 4  # 20 slices
     try:
         assert _wait(lambda: _status(f"{url}/readyz") == 200, 180), "serve did not get ready"
         [first_triton] = _tritons(models)
@@ -149,7 +149,7 @@ def test_triton_killed_under_load_then_sigterm_under_load(
             out, _ = proc.communicate(timeout=90)
             stopped = time.monotonic()
         answers = load.answers
-        in_flight = [a for a in answers if a.started < term - 0.2 and a.finished > term]
+        in_flight = [a for a in answers if a.started < term - 0.1 and a.finished > term]
         cut = [a for a in in_flight if a.outcome != 200]
         later = {a.outcome for a in answers if a.started >= term}
         assert in_flight, "no study was in flight at SIGTERM"
