@@ -30,15 +30,6 @@ def real_data() -> Path:
     return real_data_dir()
 
 
-def real_split(root: Path) -> list[tuple[str, int, tuple[int, int, int, int]]]:
-    """The official COVIDx CT-3A lines of a real-data root: file, class, body box."""
-    rows = []
-    for line in (root / "covidxct-real" / "test_COVIDx-CT.txt").read_text().splitlines():
-        name, label, *box = line.split()
-        rows.append((name, int(label), (int(box[0]), int(box[1]), int(box[2]), int(box[3]))))
-    return rows
-
-
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
     return FIXTURES
