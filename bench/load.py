@@ -73,24 +73,44 @@ def multipart_request(host: str, path: str, up: Upload, headers: dict[str, str])
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-async def _exchange(
+@dataclass(frozen=True)
+class Answer:
+    """What one exchange on a kept-alive connection got back (the body is read and dropped)."""
+
+    status: int
+    retry_after: bool  # a Retry-After header was sent
+    close: bool  # the server will close the connection
+
+
+async def exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> int:
-    """Send one request on a kept-alive connection; read the whole answer; its status."""
+) -> Answer:
+    """Send one request on a kept-alive connection and read the whole answer."""
     writer.write(request)
     await writer.drain()
     status_line = await reader.readline()
-    length, close = 0, False
+    length, close, retry_after = 0, False, False
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
-        if name.lower() == "content-length":
+        name = name.lower()
+        if name == "content-length":
             length = int(value)
-        elif name.lower() == "connection" and "close" in value.lower():
-            close = True
+        elif name == "connection":
+            close = "close" in value.lower()
+        elif name == "retry-after":
+            retry_after = True
     await reader.readexactly(length)
-    if close:
+    return Answer(int(status_line.split()[1]), retry_after, close)
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    """The status of one exchange; a server closing the connection counts as a failure."""
+    answer = await exchange(reader, writer, request)
+    if answer.close:
         raise ConnectionResetError("server closed the connection")
-    return int(status_line.split()[1])
+    return answer.status
 
 
 async def _level(

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from bench.capacity import _wait_ready, gateway_process, identity_repository, running_triton
 from bench.corpus import real_data_dir, real_pngs
-from bench.load import Upload, load_level, multipart_request
+from bench.load import Upload, exchange, load_level, multipart_request
 from bench.sweep import BenchError, save
 from gateway.settings import GatewaySettings
 from serving.server import free_port
@@ -68,13 +68,21 @@ def peak_rss(pid: int, every_s: float = 0.1) -> Iterator[list[int]]:
         thread.join()
 
 
+def png_chunk(kind: bytes, body: bytes, length: int | None = None) -> bytes:
+    """One PNG chunk with a correct CRC; ``length`` may lie about the body's size."""
+    size = len(body) if length is None else length
+    return struct.pack(">I", size) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def with_chunk(png: bytes, chunk: bytes) -> bytes:
+    """``chunk`` inserted right after IHDR (8-byte signature + 25-byte IHDR chunk)."""
+    return png[:33] + chunk + png[33:]
+
+
 def padded_png(png: bytes, size: int) -> bytes:
     """``png`` with a private ancillary chunk that brings it to ``size`` bytes (decoders skip
     it: the slice stays valid)."""
-    pad = max(0, size - len(png) - 12)
-    body = b"\0" * pad
-    chunk = struct.pack(">I", pad) + b"prVt" + body + struct.pack(">I", zlib.crc32(b"prVt" + body))
-    return png[:33] + chunk + png[33:]
+    return with_chunk(png, png_chunk(b"prVt", b"\0" * max(0, size - len(png) - 12)))
 
 
 @dataclass
@@ -107,27 +115,6 @@ class Phase:
         }
 
 
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, bool, bool]:
-    """One request on a kept-alive connection: (status, Retry-After sent, connection closed)."""
-    writer.write(request)
-    await writer.drain()
-    status_line = await reader.readline()
-    length, close, retry_after = 0, False, False
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        name = name.lower()
-        if name == "content-length":
-            length = int(value)
-        elif name == "connection":
-            close = "close" in value.lower()
-        elif name == "retry-after":
-            retry_after = True
-    await reader.readexactly(length)
-    return int(status_line.split()[1]), retry_after, close
-
-
 async def _phase(
     url: str, requests: list[bytes], clients: int, seconds: float, rate: float | None
 ) -> Phase:
@@ -153,9 +140,8 @@ async def _phase(
                 due = max(due + interval, time.perf_counter())  # behind: no catch-up burst
                 start = time.perf_counter()
                 try:
-                    status, retry_after, close = await _exchange(
-                        reader, writer, requests[n % len(requests)]
-                    )
+                    answer = await exchange(reader, writer, requests[n % len(requests)])
+                    status, retry_after, close = answer.status, answer.retry_after, answer.close
                 except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
                     status, retry_after, close = 0, False, True
                 phase.statuses[status] += 1
@@ -284,7 +270,9 @@ def overload_markdown(f: dict[str, Any]) -> str:
             "## covidct bench overload",
             "",
             f"One gateway worker (in-flight limit {f['max_in_flight']}) on {f['cpus']} cores "
-            "shared with Triton and the load generator. Clients retry a 503 at once.",
+            "shared with Triton and the load generator. Clients ignore Retry-After: the overload "
+            "clients keep their schedule after a 503, the large-upload clients send again at "
+            "once.",
             "",
             "| phase | clients | requests | req/s | 200 | 503 | other | 200 p50/p99 ms | "
             "503 p50/p99 ms |",

@@ -7,6 +7,10 @@ import struct
 import zipfile
 import zlib
 
+from bench.overload import png_chunk, with_chunk
+
+__all__ = ["huge_png_dims", "png_chunk", "with_chunk", "zip_of"]
+
 
 def zip_of(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
     """A zip of ``members`` (name -> bytes) compressed with ``method``."""
@@ -15,12 +19,6 @@ def zip_of(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> byt
         for name, data in members.items():
             z.writestr(name, data)
     return buf.getvalue()
-
-
-def png_chunk(kind: bytes, body: bytes, length: int | None = None) -> bytes:
-    """One PNG chunk with a correct CRC; ``length`` may lie about the body's size."""
-    size = len(body) if length is None else length
-    return struct.pack(">I", size) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def huge_png_dims(side: int = 100_000) -> bytes:

@@ -22,7 +22,7 @@ import pydicom
 from PIL import Image
 from pydicom.uid import UID
 
-from tests.builders import huge_png_dims, png_chunk, zip_of
+from tests.builders import huge_png_dims, png_chunk, with_chunk, zip_of
 
 MiB = 1 << 20
 CORPUS_SETTINGS = {
@@ -110,11 +110,6 @@ def raw_send(
 
 
 # --- builders -------------------------------------------------------------------------------
-
-
-def _with_chunk(png: bytes, chunk: bytes) -> bytes:
-    """``chunk`` inserted right after IHDR (8-byte signature + 25-byte IHDR chunk)."""
-    return png[:33] + chunk + png[33:]
 
 
 def _image(array: np.ndarray, fmt: str, **save) -> bytes:
@@ -266,18 +261,18 @@ CORPUS: list[Case] = [
     Case("png declaring 100000x100000", lambda i: Raw(body=huge_png_dims()), 413),
     Case(
         "png with an ancillary chunk declaring 2 GiB",
-        lambda i: Raw(body=_with_chunk(i.png, png_chunk(b"prVt", b"x" * 16, length=0x7FFFFFF0))),
+        lambda i: Raw(body=with_chunk(i.png, png_chunk(b"prVt", b"x" * 16, length=0x7FFFFFF0))),
         400,
     ),
     Case(
         "png with a 4 MiB private chunk (valid: skipped)",
-        lambda i: Raw(body=_with_chunk(i.png, png_chunk(b"prVt", b"\x00" * (4 * MiB)))),
+        lambda i: Raw(body=with_chunk(i.png, png_chunk(b"prVt", b"\x00" * (4 * MiB)))),
         200,
     ),
     Case(
         "png with a zTXt chunk inflating to 64 MiB",
         lambda i: Raw(
-            body=_with_chunk(
+            body=with_chunk(
                 i.png, png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"a" * (64 * MiB), 9))
             )
         ),
