@@ -99,13 +99,20 @@ class Phase:
         values = sorted(self.latencies.get(status, []))
         return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
 
+    @property
+    def sent(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def per_s(self) -> float:
+        return self.sent / self.seconds
+
     def summary(self) -> dict[str, Any]:
-        sent = sum(self.statuses.values())
         return {
             "clients": self.clients,
             "seconds": self.seconds,
-            "sent": sent,
-            "per_s": sent / self.seconds,
+            "sent": self.sent,
+            "per_s": self.per_s,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "ok_p50_ms": self.p(200, 0.5),
             "ok_p99_ms": self.p(200, 0.99),
@@ -208,7 +215,7 @@ def run_overload_bench(
             load_level(url, uploads, in_flight, 400, 3)  # warm-up
             base = rss_bytes(proc.pid)
             capacity = run_phase(url, uploads, in_flight, 5)
-            offered = factor * capacity.summary()["per_s"]
+            offered = factor * capacity.per_s
             with peak_rss(proc.pid) as peak:
                 overload = run_phase(url, uploads, factor * in_flight, seconds, offered)
             overload_peak = peak[0]
@@ -228,7 +235,7 @@ def run_overload_bench(
         "capacity": capacity.summary(),
         "overload": overload.summary(),
         "large": {**large.summary(), "upload_bytes": len(big[0].body)},
-        "offered_vs_capacity": (overload.summary()["per_s"] / capacity.summary()["per_s"]),
+        "offered_vs_capacity": overload.per_s / capacity.per_s,
         "rss_base_mib": base / MiB,
         "rss_peak_overload_mib": overload_peak / MiB,
         "rss_peak_large_mib": large_peak / MiB,
