@@ -16,9 +16,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: Seconds the gateway gives requests in flight to finish when asked to stop.
-GRACE_S = 30
-
 DEMO_SYNTH = ["--patients", "60", "--slices-per-patient", "4", "--seed", "1"]
 DEMO_TRAIN = [
     "--backbone",
@@ -74,12 +71,13 @@ def serve(
     demo_dir: Path,
 ) -> None:
     """Start Triton, then the gateway in this process; Ctrl-C or SIGTERM stops both, the
-    gateway first (requests in flight get ``GRACE_S`` to finish), then Triton. A Triton that
+    gateway first (requests in flight get ``gateway.protocol.GRACE_S`` to finish), then
+    Triton. A Triton that
     dies meanwhile is restarted (``serving.server.Supervisor``); the gateway reconnects."""
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.protocol import UVICORN_OPTIONS
+    from gateway.protocol import GRACE_S, UVICORN_OPTIONS
     from gateway.settings import GatewaySettings
     from serving.server import Supervisor, TritonServer
 

@@ -16,42 +16,34 @@ app = typer.Typer()
 @app.command()
 def triton(
     repository: RepositoryOpt = Path("model_repository"),
-    grpc_port: Annotated[int, typer.Option(help="gRPC port on 127.0.0.1.")] = 8001,
-    http_port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1.")] = 8000,
-    metrics_port: Annotated[int, typer.Option(help="Metrics port on 127.0.0.1.")] = 8002,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = 8002,
+    address: Annotated[
+        str, typer.Option(help="Address the ports listen on (0.0.0.0 only in a container).")
+    ] = "127.0.0.1",
     model_control: Annotated[str, typer.Option(help="explicit, poll or none.")] = "poll",
     log_file: Annotated[
-        Path | None, typer.Option(help="Server log (default: beside the repository).")
+        Path | None,
+        typer.Option(help="Server log (default: beside the repository; '-': this stdout)."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0,
 ) -> None:
     """Run the real tritonserver on this machine until Ctrl-C or SIGTERM."""
-    import signal
-
-    from serving.server import TritonError, TritonServer
+    from serving.server import TritonServer, run_until_stopped
 
     server = TritonServer(
-        repository, grpc_port, http_port, metrics_port, model_control, log_file=log_file
+        repository,
+        grpc_port,
+        http_port,
+        metrics_port,
+        model_control,
+        log_file=log_file,
+        address=address,
     )
-    try:
-        server.start(timeout)
-    except TritonError as e:
-        fail(str(e))
-    err.print(
-        f"tritonserver ready: gRPC 127.0.0.1:{grpc_port}, HTTP {server.url}, log {server.log_file}"
-    )
-
-    def stop(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        assert server.process is not None
-        server.process.wait()
-        fail(f"tritonserver exited: {server.failure_reason()}")
-    except KeyboardInterrupt:
-        server.stop()
-        err.print("tritonserver stopped")
+    code = run_until_stopped(server, timeout, say=lambda line: err.print(line, soft_wrap=True))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

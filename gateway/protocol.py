@@ -65,5 +65,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
 #: Keyword arguments for ``uvicorn.run``/``uvicorn.Config`` wherever the gateway is served.
 UVICORN_OPTIONS: dict[str, Any] = {"http": BoundedHttpTools, "loop": "uvloop"}
+#: Seconds the gateway gives requests in flight to finish when asked to stop.
+GRACE_S = 30
 #: The same for the ``uvicorn`` command line.
 UVICORN_ARGS = ["--http", "gateway.protocol:BoundedHttpTools", "--loop", "uvloop"]

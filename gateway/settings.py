@@ -27,6 +27,8 @@ class GatewaySettings(BaseSettings):
         env_prefix="COVIDCT_", env_file=".env", extra="ignore", env_ignore_empty=True
     )
 
+    host: str = "127.0.0.1"  # where ``python -m gateway`` listens (0.0.0.0 in a container)
+    port: int = 8080
     triton_url: str = "127.0.0.1:8001"
     model_name: str = "covidct"
     model_version: str = ""  # version served at start; empty: the newest ready one

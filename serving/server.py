@@ -3,8 +3,9 @@
 Prepares what the binary needs (the Python backend stub in the backend folder, the wheel's
 libraries and this interpreter's libpython on LD_LIBRARY_PATH, the venv's site-packages for
 the backend's ``model.py``), starts it bound to 127.0.0.1, waits until it is ready or says why
-not (port in use, a model that failed to load: the server's own reason), logs to a file,
-and stops it cleanly.
+not (port in use, a model that failed to load: the server's own reason), logs to a file
+(or to its own stdout, in a container), and stops it cleanly. ``python -m serving`` runs the
+same thing where the covidct command line is not installed (the CPU Triton image).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,13 +68,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def port_in_use(port: int) -> bool:
-    """Something holds ``port`` on 127.0.0.1. SO_REUSEADDR as Triton binds: the connections a
-    killed server leaves in TIME_WAIT do not count, a listener does."""
+def port_in_use(port: int, address: str = "127.0.0.1") -> bool:
+    """Something holds ``port`` on ``address``. SO_REUSEADDR as Triton binds: the connections
+    a killed server leaves in TIME_WAIT do not count, a listener does."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((address, port))
         except OSError:
             return True
     return False
@@ -88,9 +90,17 @@ def _die_with_parent() -> None:  # runs in the child, between fork and exec
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
+#: ``log_file`` value that leaves the server's output on this process's stdout (containers).
+STDOUT = Path("-")
+
+
 @dataclass
 class TritonServer:
-    """One tritonserver process. Use as a context manager, or start()/stop()."""
+    """One tritonserver process. Use as a context manager, or start()/stop().
+
+    ``address`` is where its three endpoints listen: 127.0.0.1 for local runs and tests,
+    0.0.0.0 only inside a container whose ports the deployment publishes.
+    """
 
     repository: Path
     grpc_port: int = 8001
@@ -102,17 +112,18 @@ class TritonServer:
     poll_seconds: int = 2
     env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
     process: subprocess.Popen[bytes] | None = None
+    address: str = "127.0.0.1"
 
     def command(self) -> list[str]:
         cmd = [
             str(pytriton_dir() / "bin" / "tritonserver"),
             f"--model-repository={self.repository.resolve()}",
             f"--backend-directory={prepare_backends()}",
-            "--grpc-address=127.0.0.1",
+            f"--grpc-address={self.address}",
             f"--grpc-port={self.grpc_port}",
-            "--http-address=127.0.0.1",
+            f"--http-address={self.address}",
             f"--http-port={self.http_port}",
-            "--metrics-address=127.0.0.1",
+            f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
             "--allow-sagemaker=false",
             "--allow-vertex-ai=false",
@@ -129,7 +140,8 @@ class TritonServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
+        return f"http://{host}:{self.http_port}"
 
     def start(self, timeout: float = 120.0) -> TritonServer:
         if self.model_control not in MODEL_CONTROL:
@@ -141,22 +153,26 @@ class TritonServer:
             ("HTTP", self.http_port),
             ("metrics", self.metrics_port),
         ):
-            if port_in_use(port):
-                raise TritonError(f"{name} port {port} on 127.0.0.1 is already in use")
+            if port_in_use(port, self.address):
+                raise TritonError(f"{name} port {port} on {self.address} is already in use")
         self.log_file = self.log_file or self.repository.parent / "tritonserver.log"
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_file.open("wb")
+        if self.log_file == STDOUT:
+            log = None
+        else:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            log = self.log_file.open("wb")
         self.process = subprocess.Popen(
             self.command(),
             stdout=log,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT if log is not None else None,
             env={**server_env(), **self.env},
             start_new_session=True,
             # The parent-death signal follows the starting thread: start servers from the
             # main thread (or one that lives as long as the server).
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-        log.close()
+        if log is not None:
+            log.close()
         self.wait_ready(timeout)
         return self
 
@@ -180,6 +196,8 @@ class TritonServer:
 
     def failure_reason(self) -> str:
         """The server's own words: model load errors first, else the log's last lines."""
+        if self.log_file == STDOUT:
+            return "see the server's output above"
         if self.log_file is None or not self.log_file.is_file():
             return "no log"
         lines = self.log_file.read_text(errors="replace").splitlines()
@@ -284,3 +302,34 @@ class Supervisor:
         if self._thread.is_alive():
             self._thread.join(timeout=self.ready_timeout_s + 5)
         self.server.stop()
+
+
+def run_until_stopped(server: TritonServer, timeout: float, say: Callable[[str], None]) -> int:
+    """Start ``server``, report where it listens, and keep it until SIGINT or SIGTERM (then
+    stop it: in-flight requests drain). What ``covidct triton`` and ``python -m serving``
+    run. Returns 0 when stopped, 1 when the server could not start or exited by itself."""
+    try:
+        server.start(timeout)
+    except TritonError as e:
+        say(f"error: {e}")
+        return 1
+    say(
+        f"tritonserver ready on {server.address}: gRPC port {server.grpc_port}, HTTP port "
+        f"{server.http_port}, metrics port {server.metrics_port}, log {server.log_file}"
+    )
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        assert server.process is not None
+        server.process.wait()
+        say(f"error: tritonserver exited ({server.process.returncode}): {server.failure_reason()}")
+        return 1
+    except KeyboardInterrupt:
+        server.stop()
+        say("tritonserver stopped")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,22 @@
+"""Run at image build: the gateway's packages import and preprocess the real CT slices packaged
+with covidct (the body box needs scipy.ndimage), and nothing of training or export is here."""
+
+import importlib.util
+import sys
+
+import gateway.app  # noqa: F401  (every route, settings, the Triton client)
+from covidct.preprocessing import preprocess_bytes
+from covidct.samples import reference_slices
+
+slices = reference_slices()
+for path in slices:
+    out = preprocess_bytes(path.read_bytes(), 224)
+    assert out.image.shape == (224, 224, 1), (path.name, out.image.shape)
+absent = [
+    m
+    for m in ("tensorflow", "keras", "onnxruntime", "training", "export")
+    if importlib.util.find_spec(m)
+]
+if absent:
+    sys.exit(f"the gateway image must not carry {', '.join(absent)}")
+print(f"gateway image check: {len(slices)} real slices preprocessed")
