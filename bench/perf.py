@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import operator
+import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,11 @@ PROTOCOLS = ("grpc", "http")
 
 
 def perf_analyzer_path() -> Path:
-    """The perf_analyzer that ``make setup`` installs into the virtual environment."""
+    """The perf_analyzer that ``make setup`` installs into the virtual environment, unless
+    COVIDCT_PERF_ANALYZER names another (bench/gpu.sh: the NGC SDK image's, via docker)."""
+    chosen = os.environ.get("COVIDCT_PERF_ANALYZER")
+    if chosen:
+        return Path(chosen)
     local = Path(sys.prefix) / "bin" / "perf_analyzer"
     found = local if local.is_file() else shutil.which("perf_analyzer")
     if not found:

@@ -14,6 +14,7 @@ import pytest
 
 from bench.corpus import REPO
 from bench.sweep import read_csv
+from serving.server import free_port
 from tests.cli_helpers import covidct
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -194,17 +195,22 @@ def test_bench_data_train_and_report(tmp_path: Path) -> None:
     assert "not measured" in text
 
 
-def test_gpu_script_stops_at_the_gpu_boundary(tmp_path: Path) -> None:
-    """No GPU here: the script must get everything ready, then say what is missing."""
+def _gpu_version(root: Path) -> Path:
+    """A tensorrt-plan version as covidct export writes it (the parts bench/gpu.sh reads)."""
     from covidct.config import ModelSpec
-    from export.pipeline import _tensorrt_script
     from export.tritonconfig import ServingConfig, render_config
 
     spec, serving = ModelSpec(image_size=64), ServingConfig(target="tensorrt-plan")
-    version = tmp_path / "models" / "covidct" / "1"
+    version = root / "covidct" / "1"
     version.mkdir(parents=True)
     (version.parent / "config.pbtxt").write_text(render_config(spec, serving, (2, 2)))
-    (version / "build_plan.sh").write_text(_tensorrt_script(spec, serving))
+    (version / "manifest.json").write_text(json.dumps({"target": "tensorrt-plan"}, indent=2))
+    return version
+
+
+def test_gpu_script_stops_at_the_gpu_boundary(tmp_path: Path) -> None:
+    """No GPU here: the script must get everything ready, then say what is missing."""
+    version = _gpu_version(tmp_path / "models")
     result = subprocess.run(
         ["bash", str(REPO / "bench" / "gpu.sh"), str(tmp_path / "models"), str(tmp_path / "o")],
         capture_output=True,
@@ -212,5 +218,38 @@ def test_gpu_script_stops_at_the_gpu_boundary(tmp_path: Path) -> None:
         env={"PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 3, result.stderr
-    assert "not a GPU host: missing trtexec tritonserver nvidia-smi" in result.stderr
+    assert "not a GPU host: missing" in result.stderr and "nvidia-smi" in result.stderr
     assert str(version) in result.stderr
+
+
+def test_gpu_script_fails_when_triton_never_becomes_ready(tmp_path: Path) -> None:
+    """docker compose starts the stack, Triton never answers ready: exit 4, logs kept, down."""
+    _gpu_version(tmp_path / "models")
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    fakes = {
+        "docker": "exit 1",  # no compose v2 plugin: the script falls back to docker-compose
+        "docker-compose": f'echo "$*" >> {calls}\n'
+        'case "$*" in *" ps "*) printf "Name\\n----\\nx_triton_1 Up (health: starting)\\n";; '
+        '*" logs "*) echo "triton | E model failed to load";; esac',
+        "nvidia-smi": 'echo "name, driver_version, memory.total"; echo "Tesla T4, 535.86, 15 GiB"',
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    result = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu.sh"), str(tmp_path / "models"), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "READY_TIMEOUT_S": "2",
+            "TRITON_HTTP_PORT": str(free_port()),
+        },
+        timeout=60,
+    )
+    assert result.returncode == 4, result.stderr
+    assert "Triton never became ready" in result.stderr
+    assert "model failed to load" in (tmp_path / "o" / "compose.log").read_text()
+    made = calls.read_text()
+    assert "--profile gpu up -d triton" in made and made.rstrip().endswith("down")
