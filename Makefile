@@ -3,13 +3,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint unit fuzz audit serve bench lock clean
+.PHONY: setup test compose-test lint unit fuzz audit serve bench lock clean
 
 setup:
 	@bash scripts/setup.sh
 
 test: setup lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+# docker-compose.yml for real: images built, the CPU profile up on 127.0.0.1, answers equal to
+# covidct serve's, a redeploy under load (tests/deploy/test_compose.py). Installs docker.io,
+# docker-compose and debootstrap when root and missing; starts a private dockerd (data under
+# /var/lib/covidct-docker, so images stay cached) unless DOCKER_HOST names one.
+compose-test: setup
+	bash deploy/docker-host.sh install
+	bash deploy/docker-host.sh run $(BIN)/python -m pytest -p no:cacheprovider -s -m compose \
+		tests/deploy/test_compose.py $(PYTEST_ARGS)
 
 unit: setup
 	$(BIN)/python -m pytest -n 2 -m "not slow and not integration" $(PYTEST_ARGS)

@@ -7,6 +7,8 @@
 #                                   what is missing)
 #   deploy/docker-host.sh start     start dockerd unless it runs; prints DOCKER_HOST=...
 #   deploy/docker-host.sh stop      stop the dockerd this script started
+#   deploy/docker-host.sh run CMD   CMD with DOCKER_HOST set, in a dockerd started for it unless
+#                                   one runs (then stopped again)
 #
 # Env: COVIDCT_DOCKER_ROOT (default /var/lib/covidct-docker): data root, socket and pid file.
 set -euo pipefail
@@ -57,8 +59,16 @@ stop)
         log "dockerd stopped"
     fi
     ;;
+run)
+    shift
+    started=0
+    running || started=1
+    export "$("$0" start)"
+    if [ "$started" = 1 ]; then trap '"$0" stop' EXIT; fi
+    "$@"
+    ;;
 *)
-    echo "usage: $0 install|start|stop" >&2
+    echo "usage: $0 install|start|stop|run CMD..." >&2
     exit 2
     ;;
 esac

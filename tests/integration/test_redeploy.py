@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
-from bench.corpus import real_data_dir, real_pngs
 from covidct.modelconfig import parse_config
 from export.repository import pinned_config, versions, write_config
 from gateway.app import create_app
@@ -32,6 +30,7 @@ from rollout.deployment import DeployOptions
 from rollout.redeploy import redeploy
 from serving.control import DeployError, TritonControl
 from serving.server import TritonServer, free_port
+from tests.loadclient import Load, p99
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
@@ -113,52 +112,6 @@ def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory, cache_env:
     triton.stop()
 
 
-class Load:
-    """4 client threads, paced and bounded: (start, end, status, version) per request.
-
-    The bound (at most 20 requests/s, so 6000 last 5 minutes) must outlast a redeploy on a
-    loaded 2-core machine: 1500 ran out before the switch once, leaving no answer from the
-    new version to check.
-    """
-
-    def __init__(self, url: str, max_requests: int = 6000, pause_s: float = 0.2) -> None:
-        self.url, self.max_requests, self.pause_s = url, max_requests, pause_s
-        self.slices = [p.read_bytes() for p in real_pngs(real_data_dir())[:8]]
-        self.records: list[tuple[float, float, int, str]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(4)]
-
-    def _client(self, i: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=60) as client:
-            n = i
-            while not self.stop.is_set() and len(self.records) < self.max_requests:
-                body = self.slices[n % len(self.slices)]
-                t0 = time.perf_counter()
-                try:
-                    r = client.post("/v1/predict", content=body)
-                    status = r.status_code
-                    version = r.json().get("model", {}).get("version", "") if status == 200 else ""
-                except httpx.HTTPError:
-                    status, version = 0, ""
-                self.records.append((t0, time.perf_counter(), status, version))
-                n += 4
-                time.sleep(self.pause_s)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=120)
-
-
-def _p99(records: list[tuple[float, float, int, str]]) -> float:
-    return float(np.percentile([(e - s) * 1000 for s, e, _, _ in records], 99)) if records else 0.0
-
-
 def test_redeploy_under_load_switches_once_and_fails_no_request(stack: Stack, ci_run: Path):
     old = stack.current()
     new = max(versions(stack.model_dir)) + 1
@@ -189,8 +142,8 @@ def test_redeploy_under_load_switches_once_and_fails_no_request(stack: Stack, ci
     later = [r for r in records if r[0] > finished]
     print(
         f"\nredeploy under load: {len(records)} requests, {len(failed)} failed; "
-        f"p99 before {_p99(before):.0f} ms (n={len(before)}), during {_p99(during):.0f} ms "
-        f"(n={len(during)}), after {_p99(later):.0f} ms (n={len(later)}); "
+        f"p99 before {p99(before):.0f} ms (n={len(before)}), during {p99(during):.0f} ms "
+        f"(n={len(during)}), after {p99(later):.0f} ms (n={len(later)}); "
         f"redeploy wall time {finished - started:.1f} s; steps {entry['timings']}"
     )
 

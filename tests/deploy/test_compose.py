@@ -1,0 +1,402 @@
+"""The composed stack for real (``make compose-test``): docker-compose.yml's CPU profile built
+and started with the host-network override (deploy/compose.test.yml, every port on 127.0.0.1),
+answering real PNG and DICOM slices exactly as ``covidct serve`` does on the same repository,
+exporting metrics, taking a ``covidct redeploy`` under load without a failed request, and its
+containers running as non-root on read-only root filesystems.
+
+Needs a Docker daemon (DOCKER_HOST; ``make compose-test`` starts its own) and docker-compose.
+Images build on a debootstrap base (deploy/base-image.sh) from a wheelhouse filled by ``pip
+download`` on this host, since these machines reach no image registry; both are cached
+between runs (COVIDCT_COMPOSE_BASE_IMAGE=python:3.11-slim-bookworm uses the public base and
+PyPI instead). COVIDCT_TEST_CI_RUN=RUN serves that run instead of training a small one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.corpus import real_data_dir, real_pngs
+from serving.server import free_port
+from tests.cli_helpers import TINY_TRAIN, covidct
+from tests.loadclient import Load, p99
+
+pytestmark = [pytest.mark.compose, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = "covidct-compose-test"
+ADMIN = "compose-test-admin-key"
+TAG = "compose-test"
+GATEWAY_IMAGE_LIMIT = 400 * 1000 * 1000
+STAMP = ".stamp"
+
+
+def sh(*cmd: str | Path, env: dict[str, str] | None = None, timeout: int = 1500) -> str:
+    result = subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, cmd))}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    repository: Path
+    run: Path
+    gateway: str
+    grpc: str
+    triton_metrics: str
+    timings: dict[str, float]
+
+    def compose(self, *args: str, timeout: int = 1500) -> str:
+        return sh(*compose_cmd(*args), env=self.env, timeout=timeout)
+
+    def container(self, service: str) -> str:
+        return self.compose("ps", "-q", service).strip()
+
+
+def compose_cmd(*args: str) -> list[str | Path]:
+    """docker-compose on the CPU profile with the test's host-network override."""
+    files = ["-f", REPO / "docker-compose.yml", "-f", REPO / "deploy" / "compose.test.yml"]
+    return ["docker-compose", "-p", PROJECT, *files, "--profile", "cpu", *args]
+
+
+def fill_wheelhouse(env: dict[str, str]) -> None:
+    """pip download of both images' packages on this host (skipped when the lock and the
+    requirement files are unchanged since the last fill)."""
+    house = REPO / "deploy" / "wheelhouse"
+    reqs = [REPO / "requirements.lock", *sorted((REPO / "deploy").glob("*/requirements.txt"))]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in reqs)).hexdigest()
+    if (house / STAMP).is_file() and (house / STAMP).read_text() == digest:
+        return
+    args = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", house]
+    args += ["-c", reqs[0]]
+    for req in reqs[1:]:
+        args += ["-r", req]
+    sh(*args, env=env)
+    (house / STAMP).write_text(digest)
+
+
+def small_run(tmp: Path) -> Path:
+    """A small real training run (DenseNet121 32², 1 epoch) with its data folder beside it."""
+    reuse = os.environ.get("COVIDCT_TEST_CI_RUN")
+    if reuse:
+        return Path(reuse)
+    data, run = tmp / "data", tmp / "run"
+    synth = covidct(
+        "data",
+        "synth",
+        "--out",
+        data,
+        "--patients",
+        "12",
+        "--slices-per-patient",
+        "3",
+        "--seed",
+        "3",
+    )
+    assert synth.returncode == 0, synth.stderr[-2000:]
+    env = {**os.environ, "COVIDCT_CACHE_DIR": str(tmp / "cache")}
+    trained = covidct("train", "--data", data, "--out", run, *TINY_TRAIN, "--epochs", "1", env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    assert os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists(), (
+        "no Docker daemon: run `make compose-test` (it starts one)"
+    )
+    tmp = tmp_path_factory.mktemp("compose")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    base = os.environ.get("COVIDCT_COMPOSE_BASE_IMAGE", "")
+    env = {**os.environ, "COVIDCT_IMAGE_TAG": TAG}
+    if base:
+        env["BASE_IMAGE"] = base
+    else:
+        sh("bash", REPO / "deploy" / "base-image.sh", "covidct/base:bookworm", env=env)
+        fill_wheelhouse(env)
+        env.update(BASE_IMAGE="covidct/base:bookworm", PIP_NO_INDEX="1")
+    timings["base image and wheels"] = time.perf_counter() - t0
+
+    run = small_run(tmp)
+    repository = tmp / "models"
+    exported = covidct("export", "--run", run, "--repository", repository, "--target", "cpu")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    timings["model"] = time.perf_counter() - t0 - sum(timings.values())
+
+    env_file = tmp / "stack.env"  # .env.example as users copy it, with the admin key set
+    env_file.write_text((REPO / ".env.example").read_text() + f"\nCOVIDCT_ADMIN_KEY={ADMIN}\n")
+    ports = {
+        n: free_port()
+        for n in ("TRITON_GRPC_PORT", "TRITON_HTTP_PORT", "TRITON_METRICS_PORT", "GATEWAY_PORT")
+    }
+    env.update({k: str(v) for k, v in ports.items()})
+    env.update(MODEL_REPOSITORY=str(repository), COVIDCT_ENV_FILE=str(env_file))
+    s = Stack(
+        env,
+        repository,
+        run,
+        f"http://127.0.0.1:{ports['GATEWAY_PORT']}",
+        f"127.0.0.1:{ports['TRITON_GRPC_PORT']}",
+        f"http://127.0.0.1:{ports['TRITON_METRICS_PORT']}/metrics",
+        timings,
+    )
+    started = time.perf_counter()
+    s.compose("build", "--force-rm")
+    timings["build"] = time.perf_counter() - started
+    started = time.perf_counter()
+    try:
+        s.compose("up", "-d")  # returns once triton-cpu is healthy (depends_on)
+        wait_ready(s.gateway, 120)
+        timings["up to ready"] = time.perf_counter() - started
+        yield s
+    finally:
+        logs = subprocess.run(
+            compose_cmd("logs", "--no-color", "--tail", "200"),
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        (tmp / "compose.log").write_text(logs.stdout + logs.stderr)
+        subprocess.run(
+            compose_cmd("down", "--timeout", "40"), capture_output=True, env=env, timeout=300
+        )
+        print(f"\ncompose test timings (s): { {k: round(v) for k, v in timings.items()} }")
+
+
+def wait_ready(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url}/readyz never answered 200 within {timeout:.0f} s")
+
+
+def images_sent(real: Path) -> list[Path]:
+    """Real PNG slices and every DICOM file of the real-data root (CT and the refused kinds)."""
+    manifest = real / "dicom" / "MANIFEST.csv"
+    with manifest.open() as f:
+        dicoms = [real / "dicom" / row["file"] for row in csv.DictReader(f)]
+    return real_pngs(real)[:4] + dicoms
+
+
+def predict(url: str, files: list[Path]) -> dict[str, dict]:
+    result = covidct("predict", "--url", url, *files)
+    answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(answers) == len(files), result.stderr[-2000:]
+    return {Path(a["file"]).name: a for a in answers}
+
+
+def test_answers_equal_covidct_serve_on_the_same_repository(stack: Stack, tmp_path: Path) -> None:
+    files = images_sent(real_data_dir())
+    composed = predict(stack.gateway, files)
+    port = free_port()
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "serve",
+            "--repository",
+            stack.repository,
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        local = f"http://127.0.0.1:{port}"
+        wait_ready(local, 120)
+        reference = predict(local, files)
+        latency = side_by_side(stack.gateway, local, real_pngs(real_data_dir())[0])
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+    ok = 0
+    for name, ref in reference.items():
+        got = composed[name]
+        assert ("error" in got) == ("error" in ref), (name, got, ref)
+        if "error" in ref:
+            assert got["error"]["status"] == ref["error"]["status"], (name, got, ref)
+            continue
+        ok += 1
+        assert got["label"] == ref["label"] and got["preprocessing"] == ref["preprocessing"]
+        for cls, p in ref["probabilities"].items():
+            assert abs(got["probabilities"][cls] - p) <= 1e-4, (name, cls)
+    sent_dicoms = [n for n in reference if n.endswith(".dcm") and "error" not in reference[n]]
+    assert ok >= 5 and sent_dicoms, reference
+    assert "not a medical device" in json.dumps(next(iter(composed.values()))).lower()
+    print(
+        f"\n/v1/predict p50 over {latency['n']} interleaved requests: composed "
+        f"{latency['composed']:.1f} ms, covidct serve {latency['serve']:.1f} ms "
+        f"(ratio {latency['composed'] / latency['serve']:.2f})"
+    )
+
+
+def side_by_side(composed: str, local: str, png: Path, n: int = 40) -> dict[str, float]:
+    """p50 latency of one real slice through both stacks, requests interleaved."""
+    body, times = png.read_bytes(), {"composed": [], "serve": []}
+    with httpx.Client(timeout=30) as client:
+        for _ in range(3):  # warm both
+            for url in (composed, local):
+                client.post(f"{url}/v1/predict", content=body)
+        for _ in range(n):
+            for key, url in (("composed", composed), ("serve", local)):
+                t0 = time.perf_counter()
+                assert client.post(f"{url}/v1/predict", content=body).status_code == 200
+                times[key].append((time.perf_counter() - t0) * 1000)
+    return {"n": n, **{k: statistics.median(v) for k, v in times.items()}}
+
+
+def metric_names(text: str) -> set[str]:
+    return {
+        line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and line[0] != "#"
+    }
+
+
+def test_metrics_feed_the_dashboard(stack: Stack) -> None:
+    gateway = httpx.get(f"{stack.gateway}/metrics").text
+    triton = httpx.get(stack.triton_metrics).text
+    served = re.search(r'covidct_requests_total\{route="/v1/predict",status="200"\} (\d+)', gateway)
+    assert served and float(served.group(1)) >= 5, gateway[:2000]
+    count = re.search(r'nv_inference_count\{model="covidct",version="1"\} (\d+)', triton)
+    assert count and int(count.group(1)) >= 5, triton[:2000]
+    dashboard = json.loads(
+        (REPO / "deploy" / "grafana" / "dashboards" / "covidct.json").read_text()
+    )
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b((?:covidct|nv)_[a-z_]+)\b", target["expr"])
+    }
+    missing = used - metric_names(gateway) - metric_names(triton) - {"nv_gpu_utilization"}
+    assert used and not missing, f"dashboard queries metrics nobody exports: {missing}"
+
+
+def test_redeploy_against_the_composed_stack_fails_no_request(stack: Stack) -> None:
+    env = {
+        **os.environ,
+        "COVIDCT_ADMIN_KEY": ADMIN,
+        "COVIDCT_CACHE_DIR": str(stack.repository.parent / "cache"),
+    }
+    with Load(stack.gateway, pause_s=0.1) as load:
+        time.sleep(3)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "redeploy",
+                "--from-run",
+                stack.run,
+                "--data",
+                stack.run.parent / "data",
+                "--repository",
+                stack.repository,
+                "--gateway",
+                stack.gateway,
+                "--triton",
+                stack.grpc,
+                "--watch-seconds",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+        finished = time.perf_counter()
+        time.sleep(3)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    records = sorted(load.records)
+    failed = [r for r in records if r[2] != 200]
+    assert records and not failed, failed[:5]
+    assert max(r[0] for r in records) > finished, "the load ended before the redeploy did"
+    assert {r[3] for r in records} == {"1", "2"}
+    first_new = min(r for r in records if r[3] == "2")
+    assert all(r[3] == "2" for r in records if r[0] > first_new[1])
+    serving = httpx.get(f"{stack.gateway}/admin/v1/serving", headers={"x-admin-key": ADMIN}).json()
+    assert serving["version"] == "2"
+    print(
+        f"\nredeploy through compose: {len(records)} requests, 0 failed, p99 {p99(records):.0f} ms"
+    )
+
+
+def test_containers_run_unprivileged_on_read_only_roots(stack: Stack) -> None:
+    sizes = {}
+    for service in ("gateway-cpu", "triton-cpu"):
+        cid = stack.container(service)
+        info = json.loads(sh("docker", "inspect", cid, env=stack.env))[0]
+        assert info["Config"]["User"] == "10001:10001" and info["HostConfig"]["ReadonlyRootfs"], (
+            service
+        )
+        assert sh("docker", "exec", cid, "id", "-u", env=stack.env).strip() == "10001"
+        touched = subprocess.run(
+            ["docker", "exec", cid, "touch", "/probe"], capture_output=True, env=stack.env
+        )
+        assert touched.returncode != 0, f"{service} could write to its root filesystem"
+        image = json.loads(sh("docker", "image", "inspect", info["Image"], env=stack.env))[0]
+        sizes[service] = image["Size"]
+    gateway = json.loads(sh("docker", "inspect", stack.container("gateway-cpu"), env=stack.env))[0]
+    assert gateway["HostConfig"]["CapDrop"] == ["ALL"]
+    assert sizes["gateway-cpu"] <= GATEWAY_IMAGE_LIMIT, (
+        f"gateway image {sizes['gateway-cpu'] / 1e6:.0f} MB"
+    )
+    print(f"\nimage sizes (MB): { {k: round(v / 1e6) for k, v in sizes.items()} }")
+
+
+def test_down_removes_the_stack(stack: Stack) -> None:
+    stack.compose("down", "--timeout", "40")
+    assert not stack.compose("ps", "-q").strip()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{stack.gateway}/readyz", timeout=2)
+
+
+def test_every_profile_is_valid_compose() -> None:
+    env = {**os.environ, "COVIDCT_ENV_FILE": str(REPO / ".env.example")}
+    for profile in ("gpu", "cpu", "monitoring"):
+        sh(
+            "docker-compose",
+            "-f",
+            REPO / "docker-compose.yml",
+            "-f",
+            REPO / "docker-compose.override.yml",
+            "--profile",
+            profile,
+            "config",
+            "-q",
+            env=env,
+        )
+    assert shutil.which("docker-compose")
