@@ -72,8 +72,8 @@ def serve(
 ) -> None:
     """Start Triton, then the gateway in this process; Ctrl-C or SIGTERM stops both, the
     gateway first (requests in flight get ``gateway.protocol.GRACE_S`` to finish), then
-    Triton. A Triton that
-    dies meanwhile is restarted (``serving.server.Supervisor``); the gateway reconnects."""
+    Triton. A Triton that dies meanwhile is restarted (``serving.server.Supervisor``); the
+    gateway reconnects."""
     import uvicorn
 
     from gateway.app import create_app

@@ -141,6 +141,7 @@ class TritonServer:
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
+        host = f"[{host}]" if ":" in host else host  # IPv6
         return f"http://{host}:{self.http_port}"
 
     def start(self, timeout: float = 120.0) -> TritonServer:

@@ -1,0 +1,40 @@
+"""The tritonserver launcher's pure parts: where it listens, where it logs, its two entry
+points (``covidct triton`` and ``python -m serving``, the CPU Triton image's)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.server import STDOUT, TritonServer
+
+
+@pytest.mark.parametrize(
+    ("address", "url_host"),
+    [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("::1", "[::1]")],
+)
+def test_every_endpoint_listens_on_the_address(address: str, url_host: str) -> None:
+    server = TritonServer(Path("/models"), 1, 2, 3, address=address)
+    command = server.command()
+    for endpoint in ("grpc", "http", "metrics"):
+        assert f"--{endpoint}-address={address}" in command
+    assert server.url == f"http://{url_host}:2"
+
+
+def test_a_server_logging_to_stdout_points_there_for_its_reason() -> None:
+    server = TritonServer(Path("/models"), log_file=STDOUT)
+    assert server.failure_reason() == "see the server's output above"
+
+
+def test_python_m_serving_says_why_it_cannot_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--repository", tmp_path / "absent", "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"error: model repository {tmp_path / 'absent'} does not exist" in result.stdout
