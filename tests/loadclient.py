@@ -57,3 +57,18 @@ class Load:
 
 def p99(records: list[tuple[float, float, int, str]]) -> float:
     return float(np.percentile([(e - s) * 1000 for s, e, _, _ in records], 99)) if records else 0.0
+
+
+def assert_one_clean_switch(
+    records: list[tuple[float, float, int, str]], finished: float, old: str, new: str
+) -> None:
+    """Every request answered 200, the load outlived the switch (``finished``), and the
+    version changed once: only ``old`` before the first ``new`` answer, only ``new`` after."""
+    failed = [r for r in records if r[2] != 200]
+    assert records and not failed, failed[:5]
+    assert max(r[0] for r in records) > finished, "the load ended before the redeploy did"
+    assert {r[3] for r in records} == {old, new}
+    first_new = min(r for r in records if r[3] == new)
+    after = [r for r in records if r[0] > first_new[1]]
+    assert all(r[3] == new for r in after), "the old version answered after the switch"
+    assert all(r[3] == old for r in records if r[1] < first_new[0])

@@ -16,6 +16,17 @@ import sys
 from pathlib import Path
 
 
+def install(bin_dir: Path) -> Path:
+    """``trtexec`` (this stand-in) and ``nvidia-smi`` (prints $FAKE_GPU, default Tesla T4)
+    in ``bin_dir``, for a PATH that puts it first."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "trtexec").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{__file__}" "$@"\n')
+    (bin_dir / "nvidia-smi").write_text('#!/bin/sh\necho "${FAKE_GPU:-Tesla T4}"\n')
+    for tool in ("trtexec", "nvidia-smi"):
+        (bin_dir / tool).chmod(0o755)
+    return bin_dir
+
+
 def main(argv: list[str]) -> int:
     if argv == ["--help"]:
         version = os.environ.get("FAKE_TRT_VERSION", "100500")

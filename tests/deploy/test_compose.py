@@ -34,7 +34,7 @@ import pytest
 from bench.corpus import real_data_dir, real_pngs
 from serving.server import free_port
 from tests.cli_helpers import TINY_TRAIN, covidct
-from tests.loadclient import Load, p99
+from tests.loadclient import Load, assert_one_clean_switch, p99
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
@@ -341,12 +341,7 @@ def test_redeploy_against_the_composed_stack_fails_no_request(stack: Stack) -> N
         time.sleep(3)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     records = sorted(load.records)
-    failed = [r for r in records if r[2] != 200]
-    assert records and not failed, failed[:5]
-    assert max(r[0] for r in records) > finished, "the load ended before the redeploy did"
-    assert {r[3] for r in records} == {"1", "2"}
-    first_new = min(r for r in records if r[3] == "2")
-    assert all(r[3] == "2" for r in records if r[0] > first_new[1])
+    assert_one_clean_switch(records, finished, "1", "2")
     serving = httpx.get(f"{stack.gateway}/admin/v1/serving", headers={"x-admin-key": ADMIN}).json()
     assert serving["version"] == "2"
     print(

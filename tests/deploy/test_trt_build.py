@@ -18,10 +18,10 @@ from onnx import TensorProto, helper
 from covidct.config import MIN_IMAGE_SIZE, ModelSpec
 from export.pipeline import _tensorrt_build
 from export.tritonconfig import ServingConfig
+from tests.deploy import fake_trtexec
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "trt-build" / "build_engines.py"
-FAKE = Path(__file__).with_name("fake_trtexec.py")
 S = MIN_IMAGE_SIZE
 
 
@@ -71,13 +71,7 @@ def write_version(version: Path, weights: list[float] = [0.01, 0.0, -0.01]) -> N
 
 @pytest.fixture
 def fake_bin(tmp_path: Path) -> Path:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "trtexec").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
-    (bin_dir / "nvidia-smi").write_text('#!/bin/sh\necho "${FAKE_GPU:-Tesla T4}"\n')
-    for tool in bin_dir.iterdir():
-        tool.chmod(0o755)
-    return bin_dir
+    return fake_trtexec.install(tmp_path / "bin")
 
 
 def build(repo: Path, bin_dir: Path | None, **env: str) -> subprocess.CompletedProcess[str]:

@@ -24,9 +24,9 @@ from covidct.config import ModelSpec
 from covidct.preprocessing import preprocess_bytes
 from serving.server import TritonError, TritonServer, free_port
 from tests.cli_helpers import covidct
+from tests.deploy import fake_trtexec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
-FAKE_TRTEXEC = Path(__file__).parents[1] / "deploy" / "fake_trtexec.py"
 BUILD_ENGINES = Path(__file__).parents[2] / "deploy" / "trt-build" / "build_engines.py"
 
 
@@ -198,12 +198,7 @@ def test_gpu_targets_are_generated(ci_run: Path, tmp_path: Path) -> None:
     # deploy/trt-build on this export, with trtexec's stand-in running the ONNX file: the
     # recorded real slices and ONNX Runtime answers agree with the model (what a GPU build
     # is then held to)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "trtexec").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_TRTEXEC}" "$@"\n')
-    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'Tesla T4'\n")
-    for tool in bin_dir.iterdir():
-        tool.chmod(0o755)
+    bin_dir = fake_trtexec.install(tmp_path / "bin")
     built = subprocess.run(
         [sys.executable, str(BUILD_ENGINES), str(tmp_path / "tensorrt-plan")],
         capture_output=True,
