@@ -13,9 +13,26 @@ from gateway.settings import GatewaySettings
 EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
 
 
+COMPOSE_PART = "# --- docker-compose.yml only ---"
+
+
 def test_env_example_lists_every_setting_and_nothing_else() -> None:
-    names = re.findall(r"^COVIDCT_([A-Z0-9_]+)=", EXAMPLE.read_text(), flags=re.M)
+    gateway_part, compose_part = EXAMPLE.read_text().split(COMPOSE_PART)
+    names = re.findall(r"^COVIDCT_([A-Z0-9_]+)=", gateway_part, flags=re.M)
     assert sorted(n.lower() for n in names) == sorted(GatewaySettings.model_fields)
+    # the compose part: variables docker-compose.yml (or its override) uses, none of the
+    # gateway's (GatewaySettings ignores them)
+    compose = "".join(p.read_text() for p in EXAMPLE.parent.glob("docker-compose*.yml"))
+    for name in re.findall(r"^([A-Z0-9_]+)=", compose_part, flags=re.M):
+        assert "${" + name + ":-" in compose, f"{name} is not used by docker-compose.yml"
+        assert name.removeprefix("COVIDCT_").lower() not in GatewaySettings.model_fields
+
+
+def test_env_example_is_read_alike_by_compose_and_the_gateway() -> None:
+    """docker-compose 1.29 keeps an inline comment as part of the value (an empty key would
+    become the comment): every comment stands on its own line."""
+    for line in EXAMPLE.read_text().splitlines():
+        assert not line or line.startswith("#") or re.fullmatch(r"[A-Z0-9_]+=[^\s#]*", line), line
 
 
 def test_a_copied_env_example_gives_the_defaults(
