@@ -149,7 +149,14 @@ def test_triton_killed_under_load_then_sigterm_under_load(
             out, _ = proc.communicate(timeout=90)
             stopped = time.monotonic()
         answers = load.answers
-        in_flight = [a for a in answers if a.started < term - 0.1 and a.finished > term]
+        # In flight: started before SIGTERM, still open after it, and connected (a ConnectError
+        # never reached the server: on a starved machine building the 20-slice body can
+        # outlast the 0.1 s margin, and by then the listener is closed, as it should be).
+        in_flight = [
+            a
+            for a in answers
+            if a.started < term - 0.1 and a.finished > term and a.outcome != "ConnectError"
+        ]
         cut = [a for a in in_flight if a.outcome != 200]
         later = {a.outcome for a in answers if a.started >= term}
         assert in_flight, "no study was in flight at SIGTERM"
