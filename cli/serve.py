@@ -69,11 +69,16 @@ def serve(
     http_port: int,
     metrics_port: int,
     demo_dir: Path,
+    triton_replicas: int = 1,
 ) -> None:
     """Start Triton, then the gateway in this process; Ctrl-C or SIGTERM stops both, the
     gateway first (requests in flight get ``gateway.protocol.GRACE_S`` to finish), then
     Triton. A Triton that dies meanwhile is restarted (``serving.server.Supervisor``); the
-    gateway reconnects."""
+    gateway reconnects.
+
+    ``triton_replicas`` > 1 starts that many tritonservers on the same repository (replica
+    i on the given ports + 10 x i) and the gateway balances over them
+    (``gateway.replicas``): the scale-out topology on one machine."""
     import uvicorn
 
     from gateway.app import create_app
@@ -88,28 +93,36 @@ def serve(
             flush=True,
         )
         build_demo(repository, demo_dir)
-    server = TritonServer(
-        repository,
-        grpc_port,
-        http_port,
-        metrics_port,
-        model_control="explicit",  # versions change only through covidct redeploy/rollback
-        log_file=repository.parent / "tritonserver.log",
-    )
+    servers = [
+        TritonServer(
+            repository,
+            grpc_port + 10 * i,
+            http_port + 10 * i,
+            metrics_port + 10 * i,
+            model_control="explicit",  # versions change only through covidct redeploy/rollback
+            log_file=repository.parent
+            / ("tritonserver.log" if i == 0 else f"tritonserver-{i}.log"),
+        )
+        for i in range(triton_replicas)
+    ]
     # SIGTERM (docker, systemd, Kubernetes) ends like Ctrl-C: the gateway drains first, then
     # Triton stops. uvicorn re-raises the signal it caught once it has shut down; without this
     # handler that would kill the process before Triton is stopped, leaving it orphaned.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    supervisor = Supervisor(server)  # a Triton that dies is restarted, with backoff
+    # a Triton that dies is restarted, with backoff
+    supervisors = [Supervisor(server) for server in servers]
     try:
-        server.start()
-        supervisor.start()
-        settings = GatewaySettings(triton_url=f"127.0.0.1:{grpc_port}")
+        for server, supervisor in zip(servers, supervisors, strict=True):
+            server.start()
+            supervisor.start()
+        addresses = ",".join(f"127.0.0.1:{server.grpc_port}" for server in servers)
+        settings = GatewaySettings(triton_url=addresses)
         url = f"http://{host}:{port}"
+        logs = ", ".join(str(server.log_file) for server in servers)
         print(
             f"gateway: {url}/  (page)\n"
             f"try:     curl -F file=@slice.png {url}/v1/predict\n"
-            f"Triton:  gRPC 127.0.0.1:{grpc_port}, log {server.log_file}\n"
+            f"Triton:  gRPC {addresses}, log {logs}\n"
             "Ctrl-C or SIGTERM stops both.",
             flush=True,
         )
@@ -126,7 +139,8 @@ def serve(
         if e.code != 0:
             raise
     finally:
-        supervisor.stop()  # then Triton
+        for supervisor in supervisors:
+            supervisor.stop()  # then its Triton
         signal.signal(signal.SIGTERM, previous)
         print("stopped", flush=True)
 

@@ -54,6 +54,12 @@ def serve(
     grpc_port: Annotated[int, typer.Option(help="Triton gRPC port (127.0.0.1).")] = 8001,
     http_port: Annotated[int, typer.Option(help="Triton HTTP port (127.0.0.1).")] = 8000,
     metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
+    triton_replicas: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Tritonservers to balance over (replica i on the ports + 10 x i)."
+        ),
+    ] = 1,
 ) -> None:
     """Start Triton and the gateway (building a demo model first when there is none)."""
     import subprocess
@@ -63,7 +69,16 @@ def serve(
     from serving.server import TritonError
 
     try:
-        run_serve(repository, host, port, grpc_port, http_port, metrics_port, default_demo_dir())
+        run_serve(
+            repository,
+            host,
+            port,
+            grpc_port,
+            http_port,
+            metrics_port,
+            default_demo_dir(),
+            triton_replicas,
+        )
     except TritonError as e:
         fail(str(e))
     except subprocess.CalledProcessError as e:

@@ -22,10 +22,11 @@ from gateway.deps import GatewayState, Metrics, request_id
 from gateway.envelope import Envelope
 from gateway.errors import BadRequest, GatewayError, HTTPProblem, problem_body
 from gateway.limits import BodyLimit
+from gateway.replicas import ReplicaCollector, ReplicaSet
 from gateway.routes import admin, health, page, predict, study
 from gateway.schemas import ANY_ROUTE
 from gateway.settings import GatewaySettings, get_settings
-from gateway.triton import Backend, TritonBackend
+from gateway.triton import Backend
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def create_app(
     backend_factory: Callable[[GatewaySettings], Backend] | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
-    factory = backend_factory or TritonBackend
+    factory = backend_factory or ReplicaSet
     metrics = Metrics()
 
     @asynccontextmanager
@@ -54,6 +55,9 @@ def create_app(
             settings, backend, metrics, anyio.CapacityLimiter(settings.preprocess_workers)
         )
         app.state.gw = state
+        collector = ReplicaCollector(backend) if isinstance(backend, ReplicaSet) else None
+        if collector is not None:
+            metrics.registry.register(collector)
         try:
             version = await state.serving.current()
             spec = await state.serving.spec(version)
@@ -61,6 +65,8 @@ def create_app(
         except GatewayError as e:  # Triton may come up after the gateway: retried per request
             log.warning("model spec not available yet: %s", e)
         yield
+        if collector is not None:
+            metrics.registry.unregister(collector)
         await backend.close()
 
     app = FastAPI(

@@ -29,7 +29,10 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"  # where ``python -m gateway`` listens (0.0.0.0 in a container)
     port: int = 8080
+    # One Triton gRPC address, a comma-separated list, or dns:NAME:PORT (every address NAME
+    # resolves to, re-resolved at each probe): gateway/replicas.py balances over them.
     triton_url: str = "127.0.0.1:8001"
+    triton_probe_s: float = 1.0  # readiness probe of every replica (readmits ejected ones)
     model_name: str = "covidct"
     model_version: str = ""  # version served at start; empty: the newest ready one
     request_timeout_s: float = 10.0

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.deps import state_of
 from gateway.errors import GatewayError, NotReady
+from gateway.replicas import ReplicaSet
 from gateway.schemas import Readiness, problems
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,12 @@ async def models(request: Request) -> dict[str, Any]:
     except Exception as e:
         log.warning("model spec not available: %s: %s", type(e).__name__, e)
         raise NotReady("model spec not available") from e
+    replicas = gw.backend.status() if isinstance(gw.backend, ReplicaSet) else []
     return {
         "name": spec.name,
         "serving_version": version,
         "versions": await gw.backend.versions(),
+        "replicas": replicas,
         "model_spec": spec.to_dict(),
         "intended_use": spec.intended_use(),
     }

@@ -76,13 +76,24 @@ class Serve:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_serve(repository: Path, tmp_path: Path, env: dict[str, str] | None = None) -> Serve:
+def start_serve(
+    repository: Path, tmp_path: Path, env: dict[str, str] | None = None, *extra: str
+) -> Serve:
     models = tmp_path / "models"
     shutil.copytree(repository, models)
     port, grpc, http, metrics = (free_port() for _ in range(4))
     ports = ["--port", port, "--grpc-port", grpc, "--http-port", http, "--metrics-port", metrics]
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--repository", str(models), *map(str, ports)],
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "serve",
+            "--repository",
+            str(models),
+            *map(str, ports),
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
