@@ -23,7 +23,13 @@ from export.onnx import (
     run_onnx,
     slice_images,
 )
-from export.repository import ServingConfig, publish_version, staged_version
+from export.repository import (
+    ServingConfig,
+    publish_version,
+    remove_staged,
+    repository_lock,
+    staged_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +118,36 @@ def export_run(
 
     Raises:
         ExportError: conversion, parity or INT8 agreement failed (repository untouched).
+        RepositoryBusy: another export, redeploy or rollback holds the repository.
     """
-    from training.run import SAVED_MODEL, SavedModelRunner, load_spec
+    from training.run import SAVED_MODEL, load_spec
 
-    started = time.perf_counter()
     spec = load_spec(run)
-    saved_model = run / SAVED_MODEL
-    if not (saved_model / "saved_model.pb").is_file():
-        raise ExportError(f"{run} has no SavedModel ({saved_model}); train it first")
+    if not (run / SAVED_MODEL / "saved_model.pb").is_file():
+        raise ExportError(f"{run} has no SavedModel ({run / SAVED_MODEL}); train it first")
     if int8 and serving.target != "cpu":
         raise ExportError("--int8 is for the cpu target; the GPU targets use TensorRT FP16")
     if int8 and calibration_data is None:
         raise ExportError("--int8 needs --calibration-data DIR (a COVIDx-CT folder)")
-    for stale in repository.glob(f"{spec.name}/.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+    with repository_lock(repository, "covidct export"):
+        remove_staged(repository / spec.name)  # leftovers of killed exports
+        return _export(run, repository, serving, spec, int8, calibration_data, agreement_data)
+
+
+def _export(
+    run: Path,
+    repository: Path,
+    serving: ServingConfig,
+    spec: ModelSpec,
+    int8: bool,
+    calibration_data: Path | None,
+    agreement_data: Path | None,
+) -> dict[str, Any]:
+    """The export itself, with the repository held."""
+    from training.run import SAVED_MODEL, SavedModelRunner
+
+    started = time.perf_counter()
+    saved_model = run / SAVED_MODEL
 
     manifest: dict[str, Any] = {
         "source_run": str(run.resolve()),

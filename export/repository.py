@@ -6,17 +6,24 @@ Layout::
     REPO/<model>/labels.txt        class names, for Triton's classification extension
     REPO/<model>/<version>/        model.onnx (+ model.py for the CPU target), manifest.json
 
-A new version is assembled in ``REPO/<model>/.tmp-<random>/`` (Triton ignores folders whose
-name is not a number) and renamed into place in one step, so a failed or interrupted export
-leaves the repository as it was. Versions only increase.
+A new version is assembled in ``REPO/<model>/.tmp-version-<pid>-<random>/`` (Triton ignores
+folders whose name is not a number) and renamed into place in one step, so a failed or
+interrupted export leaves the repository as it was. Versions only increase.
+
+One writer at a time: export, redeploy and rollback hold ``repository_lock`` (an exclusive
+``flock`` on ``REPO/.covidct.lock``); a second one is refused at once, naming the holder.
+Leftovers are removed only when the process that staged them is gone.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +41,55 @@ from export.tritonconfig import (
 )
 
 MANIFEST = "manifest.json"
+LOCK_FILE = ".covidct.lock"
+_STAGED_PID = re.compile(r"^\.tmp-[a-z]+-(\d+)-")
+_held: dict[Path, int] = {}  # repositories this process holds, with nesting depth
+
+
+class RepositoryBusy(RepositoryError):
+    """Another export, redeploy or rollback is changing the repository."""
+
+
+@contextmanager
+def repository_lock(repository: Path, what: str) -> Iterator[None]:
+    """Hold the repository for one writer (``what``: the command, named to whoever waits).
+
+    Re-entrant within a process (a redeploy exports while holding it). The lock is an
+    ``flock``: the kernel releases it when its holder dies, so a killed writer never leaves
+    the repository locked.
+
+    Raises:
+        RepositoryBusy: another process holds it; nothing was changed.
+    """
+    key = repository.resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    repository.mkdir(parents=True, exist_ok=True)
+    fd = os.open(repository / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            raise RepositoryBusy(
+                f"{repository} is being changed by {holder}: try again when it has finished "
+                "(nothing was changed)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})".encode(), 0)
+        _held[key] = 1
+        try:
+            yield
+        finally:
+            del _held[key]
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -54,7 +110,7 @@ def staged_version(repository: Path, model: str) -> Iterator[Path]:
     """A temporary version folder inside the model folder; removed unless published."""
     model_dir = repository / model
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=".tmp-version-"))
+    tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".tmp-version-{os.getpid()}-"))
     tmp.chmod(0o755)
     try:
         yield tmp
@@ -100,7 +156,7 @@ def publish_version(
     labels = model_dir / LABELS_FILE
     if not labels.is_file():
         atomic_write_text(labels, "\n".join(spec.class_names) + "\n")
-    fd, config_tmp = tempfile.mkstemp(dir=model_dir, prefix=".tmp-config-")
+    fd, config_tmp = tempfile.mkstemp(dir=model_dir, prefix=f".tmp-config-{os.getpid()}-")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(render_config(spec, serving, cam_hw))
     os.chmod(config_tmp, 0o644)
@@ -147,10 +203,24 @@ def write_config(model_dir: Path, text: str) -> None:
     atomic_write_text(model_dir / "config.pbtxt", text)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_staged(model_dir: Path) -> list[str]:
-    """Delete what an interrupted export left (``.tmp-*``); returns the names removed."""
+    """Delete what interrupted exports left (``.tmp-*`` of processes that are gone, or of no
+    recorded process); a live process's staging stays. Returns the names removed."""
     removed = []
     for stale in model_dir.glob(".tmp-*"):
+        owner = _STAGED_PID.match(stale.name)
+        if owner and int(owner.group(1)) != os.getpid() and _alive(int(owner.group(1))):
+            continue
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
         removed.append(stale.name)
     return removed

@@ -14,12 +14,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from covidct.config import TrainConfig
-from export.repository import ServingConfig, read_manifest, versions
+from export.repository import (
+    RepositoryBusy,
+    ServingConfig,
+    read_manifest,
+    repository_lock,
+    versions,
+)
 from rollout.deployment import (
     Deployment,
     DeployOptions,
@@ -70,16 +77,35 @@ def _train(opts: DeployOptions) -> Path:
     return out
 
 
+@contextmanager
+def _holding(opts: DeployOptions, what: str) -> Iterator[None]:
+    """The repository held for this deployment; a second writer is a DeployError."""
+    try:
+        with repository_lock(opts.repository, what):
+            yield
+    except RepositoryBusy as e:
+        raise DeployError(str(e)) from e
+
+
 def redeploy(
     opts: DeployOptions, report: Reporter, exporter: Exporter = _default_exporter
 ) -> dict[str, Any]:
     """Run a redeploy; returns its deployment-log entry (``outcome`` says how it ended).
 
     Raises:
-        DeployError: a step failed; the entry was logged and the old version serves.
+        DeployError: a step failed (the entry was logged and the old version serves), or
+            another export, redeploy or rollback holds the repository (nothing changed).
     """
     if opts.data is None or (opts.run is None) == (opts.train_config is None):
         raise DeployError("give --data and exactly one of --from-run or --train-config")
+    if opts.dry_run:
+        return _redeploy(opts, report, exporter)
+    with _holding(opts, "covidct redeploy"):
+        return _redeploy(opts, report, exporter)
+
+
+def _redeploy(opts: DeployOptions, report: Reporter, exporter: Exporter) -> dict[str, Any]:
+    assert opts.data is not None  # checked by redeploy()
     recovered = None if opts.dry_run else recover(opts, report)
     if recovered and recovered["outcome"].startswith("interrupted after the switch"):
         same = opts.run is not None and recovered.get("source_run") == str(opts.run.resolve())
@@ -200,6 +226,11 @@ def previous_version(opts: DeployOptions, current: int) -> int:
 
 def rollback(opts: DeployOptions, report: Reporter, to: int | None = None) -> dict[str, Any]:
     """Switch back to ``to`` (default: the version the last redeploy replaced)."""
+    with _holding(opts, "covidct rollback"):
+        return _rollback(opts, report, to)
+
+
+def _rollback(opts: DeployOptions, report: Reporter, to: int | None) -> dict[str, Any]:
     recover(opts, report)
     state = Deployment.new_state("rollback")
     d = Deployment(opts, report, state)
