@@ -27,6 +27,9 @@ if ((${#missing[@]})); then
     fi
 fi
 
+command -v kubectl >/dev/null 2>&1 \
+    || log "WARNING: kubectl missing: tests/deploy/test_k8s.py renders deploy/k8s with 'kubectl kustomize'"
+
 # 2. Virtual environment with the pinned packages; skipped when nothing changed.
 "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
     || { log "Python 3.11 is required (found $("$PY" --version))"; exit 1; }

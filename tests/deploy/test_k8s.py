@@ -1,0 +1,134 @@
+"""deploy/k8s rendered (kubectl kustomize) for every overlay and checked offline: each object
+against the Kubernetes API schemas (kubernetes-validate, strict: unknown fields fail), then
+what we require of every workload (probes, resources, locked-down security contexts) and of
+the topology (headless Triton Service the gateway resolves, PDBs, HPA, NetworkPolicy)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+OVERLAYS = REPO / "deploy" / "k8s" / "overlays"
+K8S_VERSION = "1.30.0"  # the oldest Kubernetes these manifests support
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with its built-in kustomize v5) is needed to render deploy/k8s"
+    result = subprocess.run(
+        [kubectl, "kustomize", str(OVERLAYS / overlay)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]
+        for d in docs
+        if d["kind"] in ("Deployment", "Job", "StatefulSet", "DaemonSet")
+    }
+
+
+@pytest.fixture(scope="module", params=sorted(p.name for p in OVERLAYS.iterdir()))
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(request.param)
+
+
+def test_both_overlays_exist() -> None:
+    assert sorted(p.name for p in OVERLAYS.iterdir()) == ["cpu", "gpu-t4"]
+
+
+def test_every_object_is_valid_for_the_kubernetes_api(overlay) -> None:
+    name, docs = overlay
+    kinds = sorted(d["kind"] for d in docs)
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(
+        kinds
+    ), kinds
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{name}: {doc['kind']} {doc['metadata']['name']}: {e.message}")
+
+
+def test_every_container_has_probes_resources_and_a_locked_down_context(overlay) -> None:
+    name, docs = overlay
+    for workload, spec in pod_specs(docs).items():
+        assert spec["securityContext"]["runAsNonRoot"] is True, workload
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in spec["containers"]:
+            where = f"{name}/{workload}/{c['name']}"
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert probe in c, f"{where} has no {probe}"
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][bound]), f"{where} {bound}"
+            ctx = c["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False, where
+            assert ctx["readOnlyRootFilesystem"] is True, where
+            assert ctx["capabilities"]["drop"] == ["ALL"], where
+            writable = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in writable, f"{where}: a read-only root needs a writable /tmp"
+
+
+def test_the_gateway_balances_over_the_headless_triton_service(overlay) -> None:
+    _, docs = overlay
+    services, deployments = by_kind(docs, "Service"), by_kind(docs, "Deployment")
+    assert services["triton"]["spec"]["clusterIP"] == "None"
+    grpc = next(p["port"] for p in services["triton"]["spec"]["ports"] if p["name"] == "grpc")
+    (gateway,) = deployments["gateway"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["COVIDCT_TRITON_URL"] == f"dns:triton:{grpc}"
+    triton = deployments["triton"]["spec"]["template"]
+    assert "startupProbe" in triton["spec"]["containers"][0]
+    for d in deployments.values():
+        annotations = d["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_disruption_budgets_autoscaling_and_network_policy(overlay) -> None:
+    _, docs = overlay
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    labels = {
+        n: p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for n, p in pdbs.items()
+    }
+    assert labels == {"triton": "triton", "gateway": "gateway"}
+    deployments = by_kind(docs, "Deployment")
+    assert pdbs["triton"]["spec"]["minAvailable"] < deployments["triton"]["spec"]["replicas"]
+    (hpa,) = by_kind(docs, "HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "gateway"
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    (policy,) = by_kind(docs, "NetworkPolicy").values()
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "triton"
+    inference = next(r for r in policy["spec"]["ingress"] if "from" in r)
+    allowed = {p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in inference["from"]}
+    assert allowed == {"gateway", "redeploy"}
+    assert {p["port"] for p in inference["ports"]} == {8000, 8001}
+    open_to_all = [r for r in policy["spec"]["ingress"] if "from" not in r]
+    assert [p["port"] for r in open_to_all for p in r["ports"]] == [8002]  # metrics only
+
+
+def test_the_gpu_overlay_serves_the_compose_file_s_triton_on_one_gpu() -> None:
+    docs = render("gpu-t4")
+    triton = by_kind(docs, "Deployment")["triton"]["spec"]["template"]["spec"]
+    (container,) = triton["containers"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert container["image"] == compose["services"]["triton"]["image"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["command"] == ["tritonserver"]
+    assert "--model-control-mode=explicit" in container["args"]
+    cpu = by_kind(render("cpu"), "Deployment")["triton"]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
+    assert cpu["securityContext"]["runAsUser"] == 10001  # our image's user
