@@ -255,3 +255,99 @@ def test_killed_redeploy_is_recovered_by_its_rerun_then_rolled_back(
         text=True,
     )
     assert table.returncode == 0 and "rollback" in table.stdout and "interrupted" in table.stdout
+
+
+#: Appended to a new version's model.py: it serves its warm-up and the smoke test (7
+#: executions), then fails every execution, as a version with a latent fault would.
+LATENT_FAULT = """
+
+_healthy_execute = TritonPythonModel.execute
+_executions = [0]
+
+
+def _execute_then_fail(self, requests):
+    _executions[0] += 1
+    if _executions[0] > 12:
+        raise RuntimeError("latent fault (test)")
+    return _healthy_execute(self, requests)
+
+
+TritonPythonModel.execute = _execute_then_fail
+"""
+
+
+def test_watch_rolls_back_a_version_that_fails_after_the_switch(stack: Stack, ci_run: Path) -> None:
+    """The candidate passes the gate and the smoke test, then fails once clients reach it:
+    the watch sees its error rate, switches back and unloads it, by itself."""
+    from export.pipeline import export_run
+
+    def export_with_fault(run: Path, repository: Path, serving) -> dict:
+        manifest = export_run(run, repository, serving)
+        model_py = repository / "covidct" / str(manifest["version"]) / "model.py"
+        model_py.write_text(model_py.read_text() + LATENT_FAULT)
+        return manifest
+
+    old = stack.current()
+    new = max(versions(stack.model_dir)) + 1
+    opts = DeployOptions(
+        repository=stack.repo,
+        data=ci_run.parent / "data",
+        run=ci_run,
+        gateway_url=stack.gateway,
+        triton_url=stack.grpc,
+        admin_key=ADMIN,
+        watch_seconds=30,
+        cache_root=Path(stack.env["COVIDCT_CACHE_DIR"]),
+    )
+    with Load(stack.gateway) as load:
+        time.sleep(2)
+        with pytest.raises(DeployError, match=f"error rate .* on version {new} is over 5%"):
+            redeploy(opts, lambda event: None, exporter=export_with_fault)
+        rolled_back = time.perf_counter()
+        time.sleep(3)
+    stack.assert_serves_only(old)
+    assert new not in stack.ready()
+    entry = stack.log()[-1]
+    assert entry["outcome"].startswith("rolled back: error rate"), entry["outcome"]
+    records = sorted(load.records)
+    failed = [r for r in records if r[2] != 200]
+    assert failed, "no request reached the faulty version"
+    assert all(r[2] == 200 and r[3] == str(old) for r in records if r[0] > rolled_back)
+    print(f"\nwatch rollback: {len(failed)} of {len(records)} requests failed on version {new}")
+
+
+def test_redeploy_killed_after_the_switch_is_finished_by_its_rerun(
+    stack: Stack, ci_run: Path
+) -> None:
+    old, before = stack.current(), versions(stack.model_dir)
+    new = max(before) + 1
+    args = stack.args("redeploy", "--from-run", ci_run, "--data", ci_run.parent / "data")
+    proc = subprocess.Popen(
+        [*args, "--watch-seconds", "120"],
+        env=stack.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    journal = stack.repo / ".deploy-covidct.json"
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = json.loads(journal.read_text())["done"]
+        except (OSError, ValueError, KeyError):
+            done = []
+        if "switch" in done:
+            os.kill(proc.pid, signal.SIGKILL)  # during the drain or the watch
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "redeploy ended before it switched"
+    # The gateway already serves the new version; the old one is still loaded beside it.
+    assert stack.current() == new and stack.ready() == sorted([old, new])
+    again = stack.run(
+        "redeploy", "--from-run", ci_run, "--data", ci_run.parent / "data", "--watch-seconds", 1
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    stack.assert_serves_only(new)
+    assert versions(stack.model_dir) == [*before, new]  # finished, not exported again
+    assert not journal.exists()
+    assert stack.log()[-1]["outcome"].startswith("interrupted after the switch; finished")
