@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -64,6 +65,19 @@ class Stack:
     def run(self, *extra: str | Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.args(*extra), capture_output=True, text=True, env=self.env, timeout=600
+        )
+
+    def options(self, run: Path, **extra: Any) -> DeployOptions:
+        """In-process redeploy options against this stack, deploying ``run``."""
+        return DeployOptions(
+            repository=self.repo,
+            data=run.parent / "data",
+            run=run,
+            gateway_url=self.gateway,
+            triton_url=self.grpc,
+            admin_key=ADMIN,
+            cache_root=Path(self.env["COVIDCT_CACHE_DIR"]),
+            **extra,
         )
 
     def assert_serves_only(self, version: int) -> None:
@@ -178,9 +192,7 @@ def test_failed_smoke_test_rolls_back(stack: Stack, ci_run: Path, tmp_path: Path
     assert entry["outcome"].startswith("rolled back: smoke test failed"), entry["outcome"]
 
 
-def test_version_that_fails_to_load_leaves_the_old_one_serving(
-    stack: Stack, ci_run: Path, cache_env: dict
-) -> None:
+def test_version_that_fails_to_load_leaves_the_old_one_serving(stack: Stack, ci_run: Path) -> None:
     from export.pipeline import export_run
 
     def broken_export(run: Path, repository: Path, serving):
@@ -191,15 +203,7 @@ def test_version_that_fails_to_load_leaves_the_old_one_serving(
 
     events: list = []
     before, old = versions(stack.model_dir), stack.current()
-    opts = DeployOptions(
-        repository=stack.repo,
-        data=ci_run.parent / "data",
-        run=ci_run,
-        gateway_url=stack.gateway,
-        triton_url=stack.grpc,
-        admin_key=ADMIN,
-        cache_root=Path(cache_env["COVIDCT_CACHE_DIR"]),
-    )
+    opts = stack.options(ci_run)
     with pytest.raises(DeployError, match="could not load"):
         redeploy(opts, events.append, exporter=broken_export)
     assert [e.step for e in events if e.status == "fail"] == ["load"]
@@ -289,16 +293,7 @@ def test_watch_rolls_back_a_version_that_fails_after_the_switch(stack: Stack, ci
 
     old = stack.current()
     new = max(versions(stack.model_dir)) + 1
-    opts = DeployOptions(
-        repository=stack.repo,
-        data=ci_run.parent / "data",
-        run=ci_run,
-        gateway_url=stack.gateway,
-        triton_url=stack.grpc,
-        admin_key=ADMIN,
-        watch_seconds=30,
-        cache_root=Path(stack.env["COVIDCT_CACHE_DIR"]),
-    )
+    opts = stack.options(ci_run, watch_seconds=30)
     with Load(stack.gateway) as load:
         time.sleep(2)
         with pytest.raises(DeployError, match=f"error rate .* on version {new} is over 5%"):
