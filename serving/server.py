@@ -271,6 +271,14 @@ class Supervisor:
         return self
 
     def _watch(self) -> None:
+        try:
+            self._restart_on_exit()
+        finally:
+            # From this thread: a server it restarted dies with it (parent-death signal), so it
+            # is stopped gracefully here, before the thread ends, not killed by its end.
+            self.server.stop()
+
+    def _restart_on_exit(self) -> None:
         backoff = self.first_backoff_s
         up_since = time.monotonic()
         while not self._stopping.wait(0.25):
@@ -298,11 +306,12 @@ class Supervisor:
             backoff = min(backoff * 2, self.max_backoff_s)
 
     def stop(self) -> None:
-        """Stop watching, then stop the server (a restart under way finishes first)."""
+        """Stop watching and stop the server (a restart under way finishes first); the
+        watcher stops it, so that a server it restarted drains instead of being killed."""
         self._stopping.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=self.ready_timeout_s + 5)
-        self.server.stop()
+            self._thread.join(timeout=self.ready_timeout_s + 40)
+        self.server.stop()  # never started watching, or the join timed out
 
 
 def run_until_stopped(server: TritonServer, timeout: float, say: Callable[[str], None]) -> int:

@@ -38,3 +38,34 @@ def test_python_m_serving_says_why_it_cannot_start(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert f"error: model repository {tmp_path / 'absent'} does not exist" in result.stdout
+
+
+@pytest.mark.integration
+def test_a_restarted_server_is_stopped_gracefully_not_killed(tmp_path: Path) -> None:
+    """The supervisor's watcher thread is the parent-death anchor of the servers it restarts:
+    stop() must SIGTERM such a server (exit 0) before the thread ends, not leave the thread's
+    end to SIGKILL it."""
+    import os
+    import signal
+    import time
+
+    from serving.server import Supervisor, free_port
+
+    (tmp_path / "models").mkdir()
+    server = TritonServer(
+        tmp_path / "models", free_port(), free_port(), free_port(), log_file=tmp_path / "t.log"
+    )
+    supervisor = Supervisor(server, first_backoff_s=0.1)
+    server.start()
+    supervisor.start()
+    try:
+        assert server.process is not None
+        first = server.process.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while supervisor.restarts < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert supervisor.restarts == 1 and server.process.pid != first
+    finally:
+        supervisor.stop()
+    assert server.process.returncode == 0, f"restarted server ended by {server.process.returncode}"
