@@ -14,7 +14,7 @@ test: setup lint
 # docker-compose.yml for real: images built, the CPU profile up on 127.0.0.1, answers equal to
 # covidct serve's, a redeploy under load (tests/deploy/test_compose.py). Installs docker.io,
 # docker-compose and debootstrap when root and missing; starts a private dockerd (data under
-# /var/lib/covidct-docker, so images stay cached) unless DOCKER_HOST names one.
+# /var/lib/covidct-docker, so images stay cached) unless it runs already, and stops it after.
 compose-test: setup
 	bash deploy/docker-host.sh install
 	bash deploy/docker-host.sh run $(BIN)/python -m pytest -p no:cacheprovider -s -m compose \
