@@ -7,6 +7,8 @@ handling, a fake backend. The gateway never imports TensorFlow (a test enforces 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -58,13 +60,23 @@ def create_app(
         collector = ReplicaCollector(backend) if isinstance(backend, ReplicaSet) else None
         if collector is not None:
             metrics.registry.register(collector)
+        follower = None
+        if state.shared is not None:
+            await state.shared.start()
+            follower = asyncio.get_running_loop().create_task(state.shared.run())
         try:
             version = await state.serving.current()
             spec = await state.serving.spec(version)
             log.info("serving model %s version %s (S=%d)", spec.name, version, spec.image_size)
+            if state.shared is not None:
+                await state.shared.follow()  # writes the first record if there is none
         except GatewayError as e:  # Triton may come up after the gateway: retried per request
             log.warning("model spec not available yet: %s", e)
         yield
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         if collector is not None:
             metrics.registry.unregister(collector)
         await backend.close()

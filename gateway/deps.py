@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.errors import NotReady, Saturated
+from gateway.fleet import SharedServing
 from gateway.serving import ServingVersions
 from gateway.settings import GatewaySettings
 from gateway.triton import Backend
@@ -52,11 +54,14 @@ class GatewayState:
     metrics: Metrics
     limiter: anyio.CapacityLimiter
     serving: ServingVersions = field(init=False)
+    shared: SharedServing | None = None  # with COVIDCT_SERVING_DIR: every process switches
     in_flight: int = 0
     studies: int = 0
 
     def __post_init__(self) -> None:
         self.serving = ServingVersions(self.backend, self.settings.model_version)
+        if self.settings.serving_dir:
+            self.shared = SharedServing(Path(self.settings.serving_dir), self.serving)
 
     @asynccontextmanager
     async def slot(self, units: int = 1) -> AsyncIterator[None]:

@@ -30,26 +30,13 @@ from typing import Any
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from covidct.addresses import addresses_of, parse_targets
 from covidct.config import ModelSpec
 from gateway.errors import InferenceTimeout, NotReady
 from gateway.settings import GatewaySettings
 from gateway.triton import Backend, Inference, TritonBackend
 
 log = logging.getLogger(__name__)
-DNS_PREFIX = "dns:"
-
-
-def parse_targets(url: str) -> tuple[list[str], tuple[str, int] | None]:
-    """Fixed addresses, or the (name, port) to resolve for ``dns:NAME:PORT``."""
-    if url.startswith(DNS_PREFIX):
-        host, _, port = url.removeprefix(DNS_PREFIX).lstrip("/").rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"COVIDCT_TRITON_URL {url!r}: expected dns:NAME:PORT")
-        return [], (host, int(port))
-    addresses = [a.strip() for a in url.split(",") if a.strip()]
-    if not addresses:
-        raise ValueError("COVIDCT_TRITON_URL names no Triton address")
-    return addresses, None
 
 
 @dataclass
@@ -103,7 +90,7 @@ class ReplicaSet:
         except OSError as e:
             log.warning("cannot resolve %s (keeping %d replicas): %s", host, len(self), e)
             return
-        found = sorted({f"{info[4][0]}:{port}" for info in infos})
+        found = addresses_of(infos, port)
         if found:
             for backend in self._set_addresses(found):
                 await backend.close()

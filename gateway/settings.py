@@ -35,6 +35,10 @@ class GatewaySettings(BaseSettings):
     triton_probe_s: float = 1.0  # readiness probe of every replica (readmits ejected ones)
     model_name: str = "covidct"
     model_version: str = ""  # version served at start; empty: the newest ready one
+    # A folder shared by every gateway process of one deployment (workers, pods): the serving
+    # record and heartbeats of gateway/fleet.py, so all switch together; it overrides
+    # model_version once written. Empty: this process decides alone (one worker only).
+    serving_dir: str = ""
     request_timeout_s: float = 10.0
     max_in_flight: int = 32
     max_upload_bytes: int = 64 * 1024 * 1024  # one slice (a 512x512 DICOM is about 0.5 MB)

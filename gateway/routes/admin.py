@@ -46,14 +46,20 @@ class ServingStatus(BaseModel):
     in_flight: dict[str, int] = Field(description="requests being answered, per version")
     since_switch: dict[str, Any] = Field(description="requests and model errors since then")
     triton_versions: list[dict[str, Any]]
+    gateways: list[dict[str, Any]] = Field(
+        default=[],
+        description="with COVIDCT_SERVING_DIR: every live gateway process (the figures above "
+        "are their sums)",
+    )
 
 
 async def _status(request: Request) -> ServingStatus:
     gw = state_of(request)
     await gw.serving.current()
+    status = gw.shared.status() if gw.shared is not None else gw.serving.status()
     return ServingStatus(
         model=gw.settings.model_name,
-        **gw.serving.status(),
+        **status,
         triton_versions=await gw.backend.versions(),
     )
 
@@ -66,6 +72,11 @@ async def serving(request: Request) -> ServingStatus:
 
 @router.post("/serving", response_model=ServingStatus)
 async def switch(request: Request, body: SwitchRequest) -> ServingStatus:
-    """Serve ``version`` from now on (it must be ready in Triton and take the same input)."""
-    await state_of(request).serving.switch(body.version)
+    """Serve ``version`` from now on (it must be ready in Triton and take the same input);
+    with COVIDCT_SERVING_DIR every gateway process switches, or none does."""
+    gw = state_of(request)
+    if gw.shared is not None:
+        await gw.shared.publish(body.version)
+    else:
+        await gw.serving.switch(body.version)
     return await _status(request)
