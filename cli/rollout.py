@@ -19,7 +19,12 @@ app = typer.Typer()
 
 GatewayOpt = Annotated[str, typer.Option("--gateway", help="Gateway URL.")]
 TritonOpt = Annotated[
-    str, typer.Option("--triton", help="Triton gRPC address (explicit model control).")
+    str,
+    typer.Option(
+        "--triton",
+        help="Triton gRPC address (explicit model control): HOST:PORT, a comma-separated list "
+        "or dns:NAME:PORT; every replica is loaded, smoke-tested and unloaded together.",
+    ),
 ]
 AdminKeyOpt = Annotated[
     str | None, typer.Option(envvar="COVIDCT_ADMIN_KEY", help="The gateway's X-Admin-Key.")

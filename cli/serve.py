@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def serve(
     metrics_port: int,
     demo_dir: Path,
     triton_replicas: int = 1,
+    workers: int = 1,
 ) -> None:
     """Start Triton, then the gateway in this process; Ctrl-C or SIGTERM stops both, the
     gateway first (requests in flight get ``gateway.protocol.GRACE_S`` to finish), then
@@ -78,7 +80,9 @@ def serve(
 
     ``triton_replicas`` > 1 starts that many tritonservers on the same repository (replica
     i on the given ports + 10 x i) and the gateway balances over them
-    (``gateway.replicas``): the scale-out topology on one machine."""
+    (``gateway.replicas``): the scale-out topology on one machine. ``workers`` > 1 runs that
+    many gateway processes on the one port (uvicorn workers); they share a serving folder
+    (``gateway.fleet``, a fresh one per run) so all serve one version and switch together."""
     import uvicorn
 
     from gateway.app import create_app
@@ -116,18 +120,17 @@ def serve(
             server.start()
             supervisor.start()
         addresses = ",".join(f"127.0.0.1:{server.grpc_port}" for server in servers)
-        settings = GatewaySettings(triton_url=addresses)
         url = f"http://{host}:{port}"
         logs = ", ".join(str(server.log_file) for server in servers)
+        gateways = f"{workers} processes" if workers > 1 else "one process"
         print(
-            f"gateway: {url}/  (page)\n"
+            f"gateway: {url}/  (page; {gateways})\n"
             f"try:     curl -F file=@slice.png {url}/v1/predict\n"
             f"Triton:  gRPC {addresses}, log {logs}\n"
             "Ctrl-C or SIGTERM stops both.",
             flush=True,
         )
-        uvicorn.run(
-            create_app(settings),
+        options = dict(
             **UVICORN_OPTIONS,
             host=host,
             port=port,
@@ -135,6 +138,13 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=GRACE_S,
         )
+        if workers == 1:
+            uvicorn.run(create_app(GatewaySettings(triton_url=addresses)), **options)
+        else:
+            # each worker is a fresh interpreter: it builds its app from the environment
+            with tempfile.TemporaryDirectory(prefix="covidct-serving-") as shared:
+                os.environ.update(COVIDCT_TRITON_URL=addresses, COVIDCT_SERVING_DIR=shared)
+                uvicorn.run("gateway.app:create_app", factory=True, workers=workers, **options)
     except SystemExit as e:
         if e.code != 0:
             raise

@@ -60,6 +60,12 @@ def serve(
             min=1, help="Tritonservers to balance over (replica i on the ports + 10 x i)."
         ),
     ] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Gateway processes on the one port; they serve one version together."
+        ),
+    ] = 1,
 ) -> None:
     """Start Triton and the gateway (building a demo model first when there is none)."""
     import subprocess
@@ -78,6 +84,7 @@ def serve(
             metrics_port,
             default_demo_dir(),
             triton_replicas,
+            workers,
         )
     except TritonError as e:
         fail(str(e))

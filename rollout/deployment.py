@@ -30,7 +30,7 @@ from rollout.admin import GatewayAdmin
 from rollout.deploylog import LOG_NAME, DeploymentLog, Journal, now_iso, who
 from rollout.gate import GateTolerances
 from rollout.smoke import smoke_slices, smoke_test
-from serving.control import DeployError, TritonControl
+from serving.control import DeployError, TritonFleet
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Deployment:
 
     def __init__(self, opts: DeployOptions, report: Reporter, state: dict[str, Any]) -> None:
         self.opts, self.report, self.state = opts, report, state
-        self.triton = TritonControl(opts.triton_url, opts.model)
+        self.triton = TritonFleet(opts.triton_url, opts.model)
         self.gateway = GatewayAdmin(opts.gateway_url, opts.admin_key)
 
     @staticmethod
@@ -138,15 +138,20 @@ class Deployment:
         return int(self.state["to_version"])
 
     def load_pair(self) -> str:
-        """Both versions served by Triton; the gateway still sends everything to the old."""
+        """Both versions served by every Triton; the gateways still send everything to the old."""
         self.triton.load_versions(self.opts.model_dir, sorted({self.old, self.new}), self.new)
-        return f"Triton serves versions {self.old} and {self.new}"
+        return f"{self._tritons} serve versions {self.old} and {self.new}"
+
+    @property
+    def _tritons(self) -> str:
+        n = len(self.triton)
+        return "Triton" if n == 1 else f"all {n} Tritons"
 
     def smoke(self) -> str:
         spec = ModelSpec.from_dict(read_manifest(self.opts.model_dir, self.new)["model_spec"])
         files = smoke_slices(self.opts.smoke_slices)
         figures = smoke_test(
-            self.triton,
+            self.triton.replicas,
             self.new,
             self.opts.model_dir / str(self.new),
             spec,
@@ -154,14 +159,17 @@ class Deployment:
             max_latency_ms=self.opts.smoke_max_latency_ms,
         )
         self.state["smoke"] = figures
+        on = f" on each of {len(self.triton)} replicas" if len(self.triton) > 1 else ""
         return (
-            f"{figures['slices']} real slices: top-1 agreement {figures['top1_agreement']:.0%}, "
-            f"p50 {figures['p50_ms']} ms"
+            f"{figures['slices']} real slices{on}: top-1 agreement "
+            f"{figures['top1_agreement']:.0%}, p50 {figures['p50_ms']} ms"
         )
 
     def switch(self) -> str:
-        self.gateway.switch(self.new)
-        return f"gateway serves version {self.new}"
+        answer = self.gateway.switch(self.new)
+        n = len(answer.get("gateways") or [None])
+        who = "the gateway serves" if n == 1 else f"{n} gateway processes serve"
+        return f"{who} version {self.new}"
 
     def drain(self) -> str:
         waited = self.gateway.drain(self.old, self.opts.drain_timeout_s)
@@ -186,7 +194,7 @@ class Deployment:
 
     def retire_old(self) -> str:
         self.triton.load_versions(self.opts.model_dir, [self.new], self.new)
-        return f"version {self.old} unloaded; Triton serves {self.new} only"
+        return f"version {self.old} unloaded; {self._tritons} serve {self.new} only"
 
     def put_back_old(self, remove_new: bool) -> None:
         """Undo before or after a switch: the old version serves, the new one is unloaded."""
@@ -198,7 +206,7 @@ class Deployment:
                 )
             self.gateway.switch(self.old)
             self.gateway.drain(self.new, self.opts.drain_timeout_s)
-        if self.new in self.triton.ready_versions():
+        if self.new in self.triton.ready_anywhere():
             self.triton.load_versions(self.opts.model_dir, [self.old], self.old)
         else:
             write_config(

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
+from covidct.addresses import resolve_targets
 from covidct.modelconfig import config_json, parse_config
 from export.repository import pinned_config, write_config
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class DeployError(RuntimeError):
@@ -76,7 +81,8 @@ class TritonControl:
         if missing:
             raise DeployError(f"Triton loaded the model but versions {missing} are not ready")
         write_config(model_dir, text)
-        log.info("Triton serves versions %s (%.1f s)", versions, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        log.info("Triton %s serves versions %s (%.1f s)", self.url, versions, seconds)
 
     def infer(self, version: int, images: np.ndarray, spec_input: str, output: str) -> np.ndarray:
         grpc = self._grpc
@@ -93,3 +99,66 @@ class TritonControl:
         if served != str(version):
             raise DeployError(f"asked version {version}, Triton answered with {served}")
         return np.asarray(result.as_numpy(output))
+
+
+class TritonFleet:
+    """Every Triton replica of one deployment (``HOST:PORT``, a comma-separated list, or
+    ``dns:NAME:PORT`` resolved once), driven together: a load happens on all of them at once,
+    and a version counts as ready only where every replica has it ready. A replica that fails
+    fails the step, naming it; the others keep what they served (a load never takes a serving
+    version away), and the caller puts the old version back everywhere."""
+
+    def __init__(self, url: str, model: str, timeout_s: float = 300.0) -> None:
+        try:
+            addresses = resolve_targets(url)
+        except ValueError as e:
+            raise DeployError(str(e)) from e
+        self.replicas = [TritonControl(a, model, timeout_s) for a in addresses]
+        self.url, self.model = url, model
+
+    def __iter__(self) -> Iterator[TritonControl]:
+        return iter(self.replicas)
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def _each(self, call: Callable[[TritonControl], T], what: str) -> list[T]:
+        """``call(replica)`` on every replica at once; DeployError naming each that failed."""
+        if len(self.replicas) == 1:
+            return [call(self.replicas[0])]
+        with ThreadPoolExecutor(len(self.replicas)) as pool:
+            futures = [pool.submit(call, r) for r in self.replicas]
+        failed: list[str] = []
+        results: list[T] = []
+        for replica, future in zip(self.replicas, futures, strict=True):
+            try:
+                results.append(future.result())
+            except DeployError as e:
+                failed.append(f"{replica.url}: {e}")
+        if failed:
+            raise DeployError(
+                f"{what} failed on {len(failed)} of {len(self)} replicas: " + "; ".join(failed)
+            )
+        return results
+
+    def ready_versions(self) -> list[int]:
+        """Versions every replica has READY."""
+        each = self._each(lambda r: set(r.ready_versions()), "reading ready versions")
+        return sorted(set.intersection(*each))
+
+    def ready_anywhere(self) -> list[int]:
+        """Versions some reachable replica has READY (what an undo must unload)."""
+        found: set[int] = set()
+        for replica in self.replicas:
+            try:
+                found.update(replica.ready_versions())
+            except DeployError:
+                continue
+        return sorted(found)
+
+    def load_versions(self, model_dir: Path, versions: list[int], spec_version: int) -> None:
+        """Serve exactly ``versions`` on every replica (see ``TritonControl.load_versions``)."""
+        self._each(
+            lambda r: r.load_versions(model_dir, versions, spec_version),
+            f"loading versions {versions}",
+        )
