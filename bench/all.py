@@ -41,6 +41,7 @@ STEPS = (
     "gateway",
     "gateway-1-thread",
     "capacity",
+    "replicas",
 )
 
 
@@ -144,6 +145,8 @@ def run_all(
             covidct("bench", "triton", "--repository", repo, "--versions", "1,2", "--out", out)
         elif step == "settings":
             covidct("bench", "settings", "--repository", repo, "--version", "1", "--out", out)
+        elif step == "replicas":
+            covidct("bench", "replicas", "--repository", repo, "--version", "1", "--out", out)
         elif step == "gateway":
             gateway_step(repo, out)
         elif step == "gateway-1-thread":

@@ -24,6 +24,7 @@ ORDER = (
     "gateway",
     "gateway-1-thread",
     "capacity",
+    "replicas",
     "gpu",
     "make-serve",
 )

@@ -242,6 +242,39 @@ def bench_capacity(
         fail(str(e))
 
 
+@bench_app.command("replicas")
+def bench_replicas(
+    repository: Annotated[
+        Path | None,
+        typer.Option(help="Also measure this repository's model (the identity model always)."),
+    ] = None,
+    version: Annotated[str, typer.Option(help="Version of it to serve (default: newest).")] = "",
+    replicas: Annotated[str, typer.Option(help="Replica counts, e.g. 1,2,3.")] = "1,2,3",
+    concurrency: Annotated[int, typer.Option(help="Concurrent connections.")] = 8,
+    seconds: Annotated[float, typer.Option(help="Seconds per row and round.")] = 8.0,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds (median shown).")] = 3,
+    out: ResultFolder = None,
+) -> None:
+    """One gateway over 1, 2, 3 Triton replicas, interleaved; then one replica killed."""
+    from bench.replicas import run_replicas_bench
+    from bench.sweep import BenchError
+
+    try:
+        print(
+            run_replicas_bench(
+                _bench_out(out, "replicas"),
+                repository,
+                _levels(replicas),
+                concurrency,
+                seconds,
+                rounds,
+                version,
+            )
+        )
+    except BenchError as e:
+        fail(str(e))
+
+
 @bench_app.command("overload")
 def bench_overload(
     seconds: Annotated[float, typer.Option(help="Seconds of overload.")] = 30.0,
@@ -277,7 +310,7 @@ def bench_all(
     ] = None,
     only: Annotated[
         str, typer.Option(help="Comma-separated subset of the benchmarks.")
-    ] = "data,train,engines,triton,settings,gateway,capacity",
+    ] = "data,train,engines,triton,settings,gateway,capacity,replicas",
     output: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("BENCHMARKS.md"),
 ) -> None:
     """Every benchmark (preparing the model they need), then BENCHMARKS.md: `make bench`."""

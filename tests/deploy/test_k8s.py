@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-OVERLAYS = REPO / "deploy" / "k8s" / "overlays"
+K8S = REPO / "deploy" / "k8s"
+OVERLAYS = K8S / "overlays"
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes these manifests support
 
 
@@ -23,7 +24,7 @@ def render(overlay: str) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl (with its built-in kustomize v5) is needed to render deploy/k8s"
     result = subprocess.run(
-        [kubectl, "kustomize", str(OVERLAYS / overlay)], capture_output=True, text=True
+        [kubectl, "kustomize", str(K8S / overlay)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -41,7 +42,11 @@ def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
-@pytest.fixture(scope="module", params=sorted(p.name for p in OVERLAYS.iterdir()))
+#: Every kustomization rendered: the two overlays and the on-demand redeploy Job.
+RENDERED = [*(f"overlays/{p.name}" for p in sorted(OVERLAYS.iterdir())), "redeploy"]
+
+
+@pytest.fixture(scope="module", params=RENDERED)
 def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return request.param, render(request.param)
 
@@ -53,9 +58,12 @@ def test_both_overlays_exist() -> None:
 def test_every_object_is_valid_for_the_kubernetes_api(overlay) -> None:
     name, docs = overlay
     kinds = sorted(d["kind"] for d in docs)
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(
-        kinds
-    ), kinds
+    expected = (
+        {"Job"}
+        if name == "redeploy"
+        else {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    )
+    assert expected <= set(kinds), kinds
     for doc in docs:
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -65,12 +73,14 @@ def test_every_object_is_valid_for_the_kubernetes_api(overlay) -> None:
 
 def test_every_container_has_probes_resources_and_a_locked_down_context(overlay) -> None:
     name, docs = overlay
+    kinds = {d["metadata"]["name"]: d["kind"] for d in docs}
     for workload, spec in pod_specs(docs).items():
         assert spec["securityContext"]["runAsNonRoot"] is True, workload
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         for c in spec["containers"]:
             where = f"{name}/{workload}/{c['name']}"
-            for probe in ("readinessProbe", "livenessProbe"):
+            # a Job's pod serves nothing: it is judged by its exit code, not by probes
+            for probe in ("readinessProbe", "livenessProbe") if kinds[workload] != "Job" else ():
                 assert probe in c, f"{where} has no {probe}"
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][bound]), f"{where} {bound}"
@@ -82,8 +92,13 @@ def test_every_container_has_probes_resources_and_a_locked_down_context(overlay)
             assert "/tmp" in writable, f"{where}: a read-only root needs a writable /tmp"
 
 
-def test_the_gateway_balances_over_the_headless_triton_service(overlay) -> None:
-    _, docs = overlay
+@pytest.fixture(scope="module", params=sorted(p.name for p in OVERLAYS.iterdir()))
+def stack(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(f"overlays/{request.param}")
+
+
+def test_the_gateway_balances_over_the_headless_triton_service(stack) -> None:
+    _, docs = stack
     services, deployments = by_kind(docs, "Service"), by_kind(docs, "Deployment")
     assert services["triton"]["spec"]["clusterIP"] == "None"
     grpc = next(p["port"] for p in services["triton"]["spec"]["ports"] if p["name"] == "grpc")
@@ -98,8 +113,45 @@ def test_the_gateway_balances_over_the_headless_triton_service(overlay) -> None:
         assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
-def test_disruption_budgets_autoscaling_and_network_policy(overlay) -> None:
-    _, docs = overlay
+def test_every_gateway_pod_shares_one_serving_folder(stack) -> None:
+    _, docs = stack
+    spec = by_kind(docs, "Deployment")["gateway"]["spec"]["template"]["spec"]
+    (gateway,) = spec["containers"]
+    folder = {e["name"]: e.get("value") for e in gateway["env"]}["COVIDCT_SERVING_DIR"]
+    (mount,) = [m for m in gateway["volumeMounts"] if m["mountPath"] == folder]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    claim = by_kind(docs, "PersistentVolumeClaim")[volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # pods on several nodes
+
+
+def test_the_redeploy_job_drives_every_replica_through_the_stack_s_names(stack) -> None:
+    _, docs = stack
+    (job,) = by_kind(render("redeploy"), "Job").values()
+    pod = job["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"][1:])
+    assert container["args"][0] == "redeploy"
+    services = by_kind(docs, "Service")
+    grpc = next(p["port"] for p in services["triton"]["spec"]["ports"] if p["name"] == "grpc")
+    http = services["gateway"]["spec"]["ports"][0]["port"]
+    assert args["triton"] == f"dns:triton:{grpc}"  # every pod behind the headless Service
+    assert args["gateway"] == f"http://gateway:{http}"
+    # it writes the repository the Triton pods read, and may reach them (NetworkPolicy)
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert claims[mounts[args["repository"]]["name"]] == "model-repository"
+    assert not mounts[args["repository"]].get("readOnly")
+    assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "redeploy"
+    assert job["spec"]["backoffLimit"] >= 1  # a rerun recovers an interrupted deployment
+    assert "model-repository" in by_kind(docs, "PersistentVolumeClaim")
+
+
+def test_disruption_budgets_autoscaling_and_network_policy(stack) -> None:
+    _, docs = stack
     pdbs = by_kind(docs, "PodDisruptionBudget")
     labels = {
         n: p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for n, p in pdbs.items()
@@ -121,7 +173,7 @@ def test_disruption_budgets_autoscaling_and_network_policy(overlay) -> None:
 
 
 def test_the_gpu_overlay_serves_the_compose_file_s_triton_on_one_gpu() -> None:
-    docs = render("gpu-t4")
+    docs = render("overlays/gpu-t4")
     triton = by_kind(docs, "Deployment")["triton"]["spec"]["template"]["spec"]
     (container,) = triton["containers"]
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -129,6 +181,6 @@ def test_the_gpu_overlay_serves_the_compose_file_s_triton_on_one_gpu() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["command"] == ["tritonserver"]
     assert "--model-control-mode=explicit" in container["args"]
-    cpu = by_kind(render("cpu"), "Deployment")["triton"]["spec"]["template"]["spec"]
+    cpu = by_kind(render("overlays/cpu"), "Deployment")["triton"]["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
     assert cpu["securityContext"]["runAsUser"] == 10001  # our image's user
