@@ -145,7 +145,7 @@ class Deployment:
     @property
     def _tritons(self) -> str:
         n = len(self.triton)
-        return "Triton" if n == 1 else f"all {n} Tritons"
+        return {1: "Triton", 2: "both Tritons"}.get(n, f"all {n} Tritons")
 
     def smoke(self) -> str:
         spec = ModelSpec.from_dict(read_manifest(self.opts.model_dir, self.new)["model_spec"])

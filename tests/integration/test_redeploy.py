@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,25 @@ class Stack:
         return subprocess.run(
             self.args(*extra), capture_output=True, text=True, env=self.env, timeout=600
         )
+
+    def kill_redeploy_when(self, run: Path, watch_s: str, moment: Callable[[], bool]) -> bool:
+        """Start ``covidct redeploy --from-run run``, SIGKILL it once ``moment()`` holds;
+        True when it was killed (False: it ended first)."""
+        args = self.args("redeploy", "--from-run", run, "--data", run.parent / "data")
+        proc = subprocess.Popen(
+            [*args, "--watch-seconds", watch_s],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            if moment():
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=60)
+        return proc.returncode == -signal.SIGKILL
 
     def options(self, run: Path, **extra: Any) -> DeployOptions:
         """In-process redeploy options against this stack, deploying ``run``."""
@@ -216,21 +236,11 @@ def test_killed_redeploy_is_recovered_by_its_rerun_then_rolled_back(
     stack: Stack, ci_run: Path
 ) -> None:
     before, old = versions(stack.model_dir), stack.current()
-    args = stack.args("redeploy", "--from-run", ci_run, "--data", ci_run.parent / "data")
-    proc = subprocess.Popen(
-        [*args, "--watch-seconds", "1"],
-        env=stack.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # midway through the export
+    killed = stack.kill_redeploy_when(
+        ci_run, "1", lambda: bool(list(stack.model_dir.glob(".tmp-version-*/model.onnx")))
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if list(stack.model_dir.glob(".tmp-version-*/model.onnx")):
-            os.kill(proc.pid, signal.SIGKILL)  # midway through the export
-            break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "redeploy finished before it could be killed"
+    assert killed, "redeploy finished before it could be killed"
     # Consistent: the old version serves, no new version was published.
     assert stack.current() == old and stack.ready() == [old]
     assert versions(stack.model_dir) == before
@@ -316,26 +326,16 @@ def test_redeploy_killed_after_the_switch_is_finished_by_its_rerun(
 ) -> None:
     old, before = stack.current(), versions(stack.model_dir)
     new = max(before) + 1
-    args = stack.args("redeploy", "--from-run", ci_run, "--data", ci_run.parent / "data")
-    proc = subprocess.Popen(
-        [*args, "--watch-seconds", "120"],
-        env=stack.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     journal = stack.repo / ".deploy-covidct.json"
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:
+
+    def switched() -> bool:
         try:
-            done = json.loads(journal.read_text())["done"]
+            return "switch" in json.loads(journal.read_text())["done"]
         except (OSError, ValueError, KeyError):
-            done = []
-        if "switch" in done:
-            os.kill(proc.pid, signal.SIGKILL)  # during the drain or the watch
-            break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "redeploy ended before it switched"
+            return False
+
+    # during the drain or the watch
+    assert stack.kill_redeploy_when(ci_run, "120", switched), "redeploy ended before it switched"
     # The gateway already serves the new version; the old one is still loaded beside it.
     assert stack.current() == new and stack.ready() == sorted([old, new])
     again = stack.run(
