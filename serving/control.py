@@ -134,7 +134,7 @@ class TritonFleet:
             try:
                 results.append(future.result())
             except DeployError as e:
-                failed.append(f"{replica.url}: {e}")
+                failed.append(str(e) if replica.url in str(e) else f"{replica.url}: {e}")
         if failed:
             raise DeployError(
                 f"{what} failed on {len(failed)} of {len(self)} replicas: " + "; ".join(failed)
