@@ -93,7 +93,9 @@ def _measure(
                     "rounds": [round(x.row.throughput, 2) for x in results],
                 }
             )
-        failover = _failover(servers[1], gateways[most], uploads, concurrency, seconds)
+        failover = (
+            _failover(servers[1], gateways[most], uploads, concurrency, seconds) if most > 1 else {}
+        )
     return rows, failover
 
 
@@ -101,7 +103,7 @@ def _failover(
     victim: TritonServer, url: str, uploads: list[Upload], concurrency: int, seconds: float
 ) -> dict[str, Any]:
     """SIGKILL ``victim`` a third into a load level, start it again, time the readmission."""
-    window = max(3 * seconds, 20.0)
+    window = max(3 * seconds, 6.0)
     result: dict[str, LevelResult] = {}
     load = threading.Thread(
         target=lambda: result.update(level=load_level(url, uploads, concurrency, 10**6, window))
@@ -132,6 +134,21 @@ def _failover(
     }
 
 
+def _model_label(repository: Path, version: str) -> str:
+    """``densenet201 S=224 (cpu, v1)`` from the served version's manifest."""
+    from export.repository import read_manifest, versions
+
+    model_dir = repository / "covidct"
+    found = versions(model_dir)
+    if not found:
+        raise BenchError(f"{model_dir} holds no version")
+    v = int(version) if version else max(found)
+    manifest = read_manifest(model_dir, v)
+    spec = manifest.get("model_spec", {})
+    target = manifest.get("target", "?")
+    return f"{spec.get('backbone', '?')} S={spec.get('image_size', '?')} ({target}, v{v})"
+
+
 def run_replicas_bench(
     out: Path,
     repository: Path | None = None,
@@ -153,8 +170,7 @@ def run_replicas_bench(
             (f"identity model (S={spec.image_size})", identity, {})
         ]
         if repository is not None:
-            name = f"the model in {repository.name}/ (version {version or 'newest'})"
-            plan.append((name, repository, env))
+            plan.append((_model_label(repository, version), repository, env))
         for i, (label, repo, model_env) in enumerate(plan):
             work = Path(tmp) / f"run{i}"
             work.mkdir()
@@ -202,6 +218,8 @@ def replicas_markdown(
     ]
     for label, figures in models.items():
         f = figures["failover"]
+        if not f:
+            continue
         readmitted = f"{f['readmitted_s']:.1f}" if f["readmitted"] else "not in 30 s"
         lines.append(
             f"| {label} | {f['window_s']:.0f} | {f['requests']} | {f['uploads_per_s']:.1f} | "

@@ -157,6 +157,25 @@ def test_bench_capacity_with_the_identity_model(tmp_path: Path) -> None:
     assert row["gateway_cpu_s"] > 0 and row["per_gateway_core"] > 0
 
 
+@ci_group
+def test_bench_replicas_with_the_identity_model(tmp_path: Path) -> None:
+    out = tmp_path / "replicas"
+    _ok(
+        covidct(
+            *("bench", "replicas", "--replicas", "1,2", "--concurrency", "4"),
+            *("--seconds", "2", "--rounds", "2", "--out", out),
+        )
+    )
+    ((label, figures),) = json.loads((out / "result.json").read_text())["models"].items()
+    assert label.startswith("identity model")
+    assert [r["replicas"] for r in figures["rows"]] == [1, 2]
+    for row in figures["rows"]:
+        assert row["failures"] == 0 and row["uploads_per_s"] > 0 and len(row["rounds"]) == 2
+    failover = figures["failover"]
+    assert failover["failures"] == 0 and failover["readmitted"], failover
+    assert "| identity model (S=224) | 2 |" in (out / "section.md").read_text()
+
+
 def test_bench_data_train_and_report(tmp_path: Path) -> None:
     _ok(
         covidct(
