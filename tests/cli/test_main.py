@@ -39,6 +39,7 @@ def test_commands_are_mounted_in_order() -> None:
         "engines",
         "settings",
         "capacity",
+        "replicas",
         "overload",
         "all",
         "report",
