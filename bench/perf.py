@@ -87,7 +87,7 @@ def run_level(
         "--measurement-interval",
         str(measurement_ms),
         "--stability-percentage",
-        "50",
+        f"{stability:g}",
         "--max-trials",
         "6",
         "-f",

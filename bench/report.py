@@ -140,7 +140,8 @@ def render(results: Path = RESULTS) -> str:
         "come from the same run; each section names its command.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, "
-        f"Python {m['python']}; no GPU.",
+        f"Python {m['python']}; no GPU; instruction sets: "
+        f"{', '.join(m.get('instruction_sets') or []) or 'not recorded'}.",
         "",
         "## Targets",
         "",

@@ -182,24 +182,22 @@ def plot(path: Path, curves: Mapping[str, Sequence[Row]], title: str) -> None:
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    cpu, flags = platform.processor() or platform.machine(), set()
+    from export.openvino import cpu_flags
+
+    cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 cpu = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
                 break
     except OSError:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     return {
         "cpu": cpu,
-        # what decides the kernels oneDNN, ONNX Runtime and OpenVINO pick (bf16, AMX)
-        "instruction_sets": [
-            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags
-        ],
+        # what decides the kernels oneDNN, ONNX Runtime and OpenVINO pick (VNNI, bf16, AMX)
+        "instruction_sets": cpu_flags(),
         "cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(mem_gib, 1),
         "os": platform.platform(terse=True),

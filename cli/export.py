@@ -24,10 +24,17 @@ def export_cmd(
         str,
         typer.Option(
             help="cpu (Python backend + ONNX Runtime, local "
-            "server), onnx-trt (ONNX Runtime + TensorRT, GPU) or "
-            "tensorrt-plan (trtexec engine, GPU)."
+            "server), openvino (Python backend + OpenVINO, CPU), onnx-trt (ONNX Runtime + "
+            "TensorRT, GPU) or tensorrt-plan (trtexec engine, GPU)."
         ),
     ] = "cpu",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="openvino target: fp32, or bf16 (CPUs with AMX or AVX512_BF16; gated "
+            "against fp32 like --int8)."
+        ),
+    ] = "fp32",
     int8: Annotated[bool, typer.Option(help="Static INT8 (QDQ) for the cpu target.")] = False,
     calibration_data: Annotated[
         Path | None, typer.Option(help="COVIDx-CT folder whose val slices calibrate --int8.")
@@ -35,8 +42,8 @@ def export_cmd(
     agreement_data: Annotated[
         Path | None,
         typer.Option(
-            help="COVIDx-CT folder whose test slices judge --int8 agreement with fp32 "
-            "(default: --calibration-data)."
+            help="COVIDx-CT folder whose test slices judge --int8 or bf16 agreement with "
+            "fp32 (default: --calibration-data for --int8, the packaged real slices for bf16)."
         ),
     ] = None,
     max_batch_size: Annotated[
@@ -60,6 +67,7 @@ def export_cmd(
     try:
         serving = ServingConfig(
             target=target,
+            precision=precision,
             max_batch_size=max_batch_size,
             dynamic_batching=dynamic_batching,
             max_queue_delay_us=max_queue_delay_us,
@@ -83,5 +91,6 @@ def export_cmd(
                 if k in manifest
             }
             | ({"int8": manifest["int8"]} if "int8" in manifest else {})
+            | ({"openvino": manifest["openvino"]} if "openvino" in manifest else {})
         )
     )

@@ -107,6 +107,7 @@ def check_parity(
     candidate: dict[str, np.ndarray],
     spec: ModelSpec,
     tolerance: float = PARITY_TOLERANCE,
+    between: str = "the SavedModel and ONNX",
 ) -> dict[str, float]:
     """Max |difference| of probabilities and CAM; raises ExportError beyond ``tolerance``."""
     p = float(np.abs(reference[spec.probabilities_name] - candidate[spec.probabilities_name]).max())
@@ -114,6 +115,6 @@ def check_parity(
     if p > tolerance:
         raise ExportError(
             f"parity check failed: probabilities differ by {p:.2e} (> {tolerance:g}) between "
-            "the SavedModel and ONNX; the version was not written"
+            f"{between}; the version was not written"
         )
     return {"probabilities_max_abs_diff": p, "cam_max_abs_diff": c}

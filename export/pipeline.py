@@ -34,6 +34,7 @@ from export.repository import (
 log = logging.getLogger(__name__)
 
 BACKEND_MODEL = Path(__file__).parent / "python_backend" / "model.py"
+OPENVINO_BACKEND_MODEL = Path(__file__).parent / "python_backend" / "openvino_model.py"
 
 
 def _calibration_images(data: Path, spec: ModelSpec, limit: int = 64) -> np.ndarray:
@@ -106,6 +107,52 @@ def _tensorrt_build(
     }
 
 
+def _openvino_version(
+    spec: ModelSpec,
+    serving: ServingConfig,
+    stage: Path,
+    images: np.ndarray,
+    ort: dict[str, np.ndarray],
+    judged: np.ndarray,
+) -> dict[str, Any]:
+    """The openvino target's files and checks: OpenVINO fp32 matches ONNX Runtime on the
+    reference slices (parity), a reduced precision passes the gate against OpenVINO fp32 on
+    ``judged``; its compiled model is cached in the version folder."""
+    import openvino as ov
+
+    from export.openvino import compile_model, cpu_flags, run_openvino, write_engine
+    from export.quantize import judge_agreement
+
+    onnx_path = stage / "model.onnx"
+    fp32 = compile_model(onnx_path, "fp32")
+    figures: dict[str, Any] = {
+        "precision": serving.precision,
+        "openvino": ov.get_version(),
+        "cpu_flags": cpu_flags(),
+        "parity_fp32_vs_onnxruntime": check_parity(
+            ort, run_openvino(fp32, spec, images), spec, between="OpenVINO and ONNX Runtime"
+        ),
+    }
+    if serving.precision != "fp32":
+        reduced = compile_model(onnx_path, serving.precision)
+        figures["agreement"] = {
+            "slices": len(judged),
+            **judge_agreement(
+                run_openvino(fp32, spec, judged)[spec.probabilities_name],
+                run_openvino(reduced, spec, judged)[spec.probabilities_name],
+                what=serving.precision,
+            ),
+        }
+    shutil.copy(OPENVINO_BACKEND_MODEL, stage / "model.py")
+    write_engine(stage, serving.precision)
+    cache = stage / "ov-cache"
+    cache.mkdir()
+    # fills the cache; a server that cannot write the folder (another user, a read-only
+    # mount) compiles at every load instead
+    compile_model(onnx_path, serving.precision, cache_dir=cache)
+    return figures
+
+
 def export_run(
     run: Path,
     repository: Path,
@@ -129,6 +176,10 @@ def export_run(
         raise ExportError("--int8 is for the cpu target; the GPU targets use TensorRT FP16")
     if int8 and calibration_data is None:
         raise ExportError("--int8 needs --calibration-data DIR (a COVIDx-CT folder)")
+    if serving.target == "openvino":
+        from export.openvino import check_precision
+
+        check_precision(serving.precision)  # before the conversion: bf16 needs AMX/AVX512_BF16
     with repository_lock(repository, "covidct export"):
         remove_staged(repository / spec.name)  # leftovers of killed exports
         return _export(run, repository, serving, spec, int8, calibration_data, agreement_data)
@@ -192,6 +243,11 @@ def _export(
             fp32.unlink()
         if serving.target == "cpu":
             shutil.copy(BACKEND_MODEL, stage / "model.py")
+        elif serving.target == "openvino":
+            judged = (
+                slice_images(_agreement_files(agreement_data), spec) if agreement_data else images
+            )
+            manifest["openvino"] = _openvino_version(spec, serving, stage, images, outputs, judged)
         elif serving.target == "tensorrt-plan":
             manifest["tensorrt"] = _tensorrt_build(
                 spec, serving, stage, images, outputs[spec.probabilities_name]

@@ -100,8 +100,9 @@ def compare(
     return figures
 
 
-def judge_agreement(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
-    """The INT8 gate on the probabilities ``[N, classes]`` of both models for the same slices.
+def judge_agreement(fp32: np.ndarray, int8: np.ndarray, what: str = "INT8") -> dict[str, Any]:
+    """The gate of a reduced precision (``what``: INT8, bf16) on the probabilities
+    ``[N, classes]`` of both models for the same slices.
 
     Returns:
         top-1 agreement on all slices and on the decisive ones (fp32's top-two margin at
@@ -117,7 +118,7 @@ def judge_agreement(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
     if 2 * decisive.sum() < len(fp32):
         raise ExportError(
             f"fp32 hesitates between two classes (top-two margin < {NEAR_TIE_MARGIN}) on "
-            f"{len(fp32) - int(decisive.sum())} of {len(fp32)} real slices: INT8 agreement "
+            f"{len(fp32) - int(decisive.sum())} of {len(fp32)} real slices: {what} agreement "
             "cannot be judged; the version was not written"
         )
     change = np.abs(fp32 - int8)
@@ -131,7 +132,7 @@ def judge_agreement(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
     }
     if figures["top1_agreement_decisive"] < MIN_AGREEMENT:
         raise ExportError(
-            f"INT8 top-1 agreement with fp32 is "
+            f"{what} top-1 agreement with fp32 is "
             f"{100 * figures['top1_agreement_decisive']:.1f}% (< {100 * MIN_AGREEMENT:.0f}%) on "
             f"the {figures['decisive_slices']} of {len(fp32)} real slices where fp32's top two "
             f"classes are {NEAR_TIE_MARGIN} or more apart; the version was not written"

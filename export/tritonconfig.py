@@ -13,7 +13,9 @@ from tritonclient.grpc import model_config_pb2 as pb
 from covidct.config import ModelSpec
 from covidct.modelconfig import ModelConfig, config_text, parse_config, set_spec, spec_of
 
-TARGETS = ("cpu", "onnx-trt", "tensorrt-plan")
+TARGETS = ("cpu", "openvino", "onnx-trt", "tensorrt-plan")
+#: The targets served by the Python backend on CPUs (each version's model.py runs it).
+CPU_TARGETS = ("cpu", "openvino")
 LABELS_FILE = "labels.txt"
 
 
@@ -26,8 +28,11 @@ class ServingConfig:
     """How Triton serves the model (everything in config.pbtxt that is not the ModelSpec).
 
     Attributes:
-        target: cpu (Python backend running ONNX Runtime), onnx-trt (ONNX Runtime backend
-            with the TensorRT accelerator) or tensorrt-plan (a TensorRT engine).
+        target: cpu (Python backend running ONNX Runtime), openvino (Python backend running
+            OpenVINO), onnx-trt (ONNX Runtime backend with the TensorRT accelerator) or
+            tensorrt-plan (a TensorRT engine).
+        precision: the openvino target's inference precision (fp32, or bf16 on CPUs with
+            AMX or AVX512_BF16).
         max_batch_size: largest batch Triton forms.
         dynamic_batching: let Triton group concurrent requests into one execution.
         max_queue_delay_us: how long the dynamic batcher waits to fill a batch.
@@ -41,6 +46,7 @@ class ServingConfig:
     """
 
     target: str = "cpu"
+    precision: str = "fp32"
     max_batch_size: int = 8
     dynamic_batching: bool = True
     max_queue_delay_us: int = 2000
@@ -56,6 +62,11 @@ class ServingConfig:
         object.__setattr__(self, "pinned_versions", tuple(sorted(set(self.pinned_versions))))
         if self.target not in TARGETS:
             raise RepositoryError(f"target {self.target!r} must be one of {', '.join(TARGETS)}")
+        if self.precision != "fp32" and self.target != "openvino":
+            raise RepositoryError(
+                f"precision {self.precision} is for the openvino target (the cpu target has "
+                "--int8, the GPU targets fp16)"
+            )
         if not 1 <= self.max_batch_size <= 1024:
             raise RepositoryError(f"max_batch_size {self.max_batch_size} must be in [1, 1024]")
         if self.max_queue_delay_us < 0 or self.instance_count < 1 or self.versions_kept < 1:
@@ -63,7 +74,7 @@ class ServingConfig:
 
     @property
     def gpu(self) -> bool:
-        return self.target != "cpu"
+        return self.target not in CPU_TARGETS
 
     def preferred_batch_sizes(self) -> list[int]:
         sizes, b = [], 2
@@ -81,7 +92,7 @@ def build_config(spec: ModelSpec, serving: ServingConfig, cam_hw: tuple[int, int
     """The ModelConfig of one model: tensors from ``spec``, serving from ``serving``."""
     image_dims = [spec.image_size, spec.image_size, 1]
     config = ModelConfig(name=spec.name, max_batch_size=serving.max_batch_size)
-    if serving.target == "cpu":
+    if serving.target in CPU_TARGETS:
         config.backend = "python"
     else:
         config.platform = "onnxruntime_onnx" if serving.target == "onnx-trt" else "tensorrt_plan"

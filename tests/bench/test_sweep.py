@@ -150,3 +150,29 @@ def test_profile_summary_buckets_busy_samples(tmp_path: Path) -> None:
     assert shares == pytest.approx(
         {"PNG/DICOM decode": 0.5, "body box": 0.3, "HTTP, multipart, JSON (FastAPI/uvicorn)": 0.2}
     )
+
+
+def test_stability_reaches_perf_analyzer(
+    fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_level passes --stability through (it was once fixed at 50%): a stand-in
+    perf_analyzer records its arguments and writes the CSV perf_analyzer wrote."""
+    from bench.perf import run_level
+
+    argv = tmp_path / "argv.json"
+    fake = tmp_path / "perf_analyzer"
+    fake.write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, shutil, sys\n"
+        f"json.dump(sys.argv[1:], open({str(argv)!r}, 'w'))\n"
+        f"csv = {str(fixtures / 'perf_analyzer.csv')!r}\n"
+        "shutil.copy(csv, sys.argv[sys.argv.index('-f') + 1])\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("COVIDCT_PERF_ANALYZER", str(fake))
+    row = run_level(
+        "127.0.0.1:1", "covidct", "1", 1, tmp_path / "in.json", tmp_path / "out.csv", stability=7.5
+    )
+    args = json.loads(argv.read_text())
+    assert args[args.index("--stability-percentage") + 1] == "7.5"
+    assert row.concurrency == 1

@@ -5,6 +5,7 @@ review the diff."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from covidct.config import ModelSpec, Provenance
-from export.tritonconfig import RepositoryError, ServingConfig, render_config, spec_from_config
+from export.tritonconfig import (
+    TARGETS,
+    RepositoryError,
+    ServingConfig,
+    render_config,
+    spec_from_config,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 SPEC = ModelSpec(
@@ -29,7 +36,7 @@ def parse(text: str) -> model_config_pb2.ModelConfig:
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
-@pytest.mark.parametrize("target", ["cpu", "onnx-trt", "tensorrt-plan"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_generated_config_matches_golden_and_triton_schema(target: str) -> None:
     text = render_config(SPEC, ServingConfig(target=target), CAM)
     assert text == (GOLDEN / f"{target}.pbtxt").read_text()
@@ -46,7 +53,7 @@ def test_generated_config_matches_golden_and_triton_schema(target: str) -> None:
     assert config.model_warmup[0].inputs["image"].zero_data
     assert config.version_policy.latest.num_versions == 2
     kind = config.instance_group[0].kind
-    if target == "cpu":
+    if target in ("cpu", "openvino"):  # one config: each version's model.py runs its engine
         assert config.backend == "python" and kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     else:
         assert kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
@@ -78,7 +85,13 @@ def test_queue_delay_and_batch_size_are_configurable() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"target": "tflite"}, {"max_batch_size": 0}, {"instance_count": 0}]
+    "bad",
+    [
+        {"target": "tflite"},
+        {"max_batch_size": 0},
+        {"instance_count": 0},
+        {"target": "cpu", "precision": "bf16"},  # precision is the openvino target's
+    ],
 )
 def test_bad_serving_options(bad) -> None:
     with pytest.raises(RepositoryError):
@@ -89,6 +102,12 @@ def test_the_python_backend_reads_the_same_parameter() -> None:
     """The backend's model.py runs inside Triton's stub without covidct on its path, so it
     names the parameter itself; it must be the name export writes."""
     from covidct.modelconfig import SPEC_PARAMETER
-    from export.pipeline import BACKEND_MODEL
+    from export.openvino import ENGINE_FILE, OV_PRECISION
+    from export.pipeline import BACKEND_MODEL, OPENVINO_BACKEND_MODEL
 
-    assert f'params["{SPEC_PARAMETER}"]' in BACKEND_MODEL.read_text()
+    for backend in (BACKEND_MODEL, OPENVINO_BACKEND_MODEL):
+        assert f'params["{SPEC_PARAMETER}"]' in backend.read_text()
+    openvino = OPENVINO_BACKEND_MODEL.read_text()
+    assert f'"{ENGINE_FILE}"' in openvino
+    (line,) = [x for x in openvino.splitlines() if x.startswith("OV_PRECISION = ")]
+    assert ast.literal_eval(line.split("=", 1)[1].strip()) == OV_PRECISION

@@ -1,0 +1,73 @@
+"""Triton Python-backend model: runs the version's model.onnx with OpenVINO (openvino target).
+
+Copied unchanged as ``model.py`` into every openvino version by ``covidct export``; the
+version's ``engine.json`` says the precision (fp32, bf16) and OpenVINO's performance hint.
+Like the ONNX Runtime backend, it sees the project's packages through COVIDCT_SITE_PACKAGES
+and runs each batch the dynamic batcher formed as one inference; the CPU's threads are split
+over the model's instances (COVIDCT_OV_THREADS overrides). The compiled model is cached in the
+version's ``ov-cache/`` when the repository is writable, so a reload skips compilation.
+"""
+
+import json
+import os
+import sys
+
+_site = os.environ.get("COVIDCT_SITE_PACKAGES")
+if _site and _site not in sys.path:
+    sys.path.insert(0, _site)
+
+import numpy as np  # noqa: E402
+import openvino as ov  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        spec = json.loads(params["covidct_model_spec"])
+        self.input_name = spec["input_name"]
+        self.output_names = [spec["probabilities_name"], spec["cam_name"]]
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        with open(os.path.join(version_dir, "engine.json")) as f:
+            engine = json.load(f)
+        instances = sum(g.get("count", 1) for g in config.get("instance_group", [])) or 1
+        threads = int(os.environ.get("COVIDCT_OV_THREADS") or 0) or max(
+            1, (os.cpu_count() or 1) // instances
+        )
+        core = ov.Core()
+        cache = os.path.join(version_dir, "ov-cache")
+        if os.path.isdir(cache) and os.access(cache, os.W_OK):
+            core.set_property({"CACHE_DIR": cache})
+        compiled = core.compile_model(
+            os.path.join(version_dir, "model.onnx"),
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": OV_PRECISION[engine["precision"]],
+                "PERFORMANCE_HINT": engine.get("performance_hint", "LATENCY"),
+                "INFERENCE_NUM_THREADS": threads,
+            },
+        )
+        self.request = compiled.create_infer_request()
+
+    def execute(self, requests):
+        images = [
+            pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
+        ]
+        sizes = [len(x) for x in images]
+        result = self.request.infer({self.input_name: np.concatenate(images, axis=0)})
+        outputs = [np.asarray(result[name], dtype=np.float32) for name in self.output_names]
+        responses, start = [], 0
+        for n in sizes:
+            tensors = [
+                pb_utils.Tensor(name, out[start : start + n])
+                for name, out in zip(self.output_names, outputs, strict=True)
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += n
+        return responses
+
+    def finalize(self):
+        self.request = None

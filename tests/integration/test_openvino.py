@@ -1,0 +1,99 @@
+"""The openvino target end to end: ``covidct export --target openvino`` on the CI-trained model,
+served by the real tritonserver (Python backend running OpenVINO), answers like OpenVINO run
+in this process (within 1e-4 in fp32) on real CT slices. bf16 where the CPU has AMX or
+AVX512_BF16 (gated against fp32, served beside it as another version); elsewhere the export
+refuses it and writes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.corpus import real_data_dir, real_pngs
+from covidct.config import ModelSpec
+from export.onnx import slice_images
+from export.openvino import compile_model, run_openvino, supports
+from export.repository import read_manifest, versions
+from serving.control import TritonControl
+from serving.server import TritonServer, free_port
+from tests.cli_helpers import covidct
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
+
+
+@pytest.fixture(scope="module")
+def ov_repository(ci_run: Path, real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("openvino") / "models"
+    result = covidct("export", "--run", ci_run, "--repository", repo, "--target", "openvino")
+    assert result.returncode == 0, result.stderr[-3000:]
+    bf16 = covidct(
+        *("export", "--run", ci_run, "--repository", repo),
+        *("--target", "openvino", "--precision", "bf16"),
+        *("--agreement-data", real_data / "covidxct-real"),  # the real slices judge bf16
+    )
+    if supports("bf16"):
+        assert bf16.returncode == 0, bf16.stderr[-3000:]
+    else:
+        message = " ".join(bf16.stderr.split())
+        assert bf16.returncode == 1 and "needs a CPU with AMX or AVX512_BF16" in message
+        assert versions(repo / "covidct") == [1]  # nothing written
+    return repo
+
+
+def _served(server: TritonServer, version: int, spec: ModelSpec, images: np.ndarray) -> dict:
+    triton = TritonControl(f"127.0.0.1:{server.grpc_port}", "covidct")
+    out: dict[str, list[np.ndarray]] = {spec.probabilities_name: [], spec.cam_name: []}
+    for i in range(0, len(images), 8):
+        for name in out:
+            out[name].append(triton.infer(version, images[i : i + 8], spec.input_name, name))
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def test_served_openvino_versions_match_openvino_in_process(ov_repository: Path) -> None:
+    model_dir = ov_repository / "covidct"
+    spec = ModelSpec.from_dict(read_manifest(model_dir, 1)["model_spec"])
+    images = slice_images(real_pngs(real_data_dir())[:16], spec)
+    served_versions = versions(model_dir)
+    with TritonServer(
+        ov_repository,
+        free_port(),
+        free_port(),
+        free_port(),
+        log_file=ov_repository.parent / "triton.log",
+    ) as server:
+        for version in served_versions:
+            manifest = read_manifest(model_dir, version)
+            precision = manifest["openvino"]["precision"]
+            version_dir = model_dir / str(version)
+            engine = json.loads((version_dir / "engine.json").read_text())
+            assert engine["engine"] == "openvino" and engine["precision"] == precision
+            assert "openvino" in (version_dir / "model.py").read_text()
+            parity = manifest["openvino"]["parity_fp32_vs_onnxruntime"]
+            assert parity["probabilities_max_abs_diff"] <= 1e-4
+            served = _served(server, version, spec, images)
+            local = run_openvino(compile_model(version_dir / "model.onnx", precision), spec, images)
+            diff = float(
+                np.abs(served[spec.probabilities_name] - local[spec.probabilities_name]).max()
+            )
+            cam = float(np.abs(served[spec.cam_name] - local[spec.cam_name]).max())
+            # fp32: the same engine and numerics; bf16 may pick other kernels per batch size
+            assert diff <= (1e-4 if precision == "fp32" else 1e-2), (precision, diff)
+            if precision == "fp32":
+                assert cam <= 1e-3, cam
+            else:
+                gate = manifest["openvino"]["agreement"]
+                assert gate["top1_agreement_decisive"] >= 0.99, gate
+            print(
+                f"\nopenvino {precision} v{version}: served vs in-process max |dp| {diff:.2e}, "
+                f"CAM {cam:.2e}; export parity vs ONNX Runtime "
+                f"{parity['probabilities_max_abs_diff']:.2e}"
+                + (
+                    f"; bf16 agreement {manifest['openvino']['agreement']['top1_agreement']:.3f}"
+                    f", max |dp| {manifest['openvino']['agreement']['max_abs_prob_diff']:.3f}"
+                    if precision != "fp32"
+                    else ""
+                )
+            )
