@@ -292,6 +292,14 @@ def run_gateway_bench(
                 f"{(g.p99 - t.p99) / 1000:+.1f} |"
             )
         lines.append("")
+        overhead = p50_overhead_c1_ms(gateway_rows, triton_rows)
+        if overhead is not None:
+            met = "met" if overhead <= P50_OVERHEAD_TARGET_MS else "**not met**"
+            lines += [
+                f"p50 overhead of the gateway at concurrency 1: {overhead:+.1f} ms (target "
+                f"<= {P50_OVERHEAD_TARGET_MS:g} ms: {met}).",
+                "",
+            ]
     lines += [f"![gateway vs Triton]({rel(out / 'gateway.png')})", ""]
     section = "\n".join(lines)
     save(
@@ -304,6 +312,18 @@ def run_gateway_bench(
             "failures": failures,
             "gateway": gateway_rows,
             "triton": triton_rows,
+            "p50_overhead_c1_ms": p50_overhead_c1_ms(gateway_rows, triton_rows),
         },
     )
     return section
+
+
+#: What the gateway may add to Triton's median latency for one client (BENCHMARKS.md targets).
+P50_OVERHEAD_TARGET_MS = 10.0
+
+
+def p50_overhead_c1_ms(gateway: Sequence[Row], triton: Sequence[Row]) -> float | None:
+    """Gateway p50 minus Triton-direct p50 at concurrency 1, in ms (None: not measured)."""
+    g = next((r for r in gateway if r.concurrency == 1), None)
+    t = next((r for r in triton if r.concurrency == 1), None)
+    return None if g is None or t is None else (g.p50 - t.p50) / 1000

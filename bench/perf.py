@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,37 @@ def sweep(
     stability: float = 50.0,
 ) -> dict[str, list[Row]]:
     """perf_analyzer at every level for every version, interleaved; CSVs written to ``out``."""
+    targets = [Served(v, url, v, f"v{v or 'latest'}") for v in versions]
+    return sweep_targets(
+        targets, model, spec, levels, out, protocol, batch, measurement_ms, slices, stability
+    )
+
+
+@dataclass(frozen=True)
+class Served:
+    """One thing a sweep measures: a version of the model on one server."""
+
+    key: str  # the key of its rows in the result
+    url: str
+    version: str
+    file_name: str  # its CSVs: triton-<file_name>.csv, raw/<file_name>-c<level>.csv
+
+
+def sweep_targets(
+    targets: Sequence[Served],
+    model: str,
+    spec: ModelSpec,
+    levels: Sequence[int],
+    out: Path,
+    protocol: str = "grpc",
+    batch: int = 1,
+    measurement_ms: int = 4000,
+    slices: int = 16,
+    stability: float = 50.0,
+) -> dict[str, list[Row]]:
+    """perf_analyzer at every level for every target (versions of one server, or the same
+    version on several servers), interleaved level by level so that a machine slowing down
+    mid-run affects every target alike."""
     if protocol not in PROTOCOLS:
         raise BenchError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
     out.mkdir(parents=True, exist_ok=True)
@@ -211,16 +242,16 @@ def sweep(
     write_input_data(input_data, spec, real_images(spec, slices))
     raw = out / "raw"
     raw.mkdir(exist_ok=True)
-    rows: dict[str, list[Row]] = {v: [] for v in versions}
+    rows: dict[str, list[Row]] = {t.key: [] for t in targets}
     try:
         for c in levels:
-            for v in versions:
-                csv_path = raw / f"v{v or 'latest'}-c{c}.csv"
-                before = executions(url, model, v) if protocol == "grpc" else None
+            for t in targets:
+                csv_path = raw / f"{t.file_name}-c{c}.csv"
+                before = executions(t.url, model, t.version) if protocol == "grpc" else None
                 row = run_level(
-                    url,
+                    t.url,
                     model,
-                    v,
+                    t.version,
                     c,
                     input_data,
                     csv_path,
@@ -230,13 +261,15 @@ def sweep(
                     stability,
                 )
                 if before is not None:  # perf_analyzer's own traffic only: one client here
-                    inferences, execs = map(operator.sub, executions(url, model, v), before)
+                    inferences, execs = map(
+                        operator.sub, executions(t.url, model, t.version), before
+                    )
                     row = replace(row, avg_batch=inferences / execs if execs else None)
-                rows[v].append(row)
+                rows[t.key].append(row)
     finally:
         input_data.unlink(missing_ok=True)  # 16 slices as JSON text: large, and derived
-    for v, vrows in rows.items():
-        write_csv(out / f"triton-v{v or 'latest'}.csv", vrows)
+    for t in targets:
+        write_csv(out / f"triton-{t.file_name}.csv", rows[t.key])
     return rows
 
 
@@ -275,7 +308,11 @@ def run_triton_bench(
         )
         if onnx is not None:
             local["after"] = in_process(onnx, spec)
-    names = {v: f"v{v}" if v else "latest" for v in versions}
+    info = served_versions(repository, model, versions)
+    names = {
+        v: (f"v{v}" if v else "latest") + (f" ({info[v]['engine']})" if v in info else "")
+        for v in versions
+    }
     plot(
         out / "triton.png",
         {names[v]: r for v, r in rows.items()},
@@ -336,9 +373,39 @@ def run_triton_bench(
             "batch": batch,
             "rows": rows,
             "onnxruntime_in_process": local,
+            "versions": info,
         },
     )
     return section
+
+
+def served_versions(
+    repository: Path | None, model: str, versions: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """What each served version is, from its manifest (when the repository is local): the
+    engine and precision, and a reduced precision's gate figures against fp32."""
+    if repository is None:
+        return {}
+    from export.repository import read_manifest
+
+    info = {}
+    for v in versions:
+        if not v:
+            continue
+        manifest = read_manifest(repository / model, int(v))
+        openvino = manifest.get("openvino") or {}
+        if openvino:
+            engine, gate = f"OpenVINO {openvino['precision']}", openvino.get("agreement") or {}
+        elif manifest.get("int8"):
+            engine, gate = "ONNX Runtime int8", manifest["int8"]
+        else:
+            engine, gate = f"{manifest.get('target', '?')} fp32", {}
+        info[v] = {
+            "engine": engine,
+            "agreement": gate.get("top1_agreement_decisive"),
+            "max_abs_prob_diff": gate.get("max_abs_prob_diff"),
+        }
+    return info
 
 
 def _local_onnx(repository: Path | None, model: str, version: str) -> Path | None:

@@ -1,9 +1,10 @@
 """``covidct bench settings``: which Triton settings should ``covidct export`` default to?
 
 The same exported version is served under several configurations (dynamic batching off,
-on with two queue delays, one or two model instances), each by a fresh tritonserver, and
-swept with perf_analyzer. The recommendation rule is written down here so it can be checked:
-the highest mean throughput at concurrency >= 4, among configurations whose median latency
+on with two queue delays, one or two model instances), each by its own tritonserver, all
+running at once, and swept with perf_analyzer level by level, the variants in turn. The
+recommendation rule is written down here so it can be checked: the highest mean throughput
+at concurrency >= 4, among configurations whose median latency
 at concurrency 1 is within 10% of the best (load must not cost the single user). The
 median, not p99: a 4-second window holds about 70 requests at concurrency 1, so its p99 is
 one request, and one stray 150 ms answer decided the first measured run. A unit test holds
@@ -12,6 +13,7 @@ one request, and one stray 150 ms answer decided the first measured run. A unit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import statistics
@@ -89,7 +91,7 @@ def run_settings_bench(
     stability: float = 50.0,
 ) -> str:
     """The whole ``covidct bench settings`` command; returns its Markdown section."""
-    from bench.perf import sweep
+    from bench.perf import Served, sweep_targets
     from serving.server import TritonError, TritonServer, free_port
 
     src = repository / model
@@ -104,9 +106,11 @@ def run_settings_bench(
         cam_hw = version_cam_hw(src, manifest, spec)
     except RepositoryError as e:
         raise BenchError(str(e)) from e
-    results: dict[str, list[Row]] = {}
     chosen = variants(ServingConfig())
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        # every variant served at once (idle servers cost no CPU), swept level by level in
+        # turn: a machine that slows down mid-run slows every variant alike
+        targets = []
         for i, variant in enumerate(chosen):
             repo = Path(tmp) / f"repo{i}"
             _variant_repository(src, version, repo, variant.serving, spec, cam_hw)
@@ -114,20 +118,20 @@ def run_settings_bench(
                 repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / f"triton{i}.log"
             )
             try:
-                with server:
-                    rows = sweep(
-                        f"127.0.0.1:{server.grpc_port}",
-                        model,
-                        spec,
-                        ["1"],
-                        levels,
-                        out / f"variant{i}",
-                        measurement_ms=measurement_ms,
-                        stability=stability,
-                    )
+                stack.enter_context(server)
             except TritonError as e:
                 raise BenchError(f"{variant.name}: {e}") from e
-            results[variant.name] = rows["1"]
+            url = f"127.0.0.1:{server.grpc_port}"
+            targets.append(Served(variant.name, url, "1", f"variant{i}"))
+        results = sweep_targets(
+            targets,
+            model,
+            spec,
+            levels,
+            out,
+            measurement_ms=measurement_ms,
+            stability=stability,
+        )
     pick = recommend(results)
     picked = next(v for v in chosen if v.name == pick)
     defaults = ServingConfig()
@@ -140,8 +144,9 @@ def run_settings_bench(
     lines = [
         "## covidct bench settings",
         "",
-        f"One exported cpu version ({model} v{version}) served four ways, each by a fresh "
-        "tritonserver, swept with perf_analyzer (gRPC, real slices). Rule: highest mean "
+        f"One exported cpu version ({model} v{version}) served four ways, each by its own "
+        "tritonserver (all four running), swept with perf_analyzer (gRPC, real slices), the "
+        "variants interleaved level by level. Rule: highest mean "
         "throughput at concurrency >= 4 among settings whose median latency at concurrency 1 "
         "is within 10% of the best.",
         "",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import RepositoryOpt, fail
+from cli.common import RepositoryOpt, err, fail
 from export.tritonconfig import RepositoryError, ServingConfig
 
 SERVING_DEFAULTS = ServingConfig()
@@ -25,7 +25,8 @@ def export_cmd(
         typer.Option(
             help="cpu (Python backend + ONNX Runtime, local "
             "server), openvino (Python backend + OpenVINO, CPU), onnx-trt (ONNX Runtime + "
-            "TensorRT, GPU) or tensorrt-plan (trtexec engine, GPU)."
+            "TensorRT, GPU), tensorrt-plan (trtexec engine, GPU), or auto: the CPU target "
+            "this machine's instruction sets call for (export/openvino.py: default_cpu_target)."
         ),
     ] = "cpu",
     precision: Annotated[
@@ -64,6 +65,13 @@ def export_cmd(
     from export.pipeline import export_run
     from training.run import TrainError
 
+    chosen = None
+    if target == "auto":
+        from export.openvino import default_cpu_target
+
+        target, precision, why = default_cpu_target()
+        chosen = f"{target} {precision}: {why}"
+        err.print(f"target auto -> {chosen}", soft_wrap=True)
     try:
         serving = ServingConfig(
             target=target,
@@ -92,5 +100,6 @@ def export_cmd(
             }
             | ({"int8": manifest["int8"]} if "int8" in manifest else {})
             | ({"openvino": manifest["openvino"]} if "openvino" in manifest else {})
+            | ({"chosen": chosen} if chosen else {})
         )
     )

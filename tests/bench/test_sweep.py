@@ -176,3 +176,49 @@ def test_stability_reaches_perf_analyzer(
     args = json.loads(argv.read_text())
     assert args[args.index("--stability-percentage") + 1] == "7.5"
     assert row.concurrency == 1
+
+
+def test_served_versions_and_their_gate_come_from_the_manifests(tmp_path: Path) -> None:
+    from bench.perf import served_versions
+
+    model = tmp_path / "covidct"
+    manifests = {
+        1: {"target": "cpu"},
+        2: {"target": "cpu", "int8": {"top1_agreement_decisive": 0.992, "max_abs_prob_diff": 0.1}},
+        3: {
+            "target": "openvino",
+            "openvino": {"precision": "bf16", "agreement": {"top1_agreement_decisive": 1.0}},
+        },
+    }
+    for v, manifest in manifests.items():
+        (model / str(v)).mkdir(parents=True)
+        (model / str(v) / "manifest.json").write_text(json.dumps(manifest))
+    info = served_versions(tmp_path, "covidct", ["1", "2", "3"])
+    assert {v: i["engine"] for v, i in info.items()} == {
+        "1": "cpu fp32",
+        "2": "ONNX Runtime int8",
+        "3": "OpenVINO bf16",
+    }
+    assert info["2"]["agreement"] == 0.992 and info["1"]["agreement"] is None
+    assert served_versions(None, "covidct", ["1"]) == {}
+
+
+def test_the_int8_target_reads_the_served_version_s_agreement(tmp_path: Path) -> None:
+    _result(
+        tmp_path,
+        "engines",
+        {"best_images_per_s": {"ort-fp32": 20.0}, "agreement": {"ort-int8": 0.5}},
+    )
+    rows = {"1": [_raw(8, 19, 400_000)], "2": [_raw(8, 30, 260_000)]}
+    _result(tmp_path, "triton", {"rows": rows, "versions": {"2": {"agreement": 0.995}}})
+    (int8,) = [t for t in targets(tmp_path) if t.what.startswith("INT8 served")]
+    assert "99.5% (the served version's manifest)" in int8.measured and int8.met
+
+
+def test_every_gateway_run_measures_its_c1_overhead() -> None:
+    from bench.load import p50_overhead_c1_ms
+
+    gateway = [Row(1, 17, 58_000, 0, 0, 0, 0), Row(4, 18, 90_000, 0, 0, 0, 0)]
+    triton = [Row(1, 18, 50_000, 0, 0, 0, 0), Row(4, 19, 80_000, 0, 0, 0, 0)]
+    assert p50_overhead_c1_ms(gateway, triton) == 8.0
+    assert p50_overhead_c1_ms(gateway[1:], triton[1:]) is None  # no c=1 level
