@@ -197,21 +197,22 @@ class Deployment:
         return f"version {self.old} unloaded; {self._tritons} serve {self.new} only"
 
     def put_back_old(self, remove_new: bool) -> None:
-        """Undo before or after a switch: the old version serves, the new one is unloaded."""
+        """Undo before or after a switch: the old version serves, the new one is unloaded.
+
+        On the replicas that answer; one that is down (often why the deployment failed)
+        serves the old version when it comes back, from the config pinned here."""
+        live, down = self.triton.reachable()
+        if down:
+            log.warning("undoing without %s (not reachable): pinned config only", down)
         serving = self.gateway.status().get("version")
         if serving == str(self.new):
-            if self.old not in self.triton.ready_versions():
-                self.triton.load_versions(
-                    self.opts.model_dir, sorted({self.old, self.new}), self.old
-                )
+            if self.old not in live.ready_versions():
+                live.load_versions(self.opts.model_dir, sorted({self.old, self.new}), self.old)
             self.gateway.switch(self.old)
             self.gateway.drain(self.new, self.opts.drain_timeout_s)
-        if self.new in self.triton.ready_anywhere():
-            self.triton.load_versions(self.opts.model_dir, [self.old], self.old)
-        else:
-            write_config(
-                self.opts.model_dir, pinned_config(self.opts.model_dir, self.old, [self.old])
-            )
+        if self.new in live.ready_anywhere():
+            live.load_versions(self.opts.model_dir, [self.old], self.old)
+        write_config(self.opts.model_dir, pinned_config(self.opts.model_dir, self.old, [self.old]))
         if remove_new:
             shutil.rmtree(self.opts.model_dir / str(self.new), ignore_errors=True)
 

@@ -108,13 +108,34 @@ class TritonFleet:
     fails the step, naming it; the others keep what they served (a load never takes a serving
     version away), and the caller puts the old version back everywhere."""
 
-    def __init__(self, url: str, model: str, timeout_s: float = 300.0) -> None:
-        try:
-            addresses = resolve_targets(url)
-        except ValueError as e:
-            raise DeployError(str(e)) from e
-        self.replicas = [TritonControl(a, model, timeout_s) for a in addresses]
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        timeout_s: float = 300.0,
+        replicas: list[TritonControl] | None = None,
+    ) -> None:
+        if replicas is None:
+            try:
+                addresses = resolve_targets(url)
+            except ValueError as e:
+                raise DeployError(str(e)) from e
+            replicas = [TritonControl(a, model, timeout_s) for a in addresses]
+        self.replicas = replicas
         self.url, self.model = url, model
+
+    def reachable(self) -> tuple[TritonFleet, list[str]]:
+        """The replicas that answer now, and the addresses of those that do not. An undo
+        works on the first: one that is down reads the pinned config.pbtxt when it is back."""
+        live, down = [], []
+        for replica in self.replicas:
+            try:
+                replica.ready_versions()
+            except DeployError:
+                down.append(replica.url)
+            else:
+                live.append(replica)
+        return TritonFleet(self.url, self.model, replicas=live), down
 
     def __iter__(self) -> Iterator[TritonControl]:
         return iter(self.replicas)
@@ -124,8 +145,8 @@ class TritonFleet:
 
     def _each(self, call: Callable[[TritonControl], T], what: str) -> list[T]:
         """``call(replica)`` on every replica at once; DeployError naming each that failed."""
-        if len(self.replicas) == 1:
-            return [call(self.replicas[0])]
+        if len(self.replicas) <= 1:
+            return [call(r) for r in self.replicas]
         with ThreadPoolExecutor(len(self.replicas)) as pool:
             futures = [pool.submit(call, r) for r in self.replicas]
         failed: list[str] = []
@@ -144,7 +165,7 @@ class TritonFleet:
     def ready_versions(self) -> list[int]:
         """Versions every replica has READY."""
         each = self._each(lambda r: set(r.ready_versions()), "reading ready versions")
-        return sorted(set.intersection(*each))
+        return sorted(set.intersection(*each)) if each else []
 
     def ready_anywhere(self) -> list[int]:
         """Versions some reachable replica has READY (what an undo must unload)."""
