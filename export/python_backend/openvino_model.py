@@ -6,6 +6,8 @@ Like the ONNX Runtime backend, it sees the project's packages through COVIDCT_SI
 and runs each batch the dynamic batcher formed as one inference; the CPU's threads are split
 over the model's instances (COVIDCT_OV_THREADS overrides). The compiled model is cached in the
 version's ``ov-cache/`` when the repository is writable, so a reload skips compilation.
+Self-contained like ``model.py`` (each is copied alone into a version folder, where the
+backend's stub cannot import covidct), so the batch splitting below repeats that file's.
 """
 
 import json
