@@ -190,26 +190,6 @@ def executions(url: str, model: str, version: str) -> tuple[int, int]:
     )
 
 
-def sweep(
-    url: str,
-    model: str,
-    spec: ModelSpec,
-    versions: Sequence[str],
-    levels: Sequence[int],
-    out: Path,
-    protocol: str = "grpc",
-    batch: int = 1,
-    measurement_ms: int = 4000,
-    slices: int = 16,
-    stability: float = 50.0,
-) -> dict[str, list[Row]]:
-    """perf_analyzer at every level for every version, interleaved; CSVs written to ``out``."""
-    targets = [Served(v, url, v, f"v{v or 'latest'}") for v in versions]
-    return sweep_targets(
-        targets, model, spec, levels, out, protocol, batch, measurement_ms, slices, stability
-    )
-
-
 @dataclass(frozen=True)
 class Served:
     """One thing a sweep measures: a version of the model on one server."""
@@ -220,7 +200,7 @@ class Served:
     file_name: str  # its CSVs: triton-<file_name>.csv, raw/<file_name>-c<level>.csv
 
 
-def sweep_targets(
+def sweep(
     targets: Sequence[Served],
     model: str,
     spec: ModelSpec,
@@ -293,11 +273,11 @@ def run_triton_bench(
         onnx = _local_onnx(repository, model, versions[0])
         if onnx is not None:
             local["before"] = in_process(onnx, spec)
+        targets = [Served(v, address, v, f"v{v or 'latest'}") for v in versions]
         rows = sweep(
-            address,
+            targets,
             model,
             spec,
-            versions,
             levels,
             out,
             protocol,

@@ -91,7 +91,7 @@ def run_settings_bench(
     stability: float = 50.0,
 ) -> str:
     """The whole ``covidct bench settings`` command; returns its Markdown section."""
-    from bench.perf import Served, sweep_targets
+    from bench.perf import Served, sweep
     from serving.server import TritonError, TritonServer, free_port
 
     src = repository / model
@@ -123,7 +123,7 @@ def run_settings_bench(
                 raise BenchError(f"{variant.name}: {e}") from e
             url = f"127.0.0.1:{server.grpc_port}"
             targets.append(Served(variant.name, url, "1", f"variant{i}"))
-        results = sweep_targets(
+        results = sweep(
             targets,
             model,
             spec,
