@@ -205,11 +205,17 @@ def running_triton(
 
 @contextlib.contextmanager
 def running_gateway(
-    server: TritonServer, workers: int, log: Path, env: dict[str, str] | None = None
+    servers: TritonServer | Sequence[TritonServer],
+    workers: int,
+    log: Path,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The gateway in front of ``server``, ready, for the length of a block: (URL, process)."""
+    """The gateway in front of ``servers`` (several: it balances over them), ready, for the
+    length of a block: (URL, process)."""
+    servers = [servers] if isinstance(servers, TritonServer) else servers
+    addresses = ",".join(f"127.0.0.1:{s.grpc_port}" for s in servers)
     port = free_port()
-    proc = gateway_process(f"127.0.0.1:{server.grpc_port}", port, workers, log, env)
+    proc = gateway_process(addresses, port, workers, log, env)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, proc)

@@ -26,11 +26,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.capacity import _wait_ready, gateway_process, identity_repository
+from bench.capacity import identity_repository, running_gateway, running_triton
 from bench.corpus import real_data_dir, real_pngs
 from bench.load import LevelResult, Upload, load_level
 from bench.sweep import BenchError, save
-from serving.server import TritonError, TritonServer, free_port
+from serving.server import TritonServer
 
 
 def _replica_states(url: str) -> list[str]:
@@ -54,25 +54,13 @@ def _measure(
     """Rows per replica count (medians over rounds) and the failover figures."""
     most = max(replicas)
     with ExitStack() as stack:
-        servers = []
-        for i in range(most):
-            try:
-                server = TritonServer(
-                    repo, free_port(), free_port(), free_port(), log_file=tmp / f"triton{i}.log"
-                ).start()
-            except TritonError as e:
-                raise BenchError(str(e)) from e
-            stack.callback(server.stop)
-            servers.append(server)
+        servers = [
+            stack.enter_context(running_triton(repo, tmp / f"triton{i}.log")) for i in range(most)
+        ]
         gateways: dict[int, str] = {}
         for n in replicas:
-            addresses = ",".join(f"127.0.0.1:{s.grpc_port}" for s in servers[:n])
-            port = free_port()
-            proc = gateway_process(addresses, port, 1, tmp / f"gateway{n}.log", env)
-            stack.callback(proc.wait, 30)
-            stack.callback(proc.terminate)
-            url = f"http://127.0.0.1:{port}"
-            _wait_ready(url, proc)
+            log = tmp / f"gateway{n}.log"
+            url, _ = stack.enter_context(running_gateway(servers[:n], 1, log, env))
             load_level(url, uploads, concurrency, 100, 5)  # warm every replica's connection
             gateways[n] = url
         runs: dict[int, list[LevelResult]] = {n: [] for n in replicas}
