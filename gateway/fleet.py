@@ -161,9 +161,10 @@ class SharedServing:
         beat = self._heartbeat()
         await anyio.to_thread.run_sync(_replace_json, self.beats / f"{self.ident}.json", beat)
 
-    def live(self) -> list[dict[str, Any]]:
-        """Every live process's heartbeat, this one's fresh from memory."""
-        now, found = time.time(), [self._heartbeat()]
+    def live(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every live process's heartbeat, this one's (``mine``, taken on the event loop that
+        changes its counters) fresh from memory. Reads files: run it in a thread."""
+        now, found = time.time(), [mine]
         for path in self._beat_files():
             beat = _read_json(path)
             if beat is None or beat.get("id") == self.ident:
@@ -208,7 +209,7 @@ class SharedServing:
     async def _wait_applied(self, record_id: str) -> None:
         deadline = time.monotonic() + PUBLISH_TIMEOUT_S
         while True:
-            beats = await anyio.to_thread.run_sync(self.live)
+            beats = await anyio.to_thread.run_sync(self.live, self._heartbeat())
             for beat in beats:
                 refused = beat.get("refused") or {}
                 if refused.get("id") == record_id:
@@ -222,9 +223,15 @@ class SharedServing:
                 )
             await anyio.sleep(HEARTBEAT_S / 2)
 
-    def status(self) -> dict[str, Any]:
-        """The admin status summed over every live process, with one line per process."""
-        beats = self.live()
+    async def summed_status(self) -> dict[str, Any]:
+        """``status`` with the files read off the event loop."""
+        return await anyio.to_thread.run_sync(self.status, self._heartbeat())
+
+    def status(self, mine: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The admin status summed over every live process, with one line per process
+        (``mine``: this process's heartbeat, taken now when not given)."""
+        own = mine or self._heartbeat()
+        beats = self.live(own)
         record = self.record() or {}
         in_flight: dict[str, int] = {}
         by_version: dict[str, dict[str, int]] = {}
@@ -232,12 +239,11 @@ class SharedServing:
             for v, n in beat.get("in_flight", {}).items():
                 in_flight[v] = in_flight.get(v, 0) + int(n)
             for v, counts in beat.get("since_switch", {}).get("by_version", {}).items():
-                mine = by_version.setdefault(v, {"requests": 0, "errors": 0})
-                mine["requests"] += int(counts.get("requests", 0))
-                mine["errors"] += int(counts.get("errors", 0))
+                sums = by_version.setdefault(v, {"requests": 0, "errors": 0})
+                sums["requests"] += int(counts.get("requests", 0))
+                sums["errors"] += int(counts.get("errors", 0))
         requests = sum(c["requests"] for c in by_version.values())
         errors = sum(c["errors"] for c in by_version.values())
-        own = self.serving.status()
         return {
             "version": record.get("version", own["version"]),
             "previous_version": record.get("previous", own["previous_version"]),

@@ -56,7 +56,7 @@ class ServingStatus(BaseModel):
 async def _status(request: Request) -> ServingStatus:
     gw = state_of(request)
     await gw.serving.current()
-    status = gw.shared.status() if gw.shared is not None else gw.serving.status()
+    status = await gw.shared.summed_status() if gw.shared is not None else gw.serving.status()
     return ServingStatus(
         model=gw.settings.model_name,
         **status,
