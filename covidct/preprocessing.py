@@ -17,17 +17,25 @@ Steps:
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
+import cv2
 import numpy as np
 import pydicom
 import pydicom.errors
+from isal import isal_zlib
 from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 
 from covidct.config import WINDOW_CENTRE_HU, WINDOW_WIDTH_HU
+
+# One slice's operations are small: OpenCV's thread pool costs more than it gives, and the
+# callers (gateway threads, cache workers) already run slices in parallel.
+cv2.setNumThreads(1)
 
 Source = Literal["png", "jpeg", "dicom"]
 
@@ -241,11 +249,23 @@ def hu_to_grey_level(hu: float) -> int:
     return int(window_to_uint8(np.array([hu], dtype=np.float32))[0])
 
 
+@cache
+def _body_level() -> int:
+    return hu_to_grey_level(BODY_THRESHOLD_HU)
+
+
+_OPENING_KERNEL = np.ones((BODY_OPENING, BODY_OPENING), np.uint8)
+
+
 def auto_body_box(grey: np.ndarray) -> Box:
     """Find the body in a windowed slice: threshold, 3x3 opening, largest component, margin.
 
     The patient table is usually a separate, thinner component and is dropped with the
-    rest. An image with no bright region yields the whole image.
+    rest. An image with no bright region yields the whole image. The opening counts the
+    outside of the image as background and components are 4-connected: the same boxes as
+    ``ndimage.binary_opening`` + ``ndimage.label`` (tests pin it), computed by OpenCV in about
+    a third of the time. Of equally large components the first in raster order wins, as with
+    ``ndimage.label``'s numbering.
 
     Args:
         grey: uint8 ``[H, W]`` windowed slice.
@@ -254,49 +274,29 @@ def auto_body_box(grey: np.ndarray) -> Box:
         The body box, COVIDx-CT convention (exclusive max), clipped to the image.
     """
     h, w = grey.shape
-    mask = _open_square(grey > hu_to_grey_level(BODY_THRESHOLD_HU), BODY_OPENING // 2)
-    labels, count = ndimage.label(mask)
-    if count == 0:
+    mask = (grey > _body_level()).view(np.uint8)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
         return (0, 0, w, h)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    body = labels == int(sizes.argmax())
-    rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
-    m = BODY_MARGIN
-    return (
-        max(0, int(cols[0]) - m),
-        max(0, int(rows[0]) - m),
-        min(w, int(cols[-1]) + 1 + m),
-        min(h, int(rows[-1]) + 1 + m),
+    # Only the rectangle holding bright pixels: the rest is background before and after the
+    # opening, and labelling it is a quarter of the work on a typical slice.
+    top, left = int(rows[0]), int(cols[0])
+    bright = mask[top : int(rows[-1]) + 1, left : int(cols[-1]) + 1]
+    opened = cv2.morphologyEx(
+        bright, cv2.MORPH_OPEN, _OPENING_KERNEL, borderType=cv2.BORDER_CONSTANT, borderValue=(0,)
     )
-
-
-def _open_square(mask: np.ndarray, r: int) -> np.ndarray:
-    """Binary opening with a (2r+1)² square, outside the image counted as background.
-
-    Equal to ``ndimage.binary_opening`` with that structure (a test pins it) but about 20x
-    faster: the square is separable, so erosion and dilation are two 1-D passes each over
-    shifted views of one padded array.
-    """
-    if r == 0:
-        return mask
-    h, w = mask.shape
-    pad = np.zeros((h + 2 * r, w + 2 * r), bool)
-    core = (slice(r, r + h), slice(r, r + w))
-    pad[core] = mask
-    for combine in (np.logical_and, np.logical_or):  # erosion, then dilation
-        for axis in (1, 0):
-            out = pad[core].copy()
-            for k in range(-r, r + 1):
-                if k:
-                    shifted = (
-                        pad[r : r + h, r + k : r + k + w]
-                        if axis
-                        else pad[r + k : r + k + h, r : r + w]
-                    )
-                    combine(out, shifted, out=out)
-            pad[core] = out
-    return pad[core]
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=4)
+    if count <= 1:
+        return (0, 0, w, h)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    largest = np.flatnonzero(areas == areas.max()) + 1
+    if len(largest) > 1:  # a tie: the component whose first pixel comes first in raster order
+        flat = labels.ravel()
+        largest = largest[np.argsort([int(np.argmax(flat == i)) for i in largest])]
+    x, y, bw, bh = (int(v) for v in stats[int(largest[0]), :4])
+    x, y = x + left, y + top
+    m = BODY_MARGIN
+    return (max(0, x - m), max(0, y - m), min(w, x + bw + m), min(h, y + bh + m))
 
 
 def validate_box(box: Box, shape: tuple[int, ...]) -> Box:
@@ -334,8 +334,72 @@ def _check_shape(rows: int, cols: int, limits: Limits) -> None:
         )
 
 
+#: Chunks that change nothing in an 8-bit grey PNG's pixels (as Pillow decodes it to "L"): such
+#: a PNG takes :func:`_decode_grey8_png`; any other chunk (tRNS, acTL, PLTE...) goes to Pillow.
+_INERT_PNG_CHUNKS = frozenset(
+    (b"tEXt", b"zTXt", b"iTXt", b"pHYs", b"tIME", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT")
+)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    crc = isal_zlib.crc32(body, isal_zlib.crc32(kind))
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+def _decode_grey8_png(data: bytes, limits: Limits) -> np.ndarray | None:
+    """The common case fast: an 8-bit grey, non-interlaced PNG (every COVIDx-CT slice).
+
+    Decoding a 512² slice is mostly inflating its pixel data and undoing the row filters.
+    ISA-L inflates about 3x faster than zlib; libpng (through OpenCV) then undoes the filters
+    of the same rows stored uncompressed, which costs it no inflating. Pixels are identical to
+    Pillow's (tests compare every real slice and fuzzed PNGs). None when the PNG is anything
+    else, for Pillow to decode; a corrupt PNG of this kind raises as Pillow's path would.
+    """
+    if len(data) < 33 or data[8:16] != b"\x00\x00\x00\rIHDR":
+        return None
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(
+        ">IIBBBBB", data, 16
+    )
+    if (depth, colour, compression, filtering, interlace) != (8, 0, 0, 0, 0):
+        return None
+    _check_shape(height, width, limits)  # header only: nothing inflated yet
+    idat: list[memoryview] = []
+    view, at = memoryview(data), 33
+    while at + 8 <= len(data):
+        (length,) = struct.unpack_from(">I", data, at)
+        kind = data[at + 4 : at + 8]
+        if kind == b"IDAT":
+            if at + 12 + length > len(data):
+                raise CorruptImageError("cannot decode image: the data is truncated")
+            idat.append(view[at + 8 : at + 8 + length])
+        elif idat or kind == b"IEND":
+            break  # the image data is one run of IDAT chunks
+        elif kind not in _INERT_PNG_CHUNKS:
+            return None
+        at += 12 + length
+    rows = height * (width + 1)  # a filter byte, then the pixels of each row
+    try:
+        filtered = isal_zlib.decompressobj().decompress(b"".join(idat), rows)
+    except Exception as e:  # isal_zlib.IsalError (its type stubs do not make it one)
+        raise CorruptImageError("cannot decode image: the data is corrupt or truncated") from e
+    if len(filtered) != rows:
+        raise CorruptImageError("cannot decode image: the data is corrupt or truncated")
+    stored = (
+        PNG_MAGIC
+        + _png_chunk(b"IHDR", data[16:29])
+        + _png_chunk(b"IDAT", zlib.compress(filtered, 0))
+        + _png_chunk(b"IEND", b"")
+    )
+    pixels = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.shape != (height, width):
+        raise CorruptImageError("cannot decode image: the data is corrupt or truncated")
+    return pixels
+
+
 def _decode_raster(data: bytes, limits: Limits) -> np.ndarray:
     """PNG (8/16-bit grey, RGB, RGBA, palette) or JPEG to grey uint8."""
+    if data.startswith(PNG_MAGIC) and (grey := _decode_grey8_png(data, limits)) is not None:
+        return grey
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from bench.corpus import real_pngs
 from covidct import preprocessing as pp
@@ -137,17 +137,86 @@ def test_auto_body_box_finds_synthetic_bodies_not_the_table(synth_dir: Path) -> 
             assert iou(auto_body_box(grey), s.box) >= 0.9, s.filename
 
 
-@pytest.mark.parametrize("radius", [1, 2])
-def test_fast_opening_equals_scipy(radius: int) -> None:
+def _scipy_body_box(grey: np.ndarray) -> tuple[int, int, int, int]:
+    """The body box as first written (SciPy): what :func:`auto_body_box` must reproduce."""
     from scipy import ndimage
 
-    rng = np.random.default_rng(radius)
-    square = np.ones((2 * radius + 1,) * 2, bool)
-    for shape in [(37, 53), (5, 5), (64, 1)]:
-        for density in (0.3, 0.6, 0.9):
-            mask = rng.random(shape) < density
-            expected = ndimage.binary_opening(mask, structure=square)
-            np.testing.assert_array_equal(pp._open_square(mask, radius), expected)
+    h, w = grey.shape
+    square = np.ones((pp.BODY_OPENING,) * 2, bool)
+    mask = ndimage.binary_opening(grey > pp.hu_to_grey_level(pp.BODY_THRESHOLD_HU), square)
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return (0, 0, w, h)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    rows, cols = np.nonzero(labels == sizes.argmax())
+    m = pp.BODY_MARGIN
+    return (
+        max(0, int(cols.min()) - m),
+        max(0, int(rows.min()) - m),
+        min(w, int(cols.max()) + 1 + m),
+        min(h, int(rows.max()) + 1 + m),
+    )
+
+
+def test_body_box_equals_scipy_reference_on_real_slices(real_data: Path) -> None:
+    for path in real_pngs(real_data):
+        grey = np.asarray(Image.open(path))
+        assert auto_body_box(grey) == _scipy_body_box(grey), path.name
+
+
+def test_body_box_equals_scipy_reference_on_random_masks() -> None:
+    """Borders, diagonal contacts, ties of equal components: random blobs of every density."""
+    rng = np.random.default_rng(7)
+    level = pp.hu_to_grey_level(pp.BODY_THRESHOLD_HU)
+    for shape in [(37, 53), (16, 16), (64, 9), (128, 96)]:
+        for density in (0.2, 0.5, 0.7, 0.9):
+            for _ in range(10):
+                grey = np.where(rng.random(shape) < density, 255, level).astype(np.uint8)
+                assert auto_body_box(grey) == _scipy_body_box(grey), (shape, density)
+
+
+def test_body_box_tie_goes_to_first_component_in_raster_order() -> None:
+    grey = np.zeros((20, 20), np.uint8)
+    grey[12:17, 1:6] = 255  # 5x5, first pixel at row 12
+    grey[2:7, 10:15] = 255  # 5x5, first pixel at row 2: comes first
+    assert auto_body_box(grey) == _scipy_body_box(grey) == (9, 1, 16, 8)
+
+
+def test_fast_png_decoder_equals_pillow_on_real_slices(real_data: Path) -> None:
+    paths = real_pngs(real_data)
+    for path in paths:
+        data = path.read_bytes()
+        fast = pp._decode_grey8_png(data, pp.DEFAULT_LIMITS)
+        assert fast is not None, path.name  # every COVIDx-CT slice takes the fast path
+        np.testing.assert_array_equal(fast, np.asarray(Image.open(io.BytesIO(data))))
+
+
+@pytest.mark.parametrize("extra", [b"tEXt", b"tRNS"])
+def test_fast_png_decoder_leaves_other_pngs_to_pillow(extra: bytes) -> None:
+    grey = np.random.default_rng(1).integers(0, 256, (80, 90), dtype=np.uint8)
+    buf = io.BytesIO()
+    info = PngImagePlugin.PngInfo()
+    if extra == b"tEXt":
+        info.add_text("Comment", "inert")
+        Image.fromarray(grey).save(buf, "PNG", pnginfo=info)
+    else:
+        Image.fromarray(grey).save(buf, "PNG", transparency=0)
+    data = buf.getvalue()
+    fast = pp._decode_grey8_png(data, pp.DEFAULT_LIMITS)
+    if extra == b"tEXt":
+        assert fast is not None
+        np.testing.assert_array_equal(fast, grey)
+    else:
+        assert fast is None  # transparency: Pillow's path composites it
+    np.testing.assert_array_equal(decode(data).pixels, pp._raster_to_grey(Image.open(buf)))
+
+
+@pytest.mark.parametrize("cut", [60, 500, -20, -13])
+def test_fast_png_decoder_rejects_truncated_data(real_data: Path, cut: int) -> None:
+    data = real_pngs(real_data)[0].read_bytes()
+    with pytest.raises(pp.CorruptImageError):
+        decode(data[:cut])
 
 
 def test_blank_image_box_is_whole_image() -> None:
