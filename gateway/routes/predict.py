@@ -7,7 +7,7 @@ import time
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from covidct.config import ModelSpec
 from covidct.preprocessing import Preprocessed, PreprocessingError, preprocess_bytes
@@ -94,8 +94,12 @@ async def predict_one(
 @router.post(
     "/predict", response_model=Prediction, response_model_exclude_none=True, include_in_schema=False
 )
-async def predict(request: Request, heatmap: bool = Query(False)) -> Prediction:
-    """Classify one CT slice (PNG, JPEG or DICOM; multipart field ``file`` or raw body)."""
+async def predict(request: Request, heatmap: bool = Query(False)) -> Response:
+    """Classify one CT slice (PNG, JPEG or DICOM; multipart field ``file`` or raw body).
+
+    The answer is serialised here by pydantic-core: ``response_model`` documents it, and FastAPI
+    would otherwise validate the built model a second time before encoding it.
+    """
     gw = state_of(request)
     started = time.perf_counter()
     async with gw.slot():
@@ -103,4 +107,4 @@ async def predict(request: Request, heatmap: bool = Query(False)) -> Prediction:
         async with gw.serving.use() as (version, spec):  # one version serves the whole request
             answer = await predict_one(request, data, heatmap, version, spec)
     answer.timings.total_ms = round((time.perf_counter() - started) * 1000, 2)
-    return answer
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
