@@ -26,7 +26,14 @@ import numpy as np
 from bench.sweep import BenchError, save
 from covidct.config import ModelSpec
 
-ENGINES = ("tf-savedmodel", "ort-fp32", "openvino-fp32", "openvino-bf16", "ort-int8")
+ENGINES = (
+    "tf-savedmodel",
+    "ort-fp32",
+    "openvino-fp32",
+    "openvino-bf16",
+    "ort-int8",
+    "openvino-int8",
+)
 
 
 def _runner(engine: str, model: Path, spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
@@ -41,13 +48,13 @@ def _runner(engine: str, model: Path, spec: ModelSpec) -> Callable[[np.ndarray],
 
         session: Any = onnx_session(model)
         return lambda x: session.run([spec.probabilities_name], {spec.input_name: x})[0]
-    if engine in ("openvino-fp32", "openvino-bf16"):
-        import openvino as ov
+    if engine.startswith("openvino-"):
+        from export.openvino import compile_model
 
-        # OpenVINO's CPU plugin silently runs bf16 on CPUs with AMX/AVX512-BF16; the fp32
-        # engine pins f32, the bf16 engine asks for it (fp32 where the CPU has no bf16).
-        hint = "f32" if engine == "openvino-fp32" else "bf16"
-        compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        # As the openvino target compiles it: fp32 pinned to f32 (OpenVINO's CPU plugin would
+        # silently run bf16 on CPUs with AMX/AVX512-BF16), bf16 asked for (fp32 where the CPU
+        # has no bf16), int8 the QDQ model with the rest in f32.
+        compiled = compile_model(model, engine.removeprefix("openvino-"))
         request = compiled.create_infer_request()
         return lambda x: request.infer({spec.input_name: x})[spec.probabilities_name]
     raise BenchError(f"engine {engine!r} must be one of {', '.join(ENGINES)}")
@@ -157,6 +164,7 @@ def prepare_models(
         "openvino-fp32": fp32,
         "openvino-bf16": fp32,
         "ort-int8": int8,
+        "openvino-int8": int8,
     }
 
 

@@ -32,13 +32,14 @@ def export_cmd(
     precision: Annotated[
         str,
         typer.Option(
-            help="openvino target: fp32, or bf16 (CPUs with AMX or AVX512_BF16; gated "
-            "against fp32 like --int8)."
+            help="openvino target: fp32, bf16 (CPUs with AMX or AVX512_BF16) or int8 (the "
+            "static QDQ model of --int8, needs --calibration-data); bf16 and int8 are gated "
+            "against fp32 like --int8."
         ),
     ] = "fp32",
     int8: Annotated[bool, typer.Option(help="Static INT8 (QDQ) for the cpu target.")] = False,
     calibration_data: Annotated[
-        Path | None, typer.Option(help="COVIDx-CT folder whose val slices calibrate --int8.")
+        Path | None, typer.Option(help="COVIDx-CT folder whose val slices calibrate int8.")
     ] = None,
     agreement_data: Annotated[
         Path | None,
@@ -59,6 +60,13 @@ def export_cmd(
     instances: Annotated[
         int, typer.Option(help="Model instances.")
     ] = SERVING_DEFAULTS.instance_count,
+    versions_kept: Annotated[
+        int,
+        typer.Option(
+            help="Versions Triton serves (the latest N): more than 2 to serve several "
+            "targets or precisions of one model side by side."
+        ),
+    ] = SERVING_DEFAULTS.versions_kept,
 ) -> None:
     """Export a run as the next version of its Triton model: ONNX, parity check, config."""
     from export.onnx import ExportError
@@ -80,6 +88,7 @@ def export_cmd(
             dynamic_batching=dynamic_batching,
             max_queue_delay_us=max_queue_delay_us,
             instance_count=instances,
+            versions_kept=versions_kept,
         )
         manifest = export_run(
             run,

@@ -2,10 +2,13 @@
 
 Served by the Python backend like the ``cpu`` target (``python_backend/openvino_model.py``,
 copied as the version's ``model.py``), so ONNX Runtime and OpenVINO versions of one model sit
-side by side. How a version runs is in its ``engine.json``: precision (``fp32``, or ``bf16``
-where the CPU has AMX or AVX512_BF16) and OpenVINO's performance hint. Export checks fp32
-against ONNX Runtime (parity) and bf16 against fp32 (the INT8 gate: top-1 agreement on the
-decisive real slices), and writes no version that fails.
+side by side. How a version runs is in its ``engine.json``: precision (``fp32``, ``bf16``
+where the CPU has AMX or AVX512_BF16, or ``int8``) and OpenVINO's performance hint. ``int8``
+runs the same static QDQ model as the cpu target's ``--int8`` (``export/quantize.py``,
+calibrated on the validation split): OpenVINO executes its quantised convolutions with int8
+kernels (VNNI or AMX where present), so one calibration serves both runtimes. Export checks
+fp32 against ONNX Runtime (parity) and bf16 or int8 against OpenVINO fp32 (the INT8 gate:
+top-1 agreement on the decisive real slices), and writes no version that fails.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import numpy as np
 from covidct.config import ModelSpec
 from export.onnx import ExportError
 
-PRECISIONS = ("fp32", "bf16")
-#: OpenVINO's inference precision per ours.
-OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+PRECISIONS = ("fp32", "bf16", "int8")
+#: OpenVINO's inference precision per ours (int8: the QDQ nodes decide; the rest in f32).
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 ENGINE_FILE = "engine.json"
 #: The CPU flags that decide the CPU targets (reported with every choice).
 RELEVANT_FLAGS = (
@@ -48,7 +51,7 @@ def cpu_flags() -> list[str]:
 
 def supports(precision: str) -> bool:
     """Whether OpenVINO's CPU plugin runs ``precision`` natively here."""
-    if precision == "fp32":
+    if precision in ("fp32", "int8"):  # int8 kernels exist for every x86-64 CPU it runs on
         return True
     import openvino as ov
 

@@ -111,25 +111,26 @@ def _openvino_version(
     spec: ModelSpec,
     serving: ServingConfig,
     stage: Path,
+    fp32_path: Path,
     images: np.ndarray,
     ort: dict[str, np.ndarray],
     judged: np.ndarray,
 ) -> dict[str, Any]:
-    """The openvino target's files and checks: OpenVINO fp32 matches ONNX Runtime on the
-    reference slices (parity), a reduced precision passes the gate against OpenVINO fp32 on
-    ``judged``; its compiled model is cached in the version folder."""
+    """The openvino target's files and checks: OpenVINO fp32 (``fp32_path``) matches ONNX
+    Runtime on the reference slices (parity), a reduced precision (bf16 of the same model, or
+    int8 of the QDQ model.onnx) passes the gate against OpenVINO fp32 on ``judged``; its
+    compiled model is cached in the version folder."""
     import openvino as ov
 
     from export.openvino import compile_model, cpu_flags, run_openvino, write_engine
     from export.quantize import judge_agreement
 
-    onnx_path = stage / "model.onnx"
     cache = stage / "ov-cache"
     cache.mkdir()
     # The served precision compiled once, filling the cache the backend loads from (a server
     # that cannot write the folder, another user or a read-only mount, compiles at every load).
-    served = compile_model(onnx_path, serving.precision, cache_dir=cache)
-    fp32 = served if serving.precision == "fp32" else compile_model(onnx_path, "fp32")
+    served = compile_model(stage / "model.onnx", serving.precision, cache_dir=cache)
+    fp32 = served if serving.precision == "fp32" else compile_model(fp32_path, "fp32")
     figures: dict[str, Any] = {
         "precision": serving.precision,
         "openvino": ov.get_version(),
@@ -144,7 +145,7 @@ def _openvino_version(
             **judge_agreement(
                 run_openvino(fp32, spec, judged)[spec.probabilities_name],
                 run_openvino(served, spec, judged)[spec.probabilities_name],
-                what=serving.precision,
+                what=f"OpenVINO {serving.precision}",
             ),
         }
     shutil.copy(OPENVINO_BACKEND_MODEL, stage / "model.py")
@@ -172,9 +173,12 @@ def export_run(
     if not (run / SAVED_MODEL / "saved_model.pb").is_file():
         raise ExportError(f"{run} has no SavedModel ({run / SAVED_MODEL}); train it first")
     if int8 and serving.target != "cpu":
-        raise ExportError("--int8 is for the cpu target; the GPU targets use TensorRT FP16")
-    if int8 and calibration_data is None:
-        raise ExportError("--int8 needs --calibration-data DIR (a COVIDx-CT folder)")
+        raise ExportError(
+            "--int8 is for the cpu target (openvino: --precision int8); the GPU targets use "
+            "TensorRT FP16"
+        )
+    if (int8 or serving.precision == "int8") and calibration_data is None:
+        raise ExportError("int8 needs --calibration-data DIR (a COVIDx-CT folder)")
     if serving.target == "openvino":
         from export.openvino import check_precision
 
@@ -230,23 +234,28 @@ def _export(
         cam_hw = (int(outputs[spec.cam_name].shape[1]), int(outputs[spec.cam_name].shape[2]))
         manifest["cam_hw"] = list(cam_hw)
 
-        if int8:
+        fp32 = onnx_path
+        judged = images  # bf16's default judges: the packaged real slices
+        if int8 or serving.precision == "int8":  # one static QDQ model for both runtimes
             from export.quantize import compare, quantize
 
             assert calibration_data is not None
             fp32 = stage / "model.fp32.onnx"
             onnx_path.rename(fp32)
             quantize(fp32, onnx_path, spec, _calibration_images(calibration_data, spec))
-            judged = slice_images(_agreement_files(agreement_data or calibration_data), spec)
-            manifest["int8"] = compare(fp32, onnx_path, spec, judged)
-            fp32.unlink()
+            agreement_data = agreement_data or calibration_data
+        if agreement_data is not None and (int8 or serving.precision != "fp32"):
+            judged = slice_images(_agreement_files(agreement_data), spec)
         if serving.target == "cpu":
+            if int8:
+                manifest["int8"] = compare(fp32, onnx_path, spec, judged)
             shutil.copy(BACKEND_MODEL, stage / "model.py")
         elif serving.target == "openvino":
-            judged = (
-                slice_images(_agreement_files(agreement_data), spec) if agreement_data else images
+            manifest["openvino"] = _openvino_version(
+                spec, serving, stage, fp32, images, outputs, judged
             )
-            manifest["openvino"] = _openvino_version(spec, serving, stage, images, outputs, judged)
+        if fp32 != onnx_path:
+            fp32.unlink()
         elif serving.target == "tensorrt-plan":
             manifest["tensorrt"] = _tensorrt_build(
                 spec, serving, stage, images, outputs[spec.probabilities_name]

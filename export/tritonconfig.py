@@ -31,8 +31,8 @@ class ServingConfig:
         target: cpu (Python backend running ONNX Runtime), openvino (Python backend running
             OpenVINO), onnx-trt (ONNX Runtime backend with the TensorRT accelerator) or
             tensorrt-plan (a TensorRT engine).
-        precision: the openvino target's inference precision (fp32, or bf16 on CPUs with
-            AMX or AVX512_BF16).
+        precision: the openvino target's inference precision (fp32, bf16 on CPUs with
+            AMX or AVX512_BF16, or int8: a static QDQ model).
         max_batch_size: largest batch Triton forms.
         dynamic_batching: let Triton group concurrent requests into one execution.
         max_queue_delay_us: how long the dynamic batcher waits to fill a batch.

@@ -1,13 +1,14 @@
 """Triton Python-backend model: runs the version's model.onnx with OpenVINO (openvino target).
 
 Copied unchanged as ``model.py`` into every openvino version by ``covidct export``; the
-version's ``engine.json`` says the precision (fp32, bf16) and OpenVINO's performance hint.
-Like the ONNX Runtime backend, it sees the project's packages through COVIDCT_SITE_PACKAGES
-and runs each batch the dynamic batcher formed as one inference; the CPU's threads are split
-over the model's instances (COVIDCT_OV_THREADS overrides). The compiled model is cached in the
-version's ``ov-cache/`` when the repository is writable, so a reload skips compilation.
-Self-contained like ``model.py`` (each is copied alone into a version folder, where the
-backend's stub cannot import covidct), so the batch splitting below repeats that file's.
+version's ``engine.json`` says the precision (fp32, bf16, int8: the QDQ model.onnx) and
+OpenVINO's performance hint. Like the ONNX Runtime backend, it sees the project's packages
+through COVIDCT_SITE_PACKAGES and runs each batch the dynamic batcher formed as one inference;
+the CPU's threads are split over the model's instances (COVIDCT_OV_THREADS overrides). The
+compiled model is cached in the version's ``ov-cache/`` when the repository is writable, so a
+reload skips compilation. Self-contained like ``model.py`` (each is copied alone into a
+version folder, where the backend's stub cannot import covidct), so the batch splitting below
+repeats that file's.
 """
 
 import json
@@ -22,7 +23,7 @@ import numpy as np  # noqa: E402
 import openvino as ov  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the QDQ nodes decide
 
 
 class TritonPythonModel:

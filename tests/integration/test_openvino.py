@@ -1,8 +1,9 @@
 """The openvino target end to end: ``covidct export --target openvino`` on the CI-trained model,
 served by the real tritonserver (Python backend running OpenVINO), answers like OpenVINO run
-in this process (within 1e-4 in fp32) on real CT slices. bf16 where the CPU has AMX or
-AVX512_BF16 (gated against fp32, served beside it as another version); elsewhere the export
-refuses it and writes nothing."""
+in this process (within 1e-4 in fp32) on real CT slices. int8 (the static QDQ model, calibrated
+on the run's val split) and bf16 where the CPU has AMX or AVX512_BF16 are gated against fp32 on
+the real slices and served beside it as other versions; elsewhere the bf16 export refuses and
+writes nothing."""
 
 from __future__ import annotations
 
@@ -27,11 +28,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group
 @pytest.fixture(scope="module")
 def ov_repository(ci_run: Path, real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("openvino") / "models"
-    result = covidct("export", "--run", ci_run, "--repository", repo, "--target", "openvino")
+    kept = ("--versions-kept", "3")  # every version served side by side
+    result = covidct("export", "--run", ci_run, "--repository", repo, "--target", "openvino", *kept)
     assert result.returncode == 0, result.stderr[-3000:]
+    no_calibration = covidct(
+        *("export", "--run", ci_run, "--repository", repo),
+        *("--target", "openvino", "--precision", "int8"),
+    )
+    assert no_calibration.returncode == 2 and "--calibration-data" in no_calibration.stderr
+    int8 = covidct(
+        *("export", "--run", ci_run, "--repository", repo),
+        *("--target", "openvino", "--precision", "int8", *kept),
+        *("--calibration-data", ci_run.parent / "data"),
+        *("--agreement-data", real_data / "covidxct-real"),
+    )
+    assert int8.returncode == 0, int8.stderr[-3000:]
+    assert versions(repo / "covidct") == [1, 2]
+    assert not list((repo / "covidct" / "2").glob("*.fp32.onnx"))  # the fp32 copy is gone
     bf16 = covidct(
         *("export", "--run", ci_run, "--repository", repo),
-        *("--target", "openvino", "--precision", "bf16"),
+        *("--target", "openvino", "--precision", "bf16", *kept),
         *("--agreement-data", real_data / "covidxct-real"),  # the real slices judge bf16
     )
     if supports("bf16"):
@@ -39,7 +55,7 @@ def ov_repository(ci_run: Path, real_data: Path, tmp_path_factory: pytest.TempPa
     else:
         message = " ".join(bf16.stderr.split())
         assert bf16.returncode == 1 and "needs a CPU with AMX or AVX512_BF16" in message
-        assert versions(repo / "covidct") == [1]  # nothing written
+        assert versions(repo / "covidct") == [1, 2]  # nothing written
     return repo
 
 
@@ -79,7 +95,8 @@ def test_served_openvino_versions_match_openvino_in_process(ov_repository: Path)
                 np.abs(served[spec.probabilities_name] - local[spec.probabilities_name]).max()
             )
             cam = float(np.abs(served[spec.cam_name] - local[spec.cam_name]).max())
-            # fp32: the same engine and numerics; bf16 may pick other kernels per batch size
+            # fp32: the same engine and numerics; bf16 and int8 may pick other kernels per
+            # batch size
             assert diff <= (1e-4 if precision == "fp32" else 1e-2), (precision, diff)
             if precision == "fp32":
                 assert cam <= 1e-3, cam
@@ -91,7 +108,8 @@ def test_served_openvino_versions_match_openvino_in_process(ov_repository: Path)
                 f"CAM {cam:.2e}; export parity vs ONNX Runtime "
                 f"{parity['probabilities_max_abs_diff']:.2e}"
                 + (
-                    f"; bf16 agreement {manifest['openvino']['agreement']['top1_agreement']:.3f}"
+                    f"; {precision} agreement "
+                    f"{manifest['openvino']['agreement']['top1_agreement']:.3f}"
                     f", max |dp| {manifest['openvino']['agreement']['max_abs_prob_diff']:.3f}"
                     if precision != "fp32"
                     else ""
