@@ -72,8 +72,22 @@ def train(
     ] = "class-weights",
     mixed_precision: Annotated[bool, typer.Option(help="float16 compute (GPUs).")] = False,
     strategy: Annotated[
-        str, typer.Option(help="default, mirrored (all local GPUs) or multiworker (TF_CONFIG).")
+        str,
+        typer.Option(
+            help="default, mirrored (all local GPUs) or multiworker (TF_CONFIG, or an Indexed "
+            "Job's index: training/cluster.py; --batch-size is then per worker)."
+        ),
     ] = "default",
+    launch_local: Annotated[
+        int,
+        typer.Option(
+            help="Start N multiworker processes on this machine (TF_CONFIG set for each; a "
+            "failed worker restarts all of them from the last backup)."
+        ),
+    ] = 0,
+    max_restarts: Annotated[
+        int, typer.Option(help="With --launch-local: restarts of the worker group.")
+    ] = 3,
     seed: Annotated[int, typer.Option(help="Seed (deterministic on CPU).")] = 0,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 3,
     calibrate: Annotated[bool, typer.Option(help="Fit a temperature on val.")] = True,
@@ -101,6 +115,15 @@ def train(
     from training.run import TrainError
     from training.train import train as run_training
 
+    if launch_local:
+        from training.cluster import ClusterError
+        from training.cluster import launch_local as launch
+
+        try:
+            code = launch(_worker_args(sys.argv), launch_local, out, max_restarts)
+        except ClusterError as e:
+            fail(str(e))
+        raise typer.Exit(code)
     try:
         cfg = TrainConfig(
             backbone=backbone,
@@ -134,8 +157,28 @@ def train(
         results = run_training(data, out, cfg, resume=resume, cache_root=cache_dir, verbose=verbose)
     except (SpecError, DatasetError, CacheError, SplitError, ModelError, TrainError) as e:
         fail(str(e))
+    if "worker" in results:  # a non-chief worker of a multi-worker run
+        print(f"worker {results['worker']} of {results['workers']} done; the chief writes {out}")
+        return
     print("\n\n".join(results["tables"]))
     print(f"run written to {out} (SavedModel, model card, metrics)")
+
+
+def _worker_args(argv: list[str]) -> list[str]:
+    """This command's arguments for each worker: without the launcher's own options."""
+    args = argv[argv.index("train") + 1 :]
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in ("--launch-local", "--max-restarts", "--strategy"):
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
 
 
 @app.command()

@@ -248,6 +248,9 @@ class TrainConfig:
     balance: str = "class-weights"
     mixed_precision: bool = False
     strategy: str = "default"
+    #: Workers of a multi-worker run (from TF_CONFIG): ``batch_size`` is per worker, the
+    #: global batch ``batch_size x workers`` (written as ``global_batch_size``).
+    workers: int = 1
     seed: int = 0
     patience: int = 3
     calibrate: bool = True
@@ -265,7 +268,7 @@ class TrainConfig:
             raise SpecError(
                 f"image_size {self.image_size} must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]"
             )
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be at least 1")
         if self.head_epochs < 0 or self.patience < 1:
@@ -284,12 +287,18 @@ class TrainConfig:
     def pretrained(self) -> bool:
         return self.weights != "none"
 
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.workers
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+        fields = dataclasses.asdict(self) | {"global_batch_size": self.global_batch_size}
+        return json.dumps(fields, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         data = json.loads(text)
+        data.pop("global_batch_size", None)  # derived, written for readers
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

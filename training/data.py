@@ -148,18 +148,44 @@ def augmenter(cfg: TrainConfig) -> keras.Sequential | None:
 
 
 def make_dataset(
-    pool: SlicePool, indices: np.ndarray, cfg: TrainConfig, training: bool
+    pool: SlicePool,
+    indices: np.ndarray,
+    cfg: TrainConfig,
+    training: bool,
+    weights: dict[int, float] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[tf.data.Dataset, int]:
-    """Batches of (uint8 images ``[B, S, S, 1]``, one-hot labels ``[B, 3]``).
+    """Batches of (uint8 images ``[B, S, S, 1]``, one-hot labels ``[B, 3]``[, weights ``[B]``]).
 
     Training: shuffled each epoch; with ``balance="sampling"`` classes are drawn with equal
-    probability; augmented. Evaluation: in order, no augmentation.
+    probability; augmented. Evaluation: in order, no augmentation. ``weights`` (class ->
+    weight) adds per-example loss weights, as Keras's ``class_weight`` would.
+
+    ``shard=(i, n)``: worker i of n in multi-worker training. Every worker draws the same
+    index stream (same seed), cuts it into global batches of ``n x batch_size`` (the last
+    partial one dropped, so every worker runs the same number of steps) and keeps block i of
+    each: the workers read disjoint slices of the index, no example twice in an epoch, and one
+    step over all workers sees the examples a single worker with the global batch would. The
+    dataset carries ``AutoShardPolicy.OFF``: tf.data must not shard it again.
 
     Returns:
         The dataset and the number of steps in one epoch.
+
+    Raises:
+        SplitError: the split is smaller than one global batch.
     """
     size, k = pool.cache.size, len(CLASS_NAMES)
-    steps = max(1, math.ceil(len(indices) / cfg.batch_size))
+    index, workers = shard or (0, 1)
+    batch, global_batch = cfg.batch_size, cfg.batch_size * workers
+    if shard is None:
+        steps = max(1, math.ceil(len(indices) / batch))
+    else:
+        steps = len(indices) // global_batch
+        if steps == 0:
+            raise SplitError(
+                f"{len(indices)} slices are fewer than one global batch ({workers} workers x "
+                f"{batch}); lower --batch-size"
+            )
     if training and cfg.balance == "sampling":
         per_class = [indices[pool.labels[indices] == c] for c in range(k)]
         per_class = [p for p in per_class if len(p)]
@@ -167,31 +193,40 @@ def make_dataset(
             tf.data.Dataset.from_tensor_slices(p).shuffle(len(p), seed=cfg.seed + i).repeat()
             for i, p in enumerate(per_class)
         ]
-        ds = tf.data.Dataset.sample_from_datasets(streams, seed=cfg.seed).take(
-            steps * cfg.batch_size
-        )
+        ds = tf.data.Dataset.sample_from_datasets(streams, seed=cfg.seed).take(steps * global_batch)
     else:
         ds = tf.data.Dataset.from_tensor_slices(indices)
         if training:
             ds = ds.shuffle(len(indices), seed=cfg.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(cfg.batch_size)
+    if shard is None:
+        ds = ds.batch(batch)
+    else:
+        ds = ds.batch(global_batch, drop_remainder=True).map(
+            lambda ids: ids[index * batch : (index + 1) * batch]
+        )
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        ds = ds.with_options(options)
+    table = np.array([(weights or {}).get(c, 1.0) for c in range(k)], np.float32)
 
-    def load(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return pool.gather(idx), np.eye(k, dtype=np.float32)[pool.labels[idx]]
+    def load(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        labels = pool.labels[idx]
+        return pool.gather(idx), np.eye(k, dtype=np.float32)[labels], table[labels]
 
-    def fetch(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        images, onehot = tf.numpy_function(load, [idx], [tf.uint8, tf.float32])
+    def fetch(idx: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        images, onehot, sample = tf.numpy_function(load, [idx], [tf.uint8, tf.float32, tf.float32])
         images.set_shape([None, size, size, 1])
         onehot.set_shape([None, k])
-        return images, onehot
+        sample.set_shape([None])
+        return (images, onehot, sample) if weights is not None else (images, onehot)
 
     ds = ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE)
     aug = augmenter(cfg) if training else None
     if aug is not None:
 
-        def augment(images: tf.Tensor, onehot: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def augment(images: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
             out = aug(tf.cast(images, tf.float32), training=True)
-            return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8), onehot
+            return (tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8), *rest)
 
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE), steps

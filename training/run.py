@@ -6,6 +6,8 @@ of them imports another to find it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -42,7 +44,14 @@ def prepare_for_training(
     if ds.problems:
         raise DatasetError(ds.root, ds.problems)
     out = (cache_root or default_cache_root()) / f"{ds.fingerprint()[:16]}-S{size}"
-    prepare_cache(data, out, size, workers=workers or (os.cpu_count() or 1))
+    with contextlib.ExitStack() as stack:
+        try:  # workers of one machine (--launch-local) prepare it once; the others reuse it
+            out.parent.mkdir(parents=True, exist_ok=True)
+            lock = stack.enter_context(open(out.parent / f"{out.name}.lock", "w"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a read-only cache (mounted prepared): nothing to build, nothing to lock
+        prepare_cache(data, out, size, workers=workers or (os.cpu_count() or 1))
     return out, ds
 
 

@@ -14,13 +14,19 @@ Phases: "head" (frozen backbone, ``head_epochs``) then "finetune" (last ``unfree
 backbone layers, BatchNorm frozen, lower learning rate) when the weights are pretrained;
 one phase "scratch" (every layer) with ``--weights none``. Epochs are numbered across phases,
 so the CSV log reads as one run, and ``--resume`` continues from the last finished epoch.
+
+Multi-worker (``--strategy multiworker``, training/cluster.py): every worker trains on its
+block of each global batch (training/data.py); only the chief (worker 0) writes RUN. The
+others read it: the chief's resume state and backups on ``--resume``, its best checkpoint
+between phases (after a barrier). After the last phase the chief alone evaluates, calibrates
+and exports from a fresh single-process copy of the model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,8 @@ import numpy as np
 
 from covidct.config import ModelSpec, Provenance, TrainConfig
 from covidct.dataset import is_synthetic
+from training.cluster import ClusterError, Worker, ensure_tf_config
+from training.multiworker import barrier, patch_keras
 from training.run import TrainError, prepare_for_training
 
 log = logging.getLogger(__name__)
@@ -44,16 +52,21 @@ def _phases(cfg: TrainConfig) -> list[tuple[str, int, float, int]]:
     return [*phases, ("finetune", cfg.epochs, cfg.fine_tune_learning_rate, cfg.unfreeze)]
 
 
-def _strategy(name: str) -> Any:
+def _strategy(name: str) -> tuple[Any, Worker]:
+    """The strategy and this process's place; created before any other TensorFlow call
+    (collective ops must be configured at program start)."""
     import tensorflow as tf
 
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy(), Worker()
     if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise TrainError("--strategy multiworker needs TF_CONFIG describing the cluster")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
+        try:
+            worker = ensure_tf_config()
+        except ClusterError as e:
+            raise TrainError(str(e)) from e
+        patch_keras()
+        return tf.distribute.MultiWorkerMirroredStrategy(), worker
+    return tf.distribute.get_strategy(), Worker()
 
 
 def _read_state(run: Path) -> dict[str, Any]:
@@ -89,6 +102,8 @@ def train(
 
     data, run = Path(data), Path(run)
     check_backbone(cfg.backbone)
+    strategy, worker = _strategy(cfg.strategy)
+    cfg = dataclasses.replace(cfg, workers=worker.workers)
     config_path = run / "train_config.json"
     if resume:
         if not config_path.is_file():
@@ -100,7 +115,7 @@ def train(
                 f"--resume: options differ from the interrupted run ({', '.join(diff)})"
                 f"; resume with the same options as {config_path}"
             )
-    elif run.exists() and any(run.iterdir()):
+    elif worker.is_chief and run.exists() and any(run.iterdir()):
         raise TrainError(f"{run} is not empty; choose a new --out, or pass --resume")
 
     keras.utils.set_random_seed(cfg.seed)
@@ -128,7 +143,6 @@ def train(
             source_run=str(run.resolve()),
         ),
     )
-    strategy = _strategy(cfg.strategy)
     with strategy.scope():
         try:
             clf = build_classifier(spec, cfg.weights, cfg.dropout)
@@ -140,13 +154,22 @@ def train(
                 ) from e
             raise
 
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    config_path.write_text(cfg.to_json())
-    (run / "data_fingerprint.json").write_text(json.dumps(ds.label_file_checksums(), indent=2))
-    train_ds, train_steps = make_dataset(pool, splits["train"], cfg, training=True)
-    val_ds, _ = make_dataset(pool, splits["val"], cfg, training=False)
+    if worker.is_chief:
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        config_path.write_text(cfg.to_json())
+        (run / "data_fingerprint.json").write_text(json.dumps(ds.label_file_checksums(), indent=2))
     weights = (
         class_weights(pool.labels[splits["train"]]) if cfg.balance == "class-weights" else None
+    )
+    train_ds, train_steps = _worker_data(strategy, pool, splits["train"], cfg, True, weights)
+    val_ds, _ = _worker_data(strategy, pool, splits["val"], cfg, False)
+    log.info(
+        "worker %d of %d: %d steps x %d slices per epoch (global batch %d)",
+        worker.index,
+        cfg.workers,
+        train_steps,
+        cfg.batch_size,
+        cfg.global_batch_size,
     )
 
     state = _read_state(run) if resume else {"done": [], "best": None}
@@ -172,14 +195,20 @@ def train(
                 loss=keras.losses.CategoricalCrossentropy(),
                 metrics=["accuracy", keras.metrics.F1Score(average="macro", name="macro_f1")],
             )
-        callbacks = [
-            # First, so that a kill after an epoch's log line always finds its backup.
-            keras.callbacks.BackupAndRestore(str(run / "checkpoints" / f"backup-{name}")),
-            _best_checkpoint(best_path, run, state),
-            keras.callbacks.EarlyStopping(MONITOR, mode="max", patience=cfg.patience),
-            keras.callbacks.CSVLogger(str(run / "train_log.csv"), append=True),
-            keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False),
-        ]
+        backup = str(run / "checkpoints" / f"backup-{name}")
+        stopping = keras.callbacks.EarlyStopping(MONITOR, mode="max", patience=cfg.patience)
+        callbacks = (
+            [
+                # First, so that a kill after an epoch's log line always finds its backup.
+                keras.callbacks.BackupAndRestore(backup),
+                _best_checkpoint(best_path, run, state),
+                stopping,
+                keras.callbacks.CSVLogger(str(run / "train_log.csv"), append=True),
+                keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False),
+            ]
+            if worker.is_chief
+            else [_restore_only(backup), stopping]
+        )
         log.info("phase %s: epochs %d-%d, learning rate %g", name, first_epoch + 1, end_epoch, lr)
         clf.train_model.fit(
             train_ds,
@@ -187,20 +216,66 @@ def train(
             epochs=end_epoch,
             initial_epoch=first_epoch,
             steps_per_epoch=train_steps,
-            class_weight=weights,
             callbacks=callbacks,
             verbose=verbose,
         )
         state["done"].append(name)
-        _write_state(run, state)
+        if worker.is_chief:
+            _write_state(run, state)
+        if cfg.workers > 1:
+            barrier(strategy)  # the chief's best checkpoint is written before anyone reads it
         first_epoch = end_epoch
     train_seconds = time.perf_counter() - started
 
+    if not worker.is_chief:
+        log.info("worker %d of %d done; the chief writes the run", worker.index, cfg.workers)
+        return {"worker": worker.index, "workers": cfg.workers, "tables": []}
+    if cfg.workers > 1:  # evaluation and export on this process alone, outside the strategy
+        trained = clf.train_model.get_weights()
+        clf = build_classifier(spec, "none", cfg.dropout)
+        clf.train_model.set_weights(trained)
     if best_path.is_file():
         clf.train_model.load_weights(best_path)
     from training.report import finish_run
 
     return finish_run(run, clf, spec, cfg, pool, splits, train_seconds)
+
+
+def _worker_data(
+    strategy: Any,
+    pool: Any,
+    indices: np.ndarray,
+    cfg: TrainConfig,
+    training: bool,
+    weights: dict[int, float] | None = None,
+) -> tuple[Any, int]:
+    """One dataset, or per worker its block of every global batch (validation too: the
+    metrics are summed over workers; the last partial global batch is left out)."""
+    from training.data import make_dataset
+
+    if cfg.workers == 1:
+        return make_dataset(pool, indices, cfg, training=training, weights=weights)
+    _, steps = make_dataset(pool, indices, cfg, training=training, shard=(0, cfg.workers))
+
+    def per_worker(context: Any) -> Any:
+        shard = (context.input_pipeline_id, context.num_input_pipelines)
+        return make_dataset(pool, indices, cfg, training, weights=weights, shard=shard)[0]
+
+    return strategy.distribute_datasets_from_function(per_worker), steps
+
+
+def _restore_only(backup: str) -> Any:
+    """A non-chief worker's BackupAndRestore: restores the chief's state, never writes."""
+    import keras
+
+    class RestoreOnly(keras.callbacks.BackupAndRestore):
+        def _save_model(self) -> None:
+            pass
+
+        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+            pass  # the chief removes the backup
+
+    return RestoreOnly(backup)
 
 
 def _best_checkpoint(path: Path, run: Path, state: dict[str, Any]) -> Any:
