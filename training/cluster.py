@@ -177,14 +177,12 @@ def launch_local(
             flush=True,
         )
         failed: tuple[int, int] | None = None
-        while failed is None and any(p.poll() is None for p in procs):
+        while failed is None:
+            codes = [p.poll() for p in procs]
+            failed = next(((i, c) for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if failed is None and all(c == 0 for c in codes):
+                return 0
             time.sleep(poll_s)
-            failed = next(
-                ((i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)),
-                None,
-            )
-        if failed is None:
-            return 0
         _stop(procs)
         index, code = failed
         if restarts >= max_restarts:

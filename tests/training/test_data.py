@@ -89,3 +89,44 @@ def test_auto_split_by_patient_is_patient_disjoint(pool: SlicePool) -> None:
     owners = {s: set(pool.patients[v]) for s, v in splits.items()}
     assert not owners["train"] & owners["val"] and not owners["train"] & owners["test"]
     assert sum(len(v) for v in splits.values()) == len(pool)
+
+
+@pytest.mark.parametrize("balance", ["class-weights", "sampling"])
+def test_workers_read_disjoint_blocks_of_each_global_batch(pool: SlicePool, balance: str) -> None:
+    """Sharding for multi-worker training: counted per worker, no example twice per epoch,
+    and each step's blocks together are the global batch one worker would have drawn."""
+    idx = pool.splits()["train"]
+    cfg = TrainConfig(batch_size=3, augment=False, balance=balance)
+    workers = 2
+    seen: list[list[np.ndarray]] = []
+    for i in range(workers):
+        ds, steps = make_dataset(pool, idx, cfg, training=True, shard=(i, workers))
+        batches = [x.numpy() for x, _ in ds]
+        assert len(batches) == steps == len(idx) // (workers * cfg.batch_size)
+        assert all(len(b) == cfg.batch_size for b in batches)
+        seen.append(batches)
+    per_worker = [np.concatenate(b) for b in seen]
+    print(f"\nexamples per worker per epoch ({balance}): {[len(w) for w in per_worker]}")
+    assert [len(w) for w in per_worker] == [steps * cfg.batch_size] * workers
+    whole = TrainConfig(batch_size=cfg.batch_size * workers, augment=False, balance=balance)
+    single = [x.numpy() for x, _ in make_dataset(pool, idx, whole, training=True)[0]]
+    for step in range(steps):  # worker i's step = block i of the single worker's batch
+        np.testing.assert_array_equal(np.concatenate([w[step] for w in seen]), single[step])
+    if balance != "sampling":  # sampling draws with replacement by design
+        flat = np.concatenate(per_worker).reshape(len(np.concatenate(per_worker)), -1)
+        assert len({row.tobytes() for row in flat}) == len(flat)  # every slice once at most
+
+
+def test_sample_weights_follow_the_class_weights(pool: SlicePool) -> None:
+    idx = pool.splits()["train"]
+    weights = class_weights(pool.labels[idx])
+    ds, _ = make_dataset(pool, idx, TrainConfig(batch_size=4), training=False, weights=weights)
+    for _, onehot, sample in ds:
+        expected = [weights[int(c)] for c in onehot.numpy().argmax(1)]
+        np.testing.assert_allclose(sample.numpy(), expected, rtol=1e-6)
+
+
+def test_a_split_smaller_than_one_global_batch_is_refused(pool: SlicePool) -> None:
+    idx = pool.splits()["val"][:5]
+    with pytest.raises(SplitError, match="fewer than one global batch"):
+        make_dataset(pool, idx, TrainConfig(batch_size=4), training=True, shard=(0, 2))
