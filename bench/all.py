@@ -1,9 +1,10 @@
 """``covidct bench all`` (``make bench``): every benchmark in one sitting, then the report.
 
 Prepares what the benchmarks need when it is missing (synthetic CT data, a DenseNet201
-224x224 run, its fp32 and INT8 exports), then runs each ``covidct bench`` command in its own
-process (fresh memory and threads each), starting a tritonserver and a gateway for the
-gateway sweep, and finally writes BENCHMARKS.md.
+224x224 run, its exports: ONNX Runtime fp32 and int8, OpenVINO fp32, bf16 and int8), then
+runs each ``covidct bench`` command in its own process (fresh memory and threads each),
+starting a tritonserver and a gateway for the gateway sweep, and finally writes
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def covidct(*args: str | Path) -> None:
 
 
 def prepare(work: Path, run: Path | None) -> tuple[Path, Path, Path]:
-    """The run, its data folder, and a repository holding it as v1 (fp32) and v2 (INT8)."""
+    """The run, its data folder, and a repository holding it once per served variant."""
     data = work / "data"
     if not (data / "train_COVIDx-CT.txt").is_file():
         covidct("data", "synth", "--out", data, *SYNTH)
@@ -66,25 +67,32 @@ def prepare(work: Path, run: Path | None) -> tuple[Path, Path, Path]:
             covidct("train", "--data", data, "--out", run, *TRAIN, *resume)
     repo = work / "models"
     marker = work / "models.json"
-    if not marker.is_file() or json.loads(marker.read_text()).get("run") != str(run.resolve()):
+    variants = served_variants()
+    wanted = {"run": str(run.resolve()), "variants": [" ".join(v) for v in variants]}
+    if not marker.is_file() or json.loads(marker.read_text()) != wanted:
         import shutil
 
         shutil.rmtree(repo, ignore_errors=True)
-        covidct("export", "--run", run, "--repository", repo, "--target", "cpu")
-        covidct(
-            "export",
-            "--run",
-            run,
-            "--repository",
-            repo,
-            "--target",
-            "cpu",
-            "--int8",
-            "--calibration-data",
-            data,
-        )
-        marker.write_text(json.dumps({"run": str(run.resolve())}))
+        kept = ("--versions-kept", str(len(variants)))
+        for variant in variants:
+            calibration = ("--calibration-data", data) if "int8" in " ".join(variant) else ()
+            covidct("export", "--run", run, "--repository", repo, *variant, *kept, *calibration)
+        marker.write_text(json.dumps(wanted))
     return run, data, repo
+
+
+def served_variants() -> list[tuple[str, ...]]:
+    """The versions ``bench triton`` serves side by side, in version order: ONNX Runtime fp32
+    (v1, what the other benchmarks serve) and int8, OpenVINO fp32, bf16 (where the CPU has
+    it) and int8."""
+    from export.openvino import supports
+
+    openvino = [p for p in ("fp32", "bf16", "int8") if supports(p)]
+    return [
+        ("--target", "cpu"),
+        ("--target", "cpu", "--int8"),
+        *(("--target", "openvino", "--precision", p) for p in openvino),
+    ]
 
 
 def gateway_step(repo: Path, out: Path, ort_threads: int | None = None, *extra: str) -> None:
@@ -142,7 +150,8 @@ def run_all(
         elif step == "engines":
             covidct("bench", "engines", "--run", run, "--calibration-data", data, "--out", out)
         elif step == "triton":
-            covidct("bench", "triton", "--repository", repo, "--versions", "1,2", "--out", out)
+            served = ",".join(str(v + 1) for v in range(len(served_variants())))
+            covidct("bench", "triton", "--repository", repo, "--versions", served, "--out", out)
         elif step == "settings":
             covidct("bench", "settings", "--repository", repo, "--version", "1", "--out", out)
         elif step == "replicas":

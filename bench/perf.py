@@ -265,14 +265,22 @@ def run_triton_bench(
     measurement_ms: int = 4000,
     stability: float = 50.0,
 ) -> str:
-    """The whole ``covidct bench triton`` command; returns its Markdown section."""
+    """The whole ``covidct bench triton`` command; returns its Markdown section.
+
+    Every served version whose files are local is also run in process by the engine and
+    precision it is served with (``bench engines``' runner, a child process), just before and
+    just after the interleaved sweep: served / in-process is judged per precision.
+    """
     versions = list(versions) or [""]
-    local: dict[str, Any] = {}
+    info = served_versions(repository, model, versions)
+    local: dict[str, dict[str, Any]] = {}
     with triton(repository, url, protocol) as address:
         spec = served_spec(address, model, versions[0], protocol)
-        onnx = _local_onnx(repository, model, versions[0])
-        if onnx is not None:
-            local["before"] = in_process(onnx, spec)
+        onnx = {v: _local_onnx(repository, model, v) for v in versions}
+        engines = {v: info.get(v, {}).get("bench_engine", "ort-fp32") for v in versions}
+        for v, path in onnx.items():
+            if path is not None:
+                local[v] = {"engine": engines[v], "before": in_process(path, spec, engines[v])}
         targets = [Served(v, address, v, f"v{v or 'latest'}") for v in versions]
         rows = sweep(
             targets,
@@ -286,9 +294,16 @@ def run_triton_bench(
             16,
             stability,
         )
-        if onnx is not None:
-            local["after"] = in_process(onnx, spec)
-    info = served_versions(repository, model, versions)
+        for v, path in onnx.items():
+            if path is not None:
+                local[v]["after"] = in_process(path, spec, engines[v])
+    for figures in local.values():
+        per_batch = {
+            b: (figures["before"]["batches"][b]["images_per_s"] + after["images_per_s"]) / 2
+            for b, after in figures["after"]["batches"].items()
+        }
+        figures["best_batch"] = max(per_batch, key=lambda b: per_batch[b])
+        figures["best_images_per_s"] = per_batch[figures["best_batch"]]
     names = {
         v: (f"v{v}" if v else "latest") + (f" ({info[v]['engine']})" if v in info else "")
         for v in versions
@@ -306,40 +321,33 @@ def run_triton_bench(
         "preprocessed for the model. Versions measured level by level, interleaved.",
         "",
     ]
+    summary = served_summary(rows, local, info)
+    default = default_target_figures(summary)
+    if summary:
+        lines += [
+            "| version | best img/s | c=1 p50 / p99 ms | c=8 p50 / p99 ms | in-process "
+            "img/s (same engine and precision) | served / in-process | top-1 agreement "
+            "(decisive slices) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for v, f in summary.items():
+            ratio = f"{f['served_vs_in_process']:.2f}x" if f["in_process"] else "-"
+            inproc = f"{f['in_process']:.1f} (b{f['in_process_batch']})" if f["in_process"] else "-"
+            agreement = f"{100 * f['agreement']:.1f}%" if f["agreement"] is not None else "-"
+            lines.append(
+                f"| {names[v]} | {f['best']:.1f} (c{f['best_c']}) | {f['c1']} | {f['c8']} | "
+                f"{inproc} | {ratio} | {agreement} |"
+            )
+        lines.append("")
+    if default:
+        lines += [
+            f"Default CPU target here: {default['target']} {default['precision']} "
+            f"({default['why']}); served, it reaches {default['speedup']:.2f}x the served ONNX "
+            f"Runtime fp32 ({default['goal']}).",
+            "",
+        ]
     for v, vrows in rows.items():
         lines += [f"**{names[v]}**", "", *table(vrows), ""]
-    if len(versions) == 2:
-        a, b = versions
-        lines += [
-            f"{names[b]} / {names[a]} throughput: "
-            + ", ".join(
-                f"c{ra.concurrency} {rb.throughput / ra.throughput:.2f}x"
-                for ra, rb in zip(rows[a], rows[b], strict=True)
-            ),
-            "",
-        ]
-    if local:
-        first = rows[versions[0]]
-        served = max(r.throughput for r in first)
-        per_batch = {
-            b: (
-                local["before"]["batches"][b]["images_per_s"]
-                + local["after"]["batches"][b]["images_per_s"]
-            )
-            / 2
-            for b in local["before"]["batches"]
-        }
-        best_batch = max(per_batch, key=lambda b: per_batch[b])
-        local["best_images_per_s"] = per_batch[best_batch]
-        local["served_best_images_per_s"] = served
-        lines += [
-            "Side by side: in-process ONNX Runtime on the same `model.onnx` "
-            f"({names[versions[0]]}, a child process, default threads, batch 1/4/8/16, "
-            "measured just before and just after the sweep) peaks at "
-            f"{per_batch[best_batch]:.1f} img/s (batch {best_batch}); Triton serves at most "
-            f"{served:.1f} img/s: {served / per_batch[best_batch]:.2f}x.",
-            "",
-        ]
     lines += [f"![throughput vs latency]({rel(out / 'triton.png')})", ""]
     section = "\n".join(lines)
     save(
@@ -352,18 +360,79 @@ def run_triton_bench(
             "protocol": protocol,
             "batch": batch,
             "rows": rows,
-            "onnxruntime_in_process": local,
+            "in_process": local,
             "versions": info,
+            "summary": summary,
+            "default_target": default,
         },
     )
     return section
+
+
+def _latencies(rows: Sequence[Row], c: int) -> str:
+    row = next((r for r in rows if r.concurrency == c), None)
+    return f"{row.p50 / 1000:.1f} / {row.p99 / 1000:.1f}" if row else "-"
+
+
+def served_summary(
+    rows: dict[str, list[Row]], local: dict[str, dict[str, Any]], info: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per version: best served throughput, c=1 and c=8 latencies, the in-process figure of
+    the same engine and precision, and the version's own gate figure."""
+    out = {}
+    for v, vrows in rows.items():
+        if not vrows:
+            continue
+        best = max(vrows, key=lambda r: r.throughput)
+        here = local.get(v) or {}
+        inproc = here.get("best_images_per_s")
+        out[v] = {
+            "engine": info.get(v, {}).get("engine", "?"),
+            "bench_engine": here.get("engine"),
+            "best": best.throughput,
+            "best_c": best.concurrency,
+            "c1": _latencies(vrows, 1),
+            "c8": _latencies(vrows, 8),
+            "in_process": inproc,
+            "in_process_batch": here.get("best_batch"),
+            "served_vs_in_process": best.throughput / inproc if inproc else None,
+            "agreement": info.get(v, {}).get("agreement"),
+        }
+    return out
+
+
+def default_target_figures(summary: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The default CPU target (export/openvino.py's rule) served, against served ONNX Runtime
+    fp32, with the goal the CPU's flags set: 4x with AMX, 1.8x with AVX512_BF16, else 1.4x
+    (int8 where it passes the gate)."""
+    from export.openvino import cpu_flags, default_cpu_target
+
+    target, precision, why = default_cpu_target()
+    engine = f"openvino-{precision}" if target == "openvino" else f"ort-{precision}"
+    chosen = next((f for f in summary.values() if f["bench_engine"] == engine), None)
+    base = next((f for f in summary.values() if f["bench_engine"] == "ort-fp32"), None)
+    if chosen is None or base is None:
+        return None
+    flags = set(cpu_flags())
+    goal = 4.0 if "amx_bf16" in flags else 1.8 if "avx512_bf16" in flags else 1.4
+    speedup = chosen["best"] / base["best"]
+    return {
+        "target": target,
+        "precision": precision,
+        "why": why,
+        "speedup": speedup,
+        "goal_x": goal,
+        "goal": f"goal >= {goal:g}x on this CPU",
+        "met": speedup >= goal,
+    }
 
 
 def served_versions(
     repository: Path | None, model: str, versions: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
     """What each served version is, from its manifest (when the repository is local): the
-    engine and precision, and a reduced precision's gate figures against fp32."""
+    engine and precision (and ``bench engines``' name for it), and a reduced precision's gate
+    figures against fp32."""
     if repository is None:
         return {}
     from export.repository import read_manifest
@@ -375,13 +444,17 @@ def served_versions(
         manifest = read_manifest(repository / model, int(v))
         openvino = manifest.get("openvino") or {}
         if openvino:
-            engine, gate = f"OpenVINO {openvino['precision']}", openvino.get("agreement") or {}
+            precision = openvino["precision"]
+            engine, gate = f"OpenVINO {precision}", openvino.get("agreement") or {}
+            bench_engine = f"openvino-{precision}"
         elif manifest.get("int8"):
-            engine, gate = "ONNX Runtime int8", manifest["int8"]
+            engine, gate, bench_engine = "ONNX Runtime int8", manifest["int8"], "ort-int8"
         else:
             engine, gate = f"{manifest.get('target', '?')} fp32", {}
+            bench_engine = "ort-fp32"
         info[v] = {
             "engine": engine,
+            "bench_engine": bench_engine,
             "agreement": gate.get("top1_agreement_decisive"),
             "max_abs_prob_diff": gate.get("max_abs_prob_diff"),
         }
@@ -399,10 +472,10 @@ def _local_onnx(repository: Path | None, model: str, version: str) -> Path | Non
     return path if path.is_file() else None
 
 
-def in_process(onnx: Path, spec: ModelSpec) -> dict[str, Any]:
-    """In-process ONNX Runtime throughput of ``onnx`` at batch 1, 4, 8, 16 (a child process)."""
+def in_process(onnx: Path, spec: ModelSpec, engine: str = "ort-fp32") -> dict[str, Any]:
+    """In-process throughput of ``onnx`` by ``engine`` at batch 1, 8, 16 (a child process)."""
     from bench.engines import in_child
 
-    figures = in_child("ort-fp32", onnx, spec, real_images(spec, 16), (1, 4, 8, 16), 5)
+    figures = in_child(engine, onnx, spec, real_images(spec, 16), (1, 8, 16), 5)
     figures.pop("top1", None)
     return figures

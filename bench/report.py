@@ -56,9 +56,12 @@ def targets(results: Path) -> list[Target]:
     served: dict[str, dict[int, dict[str, Any]]] = {}
     if triton:
         served = {v: _rows(rows) for v, rows in triton["rows"].items()}
+    summary = (triton or {}).get("summary")
     fp32 = next(iter(served.values()), None)
     local = (triton or {}).get("onnxruntime_in_process") or {}
-    if fp32 and (local or engines):
+    if summary:  # every served version beside its in-process engine (bench triton, new format)
+        out += _served_targets(triton or {})
+    elif fp32 and (local or engines):
         # prefer the in-process figure measured beside the sweep (same run) to bench engines'
         best_ort = local.get("best_images_per_s") or engines["best_images_per_s"]["ort-fp32"]  # type: ignore[index]
         best_served = max(r["throughput"] for r in fp32.values())
@@ -107,7 +110,7 @@ def targets(results: Path) -> list[Target]:
         )
     else:
         out.append(Target("Gateway capacity, identity model", ">= 300 PNG/s per core", "-", None))
-    if len(served) == 2:
+    if len(served) == 2 and not summary:  # results written before the per-version summary
         (va, a), (vb, b) = served.items()
         common = sorted(set(a) & set(b))
         best_a = max(a[c]["throughput"] for c in common)
@@ -128,8 +131,45 @@ def targets(results: Path) -> list[Target]:
                 best_b / best_a >= 1.4 and (agreement is None or agreement >= 0.99),
             )
         )
-    else:
+    elif not summary:
         out.append(Target("INT8 served vs fp32 served", ">= 1.4x", "-", None))
+    return out
+
+
+def _served_targets(triton: dict[str, Any]) -> list[Target]:
+    """Per served version: served vs in-process of the same engine and precision, and a
+    reduced precision's gate figure; then the default CPU target's speed-up."""
+    out = []
+    for v, f in triton["summary"].items():
+        if f["in_process"]:
+            ratio = f["served_vs_in_process"]
+            out.append(
+                Target(
+                    f"Served {f['engine']} (v{v}) vs in-process, same engine and precision",
+                    ">= 0.9x",
+                    f"{f['best']:.1f} vs {f['in_process']:.1f} img/s = {ratio:.2f}x",
+                    ratio >= 0.9,
+                )
+            )
+        if f["agreement"] is not None:
+            out.append(
+                Target(
+                    f"{f['engine']} (v{v}) top-1 agreement with fp32, decisive real slices",
+                    ">= 99%",
+                    f"{100 * f['agreement']:.1f}% (the version's manifest)",
+                    f["agreement"] >= 0.99,
+                )
+            )
+    d = triton.get("default_target")
+    if d:
+        out.append(
+            Target(
+                f"Default CPU target ({d['target']} {d['precision']}) vs served ONNX Runtime fp32",
+                f">= {d['goal_x']:g}x (this CPU's flags)",
+                f"{d['speedup']:.2f}x",
+                bool(d["met"]),
+            )
+        )
     return out
 
 

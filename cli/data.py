@@ -137,17 +137,33 @@ def data_synth(
 @data_app.command("prepare")
 def data_prepare(
     data: Annotated[Path, typer.Option(help="COVIDx-CT folder.")],
-    out: Annotated[Path, typer.Option(help="Cache folder.")],
+    out: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of --out: the cache root `covidct train --cache-dir` reads (the "
+            "folder is named after the data's fingerprint and S), e.g. a volume that training "
+            "workers mount read-only."
+        ),
+    ] = None,
     size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
     workers: Annotated[int, typer.Option(min=1, help="Processes.")] = os.cpu_count() or 1,
 ) -> None:
     """Preprocess every slice once into memory-mapped uint8 shards (resumable)."""
     from rich.progress import Progress
 
-    from covidct.dataset import SPLITS, DatasetError
+    from covidct.dataset import SPLITS, DatasetError, read_covidx
     from training.cache import CacheError, prepare_cache
+    from training.run import cache_folder
 
+    if (out is None) == (cache_dir is None):
+        fail("give one of --out (a cache folder) or --cache-dir (training's cache root)")
     try:
+        if out is None:
+            ds = read_covidx(data, check_images=False)
+            if ds.problems:
+                raise DatasetError(ds.root, ds.problems)
+            out = cache_folder(ds, size, cache_dir)
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task("preprocessing slices", total=None)
 

@@ -29,6 +29,11 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("COVIDCT_CACHE_DIR", Path.home() / ".cache" / "covidct"))
 
 
+def cache_folder(ds: Dataset, size: int, cache_root: Path | None = None) -> Path:
+    """Where training keeps (and looks for) the cache of ``ds`` at ``size``."""
+    return (cache_root or default_cache_root()) / f"{ds.fingerprint()[:16]}-S{size}"
+
+
 def prepare_for_training(
     data: Path, size: int, cache_root: Path | None = None, workers: int | None = None
 ) -> tuple[Path, Dataset]:
@@ -43,7 +48,7 @@ def prepare_for_training(
     ds = read_covidx(data, check_images=False)
     if ds.problems:
         raise DatasetError(ds.root, ds.problems)
-    out = (cache_root or default_cache_root()) / f"{ds.fingerprint()[:16]}-S{size}"
+    out = cache_folder(ds, size, cache_root)
     with contextlib.ExitStack() as stack:
         try:  # workers of one machine (--launch-local) prepare it once; the others reuse it
             out.parent.mkdir(parents=True, exist_ok=True)

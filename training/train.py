@@ -97,7 +97,7 @@ def train(
     import keras
     import tensorflow as tf
 
-    from training.data import SlicePool, class_weights, make_dataset
+    from training.data import SlicePool, class_weights
     from training.model import build_classifier, check_backbone, set_trainable
 
     data, run = Path(data), Path(run)

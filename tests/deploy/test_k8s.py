@@ -42,8 +42,8 @@ def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
-#: Every kustomization rendered: the two overlays and the on-demand redeploy Job.
-RENDERED = [*(f"overlays/{p.name}" for p in sorted(OVERLAYS.iterdir())), "redeploy"]
+#: Every kustomization rendered: the two overlays and the on-demand redeploy and training Jobs.
+RENDERED = [*(f"overlays/{p.name}" for p in sorted(OVERLAYS.iterdir())), "redeploy", "training"]
 
 
 @pytest.fixture(scope="module", params=RENDERED)
@@ -58,11 +58,10 @@ def test_both_overlays_exist() -> None:
 def test_every_object_is_valid_for_the_kubernetes_api(overlay) -> None:
     name, docs = overlay
     kinds = sorted(d["kind"] for d in docs)
-    expected = (
-        {"Job"}
-        if name == "redeploy"
-        else {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
-    )
+    expected = {
+        "redeploy": {"Job"},
+        "training": {"Job", "Service", "NetworkPolicy"},
+    }.get(name, {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"})
     assert expected <= set(kinds), kinds
     for doc in docs:
         try:
@@ -184,3 +183,44 @@ def test_the_gpu_overlay_serves_the_compose_file_s_triton_on_one_gpu() -> None:
     cpu = by_kind(render("overlays/cpu"), "Deployment")["triton"]["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
     assert cpu["securityContext"]["runAsUser"] == 10001  # our image's user
+
+
+def test_the_training_job_gives_each_pod_its_worker_from_the_completion_index() -> None:
+    """The Indexed Job, its headless Service and training/cluster.py agree on every name."""
+    import json
+
+    from training.cluster import ensure_tf_config
+
+    docs = render("training")
+    (job,) = by_kind(docs, "Job").values()
+    (service,) = by_kind(docs, "Service").values()
+    pod = job["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    workers = int(env["COVIDCT_CLUSTER_SIZE"])
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == workers >= 2
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert pod["spec"]["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    port = service["spec"]["ports"][0]["port"]
+    assert {p["containerPort"] for p in container["ports"]} == {port}
+    name, subdomain = job["metadata"]["name"], pod["spec"]["subdomain"]
+    hosts = [f"{name}-{i}.{subdomain}:{port}" for i in range(workers)]  # Kubernetes' pod DNS
+    for index in range(workers):
+        fake = {**env, "JOB_COMPLETION_INDEX": str(index)}
+        worker = ensure_tf_config(fake)
+        assert (worker.index, worker.workers, worker.is_chief) == (index, workers, index == 0)
+        cluster = json.loads(fake["TF_CONFIG"])["cluster"]
+        assert [*cluster["chief"], *cluster.get("worker", [])] == hosts
+    script = " ".join(container["args"])
+    assert "--strategy=multiworker" in script and "--resume" in script
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/cache"]["readOnly"] and mounts["/data"]["readOnly"]
+    assert not mounts["/runs"].get("readOnly")  # the chief writes the run there
+    assert "--cache-dir=/cache" in script and '--out="/runs/$RUN"' in script
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    (policy,) = by_kind(docs, "NetworkPolicy").values()
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+    assert rule["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "train"}

@@ -26,26 +26,48 @@ def _ok(result: subprocess.CompletedProcess[str]) -> None:
 
 
 @ci_group
-def test_bench_triton_with_perf_analyzer(repository: Path, tmp_path: Path) -> None:
+def test_bench_triton_with_perf_analyzer(ci_run: Path, tmp_path: Path) -> None:
+    """ONNX Runtime fp32 and this CPU's default target (``--target auto``) served side by
+    side, each beside its own engine in process, and the default target's speed-up."""
+    repo = tmp_path / "models"
+    for target in ("cpu", "auto"):
+        _ok(covidct("export", "--run", ci_run, "--repository", repo, "--target", target))
     out = tmp_path / "triton"
-    args = ["--repository", repository, "--versions", "1", "--concurrency", "1,2"]
+    args = ["--repository", repo, "--versions", "1,2", "--concurrency", "1,2"]
     _ok(
         covidct(
             "bench", "triton", *args, "--measurement-ms", "500", "--stability", "500", "--out", out
         )
     )
-    rows = read_csv(out / "triton-v1.csv")
-    assert [r.concurrency for r in rows] == [1, 2]
-    assert all(r.throughput > 0 and r.p50 <= r.p99 for r in rows)
-    assert rows[0].server_compute is not None and rows[0].server_compute > 0
-    assert rows[0].avg_batch == 1.0  # one request at a time: nothing to batch
+    for v in ("v1", "v2"):
+        rows = read_csv(out / f"triton-{v}.csv")
+        assert [r.concurrency for r in rows] == [1, 2]
+        assert all(r.throughput > 0 and r.p50 <= r.p99 for r in rows)
+        assert rows[0].server_compute is not None and rows[0].server_compute > 0
+        assert rows[0].avg_batch == 1.0  # one request at a time: nothing to batch
     assert (out / "triton.png").stat().st_size > 1000
-    assert sorted(p.name for p in (out / "raw").iterdir()) == ["v1-c1.csv", "v1-c2.csv"]
+    assert sorted(p.name for p in (out / "raw").iterdir()) == [
+        "v1-c1.csv",
+        "v1-c2.csv",
+        "v2-c1.csv",
+        "v2-c2.csv",
+    ]
     assert not (out / "input_data.json").exists()
-    local = json.loads((out / "result.json").read_text())["onnxruntime_in_process"]
-    assert set(local["before"]["batches"]) == {"1", "4", "8", "16"}
-    assert local["best_images_per_s"] > 0
-    assert "Side by side: in-process ONNX Runtime" in (out / "section.md").read_text()
+    result = json.loads((out / "result.json").read_text())
+    from export.openvino import default_cpu_target
+
+    _, precision, _ = default_cpu_target()
+    local = result["in_process"]
+    assert (local["1"]["engine"], local["2"]["engine"]) == ("ort-fp32", f"openvino-{precision}")
+    for v in ("1", "2"):
+        assert set(local[v]["before"]["batches"]) == {"1", "8", "16"}
+        assert local[v]["best_images_per_s"] > 0
+        assert result["summary"][v]["served_vs_in_process"] > 0
+    default = result["default_target"]
+    assert (default["target"], default["precision"]) == ("openvino", precision)
+    assert default["speedup"] > 0 and default["goal_x"] >= 1.4
+    section = (out / "section.md").read_text()
+    assert "| served / in-process |" in section and "Default CPU target here" in section
 
 
 @ci_group
@@ -110,7 +132,7 @@ def test_bench_settings_sweeps_every_variant(repository: Path, tmp_path: Path) -
 
 
 @ci_group
-def test_bench_engines_runs_all_five(ci_run: Path, tmp_path: Path) -> None:
+def test_bench_engines_runs_all_six(ci_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "engines"
     _ok(
         covidct(
@@ -125,6 +147,7 @@ def test_bench_engines_runs_all_five(ci_run: Path, tmp_path: Path) -> None:
         "openvino-fp32",
         "openvino-bf16",
         "ort-int8",
+        "openvino-int8",
     }
     for figures in engines.values():
         assert figures["peak_rss_mib"] > 50
