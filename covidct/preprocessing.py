@@ -334,11 +334,11 @@ def _check_shape(rows: int, cols: int, limits: Limits) -> None:
         )
 
 
-#: Chunks that change nothing in an 8-bit grey PNG's pixels (as Pillow decodes it to "L"): such
-#: a PNG takes :func:`_decode_grey8_png`; any other chunk (tRNS, acTL, PLTE...) goes to Pillow.
-_INERT_PNG_CHUNKS = frozenset(
-    (b"tEXt", b"zTXt", b"iTXt", b"pHYs", b"tIME", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT")
-)
+#: Fixed-size chunks that change nothing in an 8-bit grey PNG's pixels (as Pillow decodes it to
+#: "L"): such a PNG takes :func:`_decode_grey8_png`. Any other chunk goes to Pillow: tRNS, acTL
+#: or PLTE change the pixels, and text and ICC chunks are Pillow's to bound (a zTXt that
+#: inflates to 64 MiB is refused there, as hostile input).
+_INERT_PNG_CHUNKS = frozenset((b"pHYs", b"tIME", b"gAMA", b"cHRM", b"sRGB", b"sBIT"))
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

@@ -192,23 +192,28 @@ def test_fast_png_decoder_equals_pillow_on_real_slices(real_data: Path) -> None:
         np.testing.assert_array_equal(fast, np.asarray(Image.open(io.BytesIO(data))))
 
 
-@pytest.mark.parametrize("extra", [b"tEXt", b"tRNS"])
-def test_fast_png_decoder_leaves_other_pngs_to_pillow(extra: bytes) -> None:
+@pytest.mark.parametrize("extra", ["pHYs", "tEXt", "tRNS"])
+def test_fast_png_decoder_leaves_other_pngs_to_pillow(extra: str) -> None:
+    """Fixed-size chunks that cannot change the pixels stay on the fast path; text (Pillow
+    bounds its size) and transparency (Pillow composites it) go to Pillow."""
     grey = np.random.default_rng(1).integers(0, 256, (80, 90), dtype=np.uint8)
     buf = io.BytesIO()
-    info = PngImagePlugin.PngInfo()
-    if extra == b"tEXt":
-        info.add_text("Comment", "inert")
+    if extra == "tEXt":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "text")
         Image.fromarray(grey).save(buf, "PNG", pnginfo=info)
+    elif extra == "pHYs":
+        Image.fromarray(grey).save(buf, "PNG", dpi=(72, 72))
     else:
         Image.fromarray(grey).save(buf, "PNG", transparency=0)
     data = buf.getvalue()
+    assert extra.encode() in data
     fast = pp._decode_grey8_png(data, pp.DEFAULT_LIMITS)
-    if extra == b"tEXt":
+    if extra == "pHYs":
         assert fast is not None
         np.testing.assert_array_equal(fast, grey)
     else:
-        assert fast is None  # transparency: Pillow's path composites it
+        assert fast is None
     np.testing.assert_array_equal(decode(data).pixels, pp._raster_to_grey(Image.open(buf)))
 
 
