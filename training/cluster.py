@@ -161,9 +161,12 @@ def launch_local(
     if workers < 1:
         raise ClusterError("--launch-local needs at least 1 worker")
     args = [a for a in train_args if a != "--resume"]
+    asked = "--resume" in train_args  # the first start does what was asked
     restarts = 0
     while True:
-        resume = ["--resume"] if (run / "train_config.json").is_file() else []
+        # a restart resumes whatever the group got to write (nothing yet: a fresh start)
+        started = (run / "train_config.json").is_file()
+        resume = ["--resume"] if (asked if restarts == 0 else started) else []
         hosts = [f"127.0.0.1:{p}" for p in _free_ports(workers)]
         procs = []
         for i in range(workers):
