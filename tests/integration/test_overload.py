@@ -25,10 +25,12 @@ def test_ten_times_the_capacity_gets_200_or_a_fast_503_and_memory_stays_in_budge
         assert phase["rejected_without_retry_after"] == 0
         assert phase["statuses"].get("200", 0) > 0, "nothing admitted under overload"
     assert over["statuses"].get("503", 0) > over["statuses"].get("200", 0)
-    # a fast 503: p99 3-12 ms in usual runs, 58 ms once on a machine slowed by about a third
-    # (the whole suite took 30 min instead of 23); admitted answers wait 10x longer (p50 ~650 ms)
+    # A fast 503: p99 3-14 ms alone, 58-85 ms in suites where another test loads the second
+    # core. The median 503 is two orders of magnitude faster than the median admitted answer
+    # (3.4 vs 339 ms alone; admitted answers were ~650 ms before preprocessing got faster,
+    # when this compared the 503s' p99 with a quarter of that).
     assert over["rejected_p99_ms"] < 100, over
-    assert over["rejected_p99_ms"] < over["ok_p50_ms"] / 4, over
+    assert over["rejected_p50_ms"] < over["ok_p50_ms"] / 10, over
     assert f["rss_peak_overload_mib"] < f["rss_budget_mib"], f
     assert f["rss_peak_large_mib"] < f["rss_budget_mib"], f
     # The budget's terms with the bodies actually sent (8 MiB, not the 64 MiB cap): what an
