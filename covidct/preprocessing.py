@@ -24,18 +24,14 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-import cv2
 import numpy as np
 import pydicom
 import pydicom.errors
 from isal import isal_zlib
 from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 
 from covidct.config import WINDOW_CENTRE_HU, WINDOW_WIDTH_HU
-
-# One slice's operations are small: OpenCV's thread pool costs more than it gives, and the
-# callers (gateway threads, cache workers) already run slices in parallel.
-cv2.setNumThreads(1)
 
 Source = Literal["png", "jpeg", "dicom"]
 
@@ -254,18 +250,13 @@ def _body_level() -> int:
     return hu_to_grey_level(BODY_THRESHOLD_HU)
 
 
-_OPENING_KERNEL = np.ones((BODY_OPENING, BODY_OPENING), np.uint8)
-
-
 def auto_body_box(grey: np.ndarray) -> Box:
     """Find the body in a windowed slice: threshold, 3x3 opening, largest component, margin.
 
     The patient table is usually a separate, thinner component and is dropped with the
-    rest. An image with no bright region yields the whole image. The opening counts the
-    outside of the image as background and components are 4-connected: the same boxes as
-    ``ndimage.binary_opening`` + ``ndimage.label`` (tests pin it), computed by OpenCV in about
-    a third of the time. Of equally large components the first in raster order wins, as with
-    ``ndimage.label``'s numbering.
+    rest. An image with no bright region yields the whole image. Only the rectangle holding
+    bright pixels is opened and labelled (outside it everything is background before and after
+    the opening): a quarter less work on a typical slice, the same box.
 
     Args:
         grey: uint8 ``[H, W]`` windowed slice.
@@ -274,29 +265,54 @@ def auto_body_box(grey: np.ndarray) -> Box:
         The body box, COVIDx-CT convention (exclusive max), clipped to the image.
     """
     h, w = grey.shape
-    mask = (grey > _body_level()).view(np.uint8)
+    mask = grey > _body_level()
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if not len(rows):
         return (0, 0, w, h)
-    # Only the rectangle holding bright pixels: the rest is background before and after the
-    # opening, and labelling it is a quarter of the work on a typical slice.
     top, left = int(rows[0]), int(cols[0])
     bright = mask[top : int(rows[-1]) + 1, left : int(cols[-1]) + 1]
-    opened = cv2.morphologyEx(
-        bright, cv2.MORPH_OPEN, _OPENING_KERNEL, borderType=cv2.BORDER_CONSTANT, borderValue=(0,)
-    )
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=4)
-    if count <= 1:
+    labels, count = ndimage.label(_open_square(bright, BODY_OPENING // 2))
+    if count == 0:
         return (0, 0, w, h)
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    largest = np.flatnonzero(areas == areas.max()) + 1
-    if len(largest) > 1:  # a tie: the component whose first pixel comes first in raster order
-        flat = labels.ravel()
-        largest = largest[np.argsort([int(np.argmax(flat == i)) for i in largest])]
-    x, y, bw, bh = (int(v) for v in stats[int(largest[0]), :4])
-    x, y = x + left, y + top
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = labels == int(sizes.argmax())
+    rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
     m = BODY_MARGIN
-    return (max(0, x - m), max(0, y - m), min(w, x + bw + m), min(h, y + bh + m))
+    return (
+        max(0, left + int(cols[0]) - m),
+        max(0, top + int(rows[0]) - m),
+        min(w, left + int(cols[-1]) + 1 + m),
+        min(h, top + int(rows[-1]) + 1 + m),
+    )
+
+
+def _open_square(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary opening with a (2r+1)² square, outside the image counted as background.
+
+    Equal to ``ndimage.binary_opening`` with that structure (a test pins it) but about 20x
+    faster: the square is separable, so erosion and dilation are two 1-D passes each over
+    shifted views of one padded array.
+    """
+    if r == 0:
+        return mask
+    h, w = mask.shape
+    pad = np.zeros((h + 2 * r, w + 2 * r), bool)
+    core = (slice(r, r + h), slice(r, r + w))
+    pad[core] = mask
+    for combine in (np.logical_and, np.logical_or):  # erosion, then dilation
+        for axis in (1, 0):
+            out = pad[core].copy()
+            for k in range(-r, r + 1):
+                if k:
+                    shifted = (
+                        pad[r : r + h, r + k : r + k + w]
+                        if axis
+                        else pad[r + k : r + k + h, r : r + w]
+                    )
+                    combine(out, shifted, out=out)
+            pad[core] = out
+    return pad[core]
 
 
 def validate_box(box: Box, shape: tuple[int, ...]) -> Box:
@@ -350,8 +366,8 @@ def _decode_grey8_png(data: bytes, limits: Limits) -> np.ndarray | None:
     """The common case fast: an 8-bit grey, non-interlaced PNG (every COVIDx-CT slice).
 
     Decoding a 512² slice is mostly inflating its pixel data and undoing the row filters.
-    ISA-L inflates about 3x faster than zlib; libpng (through OpenCV) then undoes the filters
-    of the same rows stored uncompressed, which costs it no inflating. Pixels are identical to
+    ISA-L inflates about 3x faster than zlib; Pillow then undoes the filters of the same rows
+    stored uncompressed, which costs it no inflating. Pixels are identical to
     Pillow's (tests compare every real slice and fuzzed PNGs). None when the PNG is anything
     else, for Pillow to decode; a corrupt PNG of this kind raises as Pillow's path would.
     """
@@ -390,10 +406,12 @@ def _decode_grey8_png(data: bytes, limits: Limits) -> np.ndarray | None:
         + _png_chunk(b"IDAT", zlib.compress(filtered, 0))
         + _png_chunk(b"IEND", b"")
     )
-    pixels = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.shape != (height, width):
-        raise CorruptImageError("cannot decode image: the data is corrupt or truncated")
-    return pixels
+    try:
+        img = Image.open(io.BytesIO(stored))
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:  # a bad filter byte, for one
+        raise CorruptImageError("cannot decode image: the data is corrupt or truncated") from e
+    return np.asarray(img, dtype=np.uint8)
 
 
 def _decode_raster(data: bytes, limits: Limits) -> np.ndarray:

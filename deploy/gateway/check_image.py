@@ -1,6 +1,6 @@
 """Run at image build: the gateway's packages import and preprocess the real CT slices packaged
-with covidct (OpenCV and ISA-L decode them and find the body box), and nothing of training or
-export is here."""
+with covidct (ISA-L and Pillow decode them, scipy.ndimage labels the body box), and nothing
+of training or export is here."""
 
 import importlib.util
 import sys
