@@ -2,8 +2,8 @@
 
 Training (through the prepared cache), ``covidct preprocess`` and the gateway all call
 :func:`preprocess_bytes`; nothing else may decode, window, crop or resize a slice, so the
-served model sees exactly what the trained model saw. NumPy, Pillow and pydicom only: this
-module must never import TensorFlow (a test enforces it).
+served model sees exactly what the trained model saw. NumPy, Pillow, pydicom, SciPy's ndimage
+and ISA-L only: this module must never import TensorFlow (a test enforces it).
 
 Steps:
     1. decode by magic bytes (PNG, JPEG, DICOM), never by file name or declared type;
