@@ -1,9 +1,10 @@
 """``covidct bench engines``: one run's model in five engines, batch by batch, in one run.
 
 TF SavedModel (in process), ONNX Runtime fp32, OpenVINO fp32 and bf16 (AMX where the CPU
-has it), and ONNX Runtime static INT8 (QDQ). Each engine runs in its own child process so
-its peak resident memory is its own; images/s and latency are medians over rounds, ratios
-are to ONNX Runtime fp32.
+has it), ONNX Runtime and OpenVINO static INT8 (QDQ), and OpenVINO fp32 and bf16 once more
+with PERFORMANCE_HINT THROUGHPUT (streams) instead of the served LATENCY. Each engine runs in
+its own child process so its peak resident memory is its own; images/s and latency are
+medians over rounds, ratios are to ONNX Runtime fp32.
 
 Run as ``python -m bench.engines ENGINE MODEL SPEC IMAGES BATCHES ROUNDS`` it is that child.
 """
@@ -33,6 +34,8 @@ ENGINES = (
     "openvino-bf16",
     "ort-int8",
     "openvino-int8",
+    "openvino-fp32-throughput",
+    "openvino-bf16-throughput",
 )
 
 
@@ -48,6 +51,8 @@ def _runner(engine: str, model: Path, spec: ModelSpec) -> Callable[[np.ndarray],
 
         session: Any = onnx_session(model)
         return lambda x: session.run([spec.probabilities_name], {spec.input_name: x})[0]
+    if engine.endswith("-throughput"):
+        return _throughput_runner(model, engine.split("-")[1], spec)
     if engine.startswith("openvino-"):
         from export.openvino import compile_model
 
@@ -58,6 +63,37 @@ def _runner(engine: str, model: Path, spec: ModelSpec) -> Callable[[np.ndarray],
         request = compiled.create_infer_request()
         return lambda x: request.infer({spec.input_name: x})[spec.probabilities_name]
     raise BenchError(f"engine {engine!r} must be one of {', '.join(ENGINES)}")
+
+
+def _throughput_runner(
+    model: Path, precision: str, spec: ModelSpec
+) -> Callable[[np.ndarray], np.ndarray]:
+    """OpenVINO with PERFORMANCE_HINT THROUGHPUT: the batch split over the plugin's optimal
+    number of requests, run at once on its streams (the other way to use the cores; the
+    openvino target runs LATENCY: one request, all the instance's threads)."""
+    from openvino import AsyncInferQueue
+
+    from export.openvino import compile_model
+
+    compiled = compile_model(model, precision, hint="THROUGHPUT")
+    jobs = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue = AsyncInferQueue(compiled, jobs)
+    parts: dict[int, np.ndarray] = {}
+
+    def done(request: Any, index: int) -> None:
+        parts[index] = np.array(request.get_tensor(spec.probabilities_name).data)
+
+    queue.set_callback(done)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        parts.clear()
+        chunks = np.array_split(x, min(jobs, len(x)))
+        for i, chunk in enumerate(chunks):
+            queue.start_async({spec.input_name: chunk}, i)
+        queue.wait_all()
+        return np.concatenate([parts[i] for i in range(len(chunks))])
+
+    return run
 
 
 def peak_rss_mib() -> float:
@@ -165,6 +201,8 @@ def prepare_models(
         "openvino-bf16": fp32,
         "ort-int8": int8,
         "openvino-int8": int8,
+        "openvino-fp32-throughput": fp32,
+        "openvino-bf16-throughput": fp32,
     }
 
 
@@ -220,11 +258,27 @@ def run_engines_bench(
                 f"{100 * agreement[engine]:.1f}% |"
             )
     best = {e: max(c["images_per_s"] for c in r["batches"].values()) for e, r in results.items()}
+    hint = {
+        p: {
+            str(b): results[f"openvino-{p}-throughput"]["batches"][str(b)]["images_per_s"]
+            / results[f"openvino-{p}"]["batches"][str(b)]["images_per_s"]
+            for b in batches
+        }
+        for p in ("fp32", "bf16")
+    }
     lines += [
         "",
         "Best batch per engine: "
         + ", ".join(f"{e} {v:.1f} img/s" for e, v in best.items())
         + f"; INT8 / fp32 (ONNX Runtime, best batch): {best['ort-int8'] / best['ort-fp32']:.2f}x.",
+        "",
+        "OpenVINO PERFORMANCE_HINT THROUGHPUT (the batch split over the plugin's streams) / "
+        "LATENCY (one request on all threads, what the openvino target serves), by batch: "
+        + "; ".join(
+            f"{p} " + ", ".join(f"b{b} {r:.2f}x" for b, r in ratios.items())
+            for p, ratios in hint.items()
+        )
+        + ".",
         "",
     ]
     section = "\n".join(lines)
@@ -240,6 +294,7 @@ def run_engines_bench(
             "results": results,
             "agreement": agreement,
             "best_images_per_s": best,
+            "throughput_vs_latency_hint": hint,
         },
     )
     return section

@@ -23,20 +23,22 @@ def export_cmd(
     target: Annotated[
         str,
         typer.Option(
-            help="cpu (Python backend + ONNX Runtime, local "
-            "server), openvino (Python backend + OpenVINO, CPU), onnx-trt (ONNX Runtime + "
-            "TensorRT, GPU), tensorrt-plan (trtexec engine, GPU), or auto: the CPU target "
-            "this machine's instruction sets call for (export/openvino.py: default_cpu_target)."
+            help="auto (the default): the CPU target this machine's instruction sets call for "
+            "(export/openvino.py: default_cpu_target; OpenVINO bf16 with AMX or AVX512_BF16, "
+            "falling back to fp32 when bf16 fails its gate; OpenVINO fp32 elsewhere); cpu "
+            "(Python backend + ONNX Runtime), openvino (Python backend + OpenVINO, CPU), "
+            "onnx-trt (ONNX Runtime + TensorRT, GPU) or tensorrt-plan (trtexec engine, GPU). "
+            "--int8 alone means the cpu target, --precision alone the openvino target."
         ),
-    ] = "cpu",
+    ] = "auto",
     precision: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="openvino target: fp32, bf16 (CPUs with AMX or AVX512_BF16) or int8 (the "
-            "static QDQ model of --int8, needs --calibration-data); bf16 and int8 are gated "
-            "against fp32 like --int8."
+            help="openvino target: fp32 (default), bf16 (CPUs with AMX or AVX512_BF16) or int8 "
+            "(the static QDQ model of --int8, needs --calibration-data); bf16 and int8 are "
+            "gated against fp32 like --int8."
         ),
-    ] = "fp32",
+    ] = None,
     int8: Annotated[bool, typer.Option(help="Static INT8 (QDQ) for the cpu target.")] = False,
     calibration_data: Annotated[
         Path | None, typer.Option(help="COVIDx-CT folder whose val slices calibrate int8.")
@@ -70,34 +72,36 @@ def export_cmd(
 ) -> None:
     """Export a run as the next version of its Triton model: ONNX, parity check, config."""
     from export.onnx import ExportError
-    from export.pipeline import export_run
+    from export.pipeline import export_auto, export_run
     from training.run import TrainError
 
     chosen = None
-    if target == "auto":
-        from export.openvino import default_cpu_target
-
-        target, precision, why = default_cpu_target()
-        chosen = f"{target} {precision}: {why}"
-        err.print(f"target auto -> {chosen}", soft_wrap=True)
+    if target == "auto" and (int8 or precision is not None):
+        target = "cpu" if int8 else "openvino"
     try:
         serving = ServingConfig(
-            target=target,
-            precision=precision,
+            target="cpu" if target == "auto" else target,
+            precision=precision or "fp32",
             max_batch_size=max_batch_size,
             dynamic_batching=dynamic_batching,
             max_queue_delay_us=max_queue_delay_us,
             instance_count=instances,
             versions_kept=versions_kept,
         )
-        manifest = export_run(
-            run,
-            repository,
-            serving,
-            int8=int8,
-            calibration_data=calibration_data,
-            agreement_data=agreement_data,
-        )
+        if target == "auto":
+            manifest, chosen = export_auto(
+                run, repository, serving, calibration_data, agreement_data
+            )
+            err.print(f"target auto -> {chosen}", soft_wrap=True)
+        else:
+            manifest = export_run(
+                run,
+                repository,
+                serving,
+                int8=int8,
+                calibration_data=calibration_data,
+                agreement_data=agreement_data,
+            )
     except (ExportError, RepositoryError, TrainError) as e:
         fail(str(e))
     print(

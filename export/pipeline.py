@@ -188,6 +188,44 @@ def export_run(
         return _export(run, repository, serving, spec, int8, calibration_data, agreement_data)
 
 
+def export_auto(
+    run: Path,
+    repository: Path,
+    serving: ServingConfig,
+    calibration_data: Path | None = None,
+    agreement_data: Path | None = None,
+    flags: list[str] | None = None,
+) -> tuple[dict[str, Any], str]:
+    """``covidct export`` without ``--target``: the CPU target this machine's instruction sets
+    call for (:func:`export.openvino.default_cpu_target`; ``serving.target`` is ignored).
+
+    When the chosen reduced precision fails its agreement gate (or the gate cannot judge it,
+    e.g. a model that hesitates on the real slices), the export falls back to OpenVINO fp32,
+    which has the same answers as ONNX Runtime fp32 within 1e-4: a default never refuses a
+    model that the explicit fp32 targets would serve.
+
+    Returns:
+        the manifest, and the choice with the CPU flags (and the gate) that decided it.
+    """
+    from dataclasses import replace
+
+    from export.openvino import default_cpu_target
+    from export.quantize import GateError
+
+    target, precision, why = default_cpu_target(flags)
+    chosen = replace(serving, target=target, precision=precision)
+    try:
+        manifest = export_run(run, repository, chosen, False, calibration_data, agreement_data)
+        return manifest, f"{target} {precision}: {why}"
+    except GateError as e:
+        if precision == "fp32":
+            raise
+        log.warning("%s %s refused by its gate, falling back to fp32: %s", target, precision, e)
+        fallback = replace(chosen, precision="fp32")
+        manifest = export_run(run, repository, fallback, False, calibration_data, agreement_data)
+        return manifest, f"{target} fp32: {precision} ({why}) failed its gate: {e}"
+
+
 def _export(
     run: Path,
     repository: Path,

@@ -26,6 +26,10 @@ MIN_AGREEMENT = 0.99
 NEAR_TIE_MARGIN = 0.05
 
 
+class GateError(ExportError):
+    """A reduced precision failed its agreement gate (or the gate could not judge it)."""
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over an array of model inputs."""
 
@@ -109,14 +113,14 @@ def judge_agreement(fp32: np.ndarray, int8: np.ndarray, what: str = "INT8") -> d
         least ``NEAR_TIE_MARGIN``), flips on near ties, max and mean probability differences.
 
     Raises:
-        ExportError: agreement on the decisive slices below ``MIN_AGREEMENT``, or fewer than
+        GateError: agreement on the decisive slices below ``MIN_AGREEMENT``, or fewer than
             half of the slices decisive (the gate could not judge).
     """
     same = fp32.argmax(1) == int8.argmax(1)
     top2 = np.sort(fp32, axis=1)[:, -2:]
     decisive = (top2[:, 1] - top2[:, 0]) >= NEAR_TIE_MARGIN
     if 2 * decisive.sum() < len(fp32):
-        raise ExportError(
+        raise GateError(
             f"fp32 hesitates between two classes (top-two margin < {NEAR_TIE_MARGIN}) on "
             f"{len(fp32) - int(decisive.sum())} of {len(fp32)} real slices: {what} agreement "
             "cannot be judged; the version was not written"
@@ -131,7 +135,7 @@ def judge_agreement(fp32: np.ndarray, int8: np.ndarray, what: str = "INT8") -> d
         "mean_abs_prob_diff": float(change.mean()),
     }
     if figures["top1_agreement_decisive"] < MIN_AGREEMENT:
-        raise ExportError(
+        raise GateError(
             f"{what} top-1 agreement with fp32 is "
             f"{100 * figures['top1_agreement_decisive']:.1f}% (< {100 * MIN_AGREEMENT:.0f}%) on "
             f"the {figures['decisive_slices']} of {len(fp32)} real slices where fp32's top two "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from export.onnx import ExportError
@@ -39,3 +42,68 @@ def test_unknown_or_unsupported_precisions_are_refused() -> None:
     if not supports("bf16"):
         with pytest.raises(ExportError, match="needs a CPU with AMX or AVX512_BF16"):
             check_precision("bf16")
+
+
+def _fake_export(refuse: set[str], calls: list[tuple[str, str]]) -> Any:
+    from export.quantize import GateError
+
+    def export_run(_run: Path, _repo: Path, serving: Any, *_: Any) -> dict[str, Any]:
+        calls.append((serving.target, serving.precision))
+        if serving.precision in refuse:
+            raise GateError(f"{serving.precision} top-1 agreement with fp32 is 97.0% (< 99%)")
+        return {"version": len(calls), "serving": serving}
+
+    return export_run
+
+
+@pytest.mark.parametrize(
+    ("flags", "refuse", "tried", "served"),
+    [
+        (["avx512_bf16"], set(), [("openvino", "bf16")], "bf16"),
+        (["amx_bf16"], {"bf16"}, [("openvino", "bf16"), ("openvino", "fp32")], "fp32"),
+        (["avx2"], set(), [("openvino", "fp32")], "fp32"),
+    ],
+)
+def test_export_without_target_takes_the_rule_and_falls_back_to_fp32_past_the_gate(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    flags: list[str],
+    refuse: set[str],
+    tried: list[tuple[str, str]],
+    served: str,
+) -> None:
+    from export import pipeline
+    from export.repository import ServingConfig
+
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(pipeline, "export_run", _fake_export(refuse, calls))
+    manifest, chosen = pipeline.export_auto(
+        tmp_path, tmp_path, ServingConfig(instance_count=2), flags=flags
+    )
+    assert calls == tried
+    assert manifest["serving"].precision == served and manifest["serving"].instance_count == 2
+    assert chosen.startswith(f"openvino {served}: ") and flags[0] in chosen
+    if refuse:
+        assert "failed its gate" in chosen and "97.0%" in chosen
+
+
+def test_export_without_target_keeps_other_errors(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Only the gate falls back: a conversion or repository error is the user's to see."""
+    from export import pipeline
+    from export.repository import ServingConfig
+
+    def broken(*_: Any) -> None:
+        raise ExportError("tf2onnx failed")
+
+    monkeypatch.setattr(pipeline, "export_run", broken)
+    with pytest.raises(ExportError, match="tf2onnx failed"):
+        pipeline.export_auto(tmp_path, tmp_path, ServingConfig(), flags=["amx_bf16"])
+    from export.quantize import GateError
+
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(pipeline, "export_run", _fake_export({"fp32"}, calls))
+    with pytest.raises(GateError):  # fp32 has no fallback
+        pipeline.export_auto(tmp_path, tmp_path, ServingConfig(), flags=["avx2"])

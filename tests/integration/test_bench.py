@@ -132,7 +132,7 @@ def test_bench_settings_sweeps_every_variant(repository: Path, tmp_path: Path) -
 
 
 @ci_group
-def test_bench_engines_runs_all_six(ci_run: Path, tmp_path: Path) -> None:
+def test_bench_engines_runs_all_eight(ci_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "engines"
     _ok(
         covidct(
@@ -148,6 +148,8 @@ def test_bench_engines_runs_all_six(ci_run: Path, tmp_path: Path) -> None:
         "openvino-bf16",
         "ort-int8",
         "openvino-int8",
+        "openvino-fp32-throughput",
+        "openvino-bf16-throughput",
     }
     for figures in engines.values():
         assert figures["peak_rss_mib"] > 50
@@ -157,6 +159,11 @@ def test_bench_engines_runs_all_six(ci_run: Path, tmp_path: Path) -> None:
     # each engine's own peak: TensorFlow's runtime alone outweighs ONNX Runtime's
     assert engines["tf-savedmodel"]["peak_rss_mib"] > 1.5 * engines["ort-fp32"]["peak_rss_mib"]
     assert result["agreement"]["tf-savedmodel"] == 1.0
+    # the two performance hints measured side by side, per precision and batch
+    hint = result["throughput_vs_latency_hint"]
+    assert set(hint) == {"fp32", "bf16"} and all(set(r) == {"1", "2"} for r in hint.values())
+    assert all(0 < x < 10 for r in hint.values() for x in r.values())
+    assert "PERFORMANCE_HINT THROUGHPUT" in (out / "section.md").read_text()
 
 
 def test_bench_capacity_with_the_identity_model(tmp_path: Path) -> None:

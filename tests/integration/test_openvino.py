@@ -3,7 +3,7 @@ served by the real tritonserver (Python backend running OpenVINO), answers like 
 in this process (within 1e-4 in fp32) on real CT slices. int8 (the static QDQ model, calibrated
 on the run's val split) and bf16 where the CPU has AMX or AVX512_BF16 are gated against fp32 on
 the real slices and served beside it as other versions; elsewhere the bf16 export refuses and
-writes nothing."""
+writes nothing. The third version is what ``covidct export`` without ``--target`` chooses here."""
 
 from __future__ import annotations
 
@@ -45,17 +45,24 @@ def ov_repository(ci_run: Path, real_data: Path, tmp_path_factory: pytest.TempPa
     assert int8.returncode == 0, int8.stderr[-3000:]
     assert versions(repo / "covidct") == [1, 2]
     assert not list((repo / "covidct" / "2").glob("*.fp32.onnx"))  # the fp32 copy is gone
-    bf16 = covidct(
-        *("export", "--run", ci_run, "--repository", repo),
-        *("--target", "openvino", "--precision", "bf16", *kept),
+    # No --target: the rule's choice for this CPU (bf16 with AMX or AVX512_BF16, else fp32).
+    default = covidct(
+        *("export", "--run", ci_run, "--repository", repo, *kept),
         *("--agreement-data", real_data / "covidxct-real"),  # the real slices judge bf16
     )
-    if supports("bf16"):
-        assert bf16.returncode == 0, bf16.stderr[-3000:]
-    else:
+    assert default.returncode == 0, default.stderr[-3000:]
+    chosen = json.loads(default.stdout.strip().splitlines()[-1])["chosen"]
+    expected = "bf16" if supports("bf16") else "fp32"
+    assert chosen.startswith(f"openvino {expected}: "), chosen
+    assert read_manifest(repo / "covidct", 3)["openvino"]["precision"] == expected
+    if not supports("bf16"):
+        bf16 = covidct(
+            *("export", "--run", ci_run, "--repository", repo),
+            *("--target", "openvino", "--precision", "bf16", *kept),
+        )
         message = " ".join(bf16.stderr.split())
         assert bf16.returncode == 1 and "needs a CPU with AMX or AVX512_BF16" in message
-        assert versions(repo / "covidct") == [1, 2]  # nothing written
+        assert versions(repo / "covidct") == [1, 2, 3]  # nothing written
     return repo
 
 

@@ -120,6 +120,8 @@ def test_killed_export_leaves_the_repository_unchanged_and_served(
             str(ci_run),
             "--repository",
             str(repository),
+            "--target",
+            "cpu",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -137,7 +139,7 @@ def test_killed_export_leaves_the_repository_unchanged_and_served(
     spec = ModelSpec.load(ci_run / "model_spec.json")
     assert _infer(server.grpc_port, _real_slices(fixtures, spec.image_size)[:2]).shape == (2, 3)
     # The next export cleans the leftovers and publishes version 2, which the server loads.
-    again = covidct("export", "--run", ci_run, "--repository", repository)
+    again = covidct("export", "--run", ci_run, "--repository", repository, "--target", "cpu")
     assert again.returncode == 0, again.stderr[-2000:]
     assert not list(repository.glob("covidct/.tmp-*"))
     assert (repository / "covidct" / "2" / "manifest.json").is_file()
