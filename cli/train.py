@@ -115,15 +115,6 @@ def train(
     from training.run import TrainError
     from training.train import train as run_training
 
-    if launch_local:
-        from training.cluster import ClusterError
-        from training.cluster import launch_local as launch
-
-        try:
-            code = launch(_worker_args(sys.argv), launch_local, out, max_restarts)
-        except ClusterError as e:
-            fail(str(e))
-        raise typer.Exit(code)
     try:
         cfg = TrainConfig(
             backbone=backbone,
@@ -152,6 +143,20 @@ def train(
             auto_split=auto_split,
             model_name=name,
         )
+    except SpecError as e:  # refused once here, not once per launched worker
+        fail(str(e))
+    if launch_local:
+        from training.cluster import ClusterError
+        from training.cluster import launch_local as launch
+
+        if not data.is_dir():
+            fail(f"--data {data}: no such folder")
+        try:
+            code = launch(_worker_args(sys.argv), launch_local, out, max_restarts)
+        except ClusterError as e:
+            fail(str(e))
+        raise typer.Exit(code)
+    try:
         # Progress bars on a terminal; one line per epoch in logs and CI.
         verbose = "auto" if sys.stdout.isatty() else 2
         results = run_training(data, out, cfg, resume=resume, cache_root=cache_dir, verbose=verbose)

@@ -147,6 +147,24 @@ def augmenter(cfg: TrainConfig) -> keras.Sequential | None:
     return keras.Sequential(steps, name="augmentation") if steps else None
 
 
+def steps_per_epoch(count: int, batch: int, workers: int | None = None) -> int:
+    """Steps in one epoch over ``count`` slices: batches of ``batch`` (the last one partial),
+    or with ``workers`` (multi-worker) whole global batches of ``workers x batch`` only.
+
+    Raises:
+        SplitError: multi-worker, and fewer slices than one global batch.
+    """
+    if workers is None:
+        return max(1, math.ceil(count / batch))
+    steps = count // (workers * batch)
+    if steps == 0:
+        raise SplitError(
+            f"{count} slices are fewer than one global batch ({workers} workers x {batch}); "
+            "lower --batch-size"
+        )
+    return steps
+
+
 def make_dataset(
     pool: SlicePool,
     indices: np.ndarray,
@@ -177,15 +195,7 @@ def make_dataset(
     size, k = pool.cache.size, len(CLASS_NAMES)
     index, workers = shard or (0, 1)
     batch, global_batch = cfg.batch_size, cfg.batch_size * workers
-    if shard is None:
-        steps = max(1, math.ceil(len(indices) / batch))
-    else:
-        steps = len(indices) // global_batch
-        if steps == 0:
-            raise SplitError(
-                f"{len(indices)} slices are fewer than one global batch ({workers} workers x "
-                f"{batch}); lower --batch-size"
-            )
+    steps = steps_per_epoch(len(indices), batch, None if shard is None else workers)
     if training and cfg.balance == "sampling":
         per_class = [indices[pool.labels[indices] == c] for c in range(k)]
         per_class = [p for p in per_class if len(p)]

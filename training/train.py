@@ -251,11 +251,11 @@ def _worker_data(
 ) -> tuple[Any, int]:
     """One dataset, or per worker its block of every global batch (validation too: the
     metrics are summed over workers; the last partial global batch is left out)."""
-    from training.data import make_dataset
+    from training.data import make_dataset, steps_per_epoch
 
     if cfg.workers == 1:
         return make_dataset(pool, indices, cfg, training=training, weights=weights)
-    _, steps = make_dataset(pool, indices, cfg, training=training, shard=(0, cfg.workers))
+    steps = steps_per_epoch(len(indices), cfg.batch_size, cfg.workers)
 
     def per_worker(context: Any) -> Any:
         shard = (context.input_pipeline_id, context.num_input_pipelines)

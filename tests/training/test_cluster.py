@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from cli.train import _worker_args
+from tests.cli_helpers import covidct
 from training.cluster import ClusterError, Worker, ensure_tf_config, tf_config, worker_of
 
 
@@ -77,3 +80,25 @@ def test_launcher_passes_every_training_option_but_its_own() -> None:
     argv = ["covidct", "train", "--data", "d", "--launch-local", "2", "--strategy=default"]
     argv += ["--max-restarts", "1", "--out", "r", "--resume"]
     assert _worker_args(argv) == ["--data", "d", "--out", "r", "--resume"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--balance", "nope"], "balance 'nope' must be one of"),
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--data", "/nonexistent/covidct-data"], "no such folder"),
+    ],
+)
+def test_the_launcher_refuses_bad_options_before_starting_workers(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    run = tmp_path / "run"
+    result = covidct(
+        *("train", "--data", tmp_path, "--out", run, "--launch-local", "2", *args),
+        env={**os.environ, "COVIDCT_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    text = " ".join(result.stderr.split())
+    assert result.returncode == 2 and message in text, result.stderr[-2000:]
+    assert text.count(message) == 1  # said once, by the launcher
+    assert "worker" not in text.lower() and not run.exists()

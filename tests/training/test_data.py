@@ -9,7 +9,7 @@ import pytest
 
 from covidct.config import TrainConfig
 from training.cache import PreparedCache, prepare_cache
-from training.data import SlicePool, SplitError, class_weights, make_dataset
+from training.data import SlicePool, SplitError, class_weights, make_dataset, steps_per_epoch
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,18 @@ def test_a_split_smaller_than_one_global_batch_is_refused(pool: SlicePool) -> No
     idx = pool.splits()["val"][:5]
     with pytest.raises(SplitError, match="fewer than one global batch"):
         make_dataset(pool, idx, TrainConfig(batch_size=4), training=True, shard=(0, 2))
+
+
+@pytest.mark.parametrize(
+    ("count", "batch", "workers", "steps"),
+    [(10, 4, None, 3), (3, 8, None, 1), (17, 4, 2, 2), (16, 4, 2, 2), (8, 4, 2, 1)],
+)
+def test_steps_per_epoch_match_the_dataset(
+    pool: SlicePool, count: int, batch: int, workers: int | None, steps: int
+) -> None:
+    assert steps_per_epoch(count, batch, workers) == steps
+    idx = np.arange(min(count, pool.cache.size))
+    if len(idx) == count:  # the dataset the trainer builds runs exactly that many steps
+        shard = None if workers is None else (0, workers)
+        ds, n = make_dataset(pool, idx, TrainConfig(batch_size=batch), False, shard=shard)
+        assert n == steps == sum(1 for _ in ds)
