@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.corpus import real_data_dir
 from bench.sweep import RESULTS, BenchError
 
 log = logging.getLogger(__name__)
@@ -81,15 +82,26 @@ def prepare(work: Path, run: Path | None) -> tuple[Path, Path, Path]:
     repo = work / "models"
     marker = work / "models.json"
     variants = served_variants()
-    wanted = {"run": str(run.resolve()), "variants": [" ".join(v) for v in variants]}
+    wanted = {
+        "run": str(run.resolve()),
+        "variants": [" ".join(v) for v in variants],
+        "agreement": "real slices",
+    }
     if not marker.is_file() or json.loads(marker.read_text()) != wanted:
         import shutil
 
         shutil.rmtree(repo, ignore_errors=True)
         kept = ("--versions-kept", str(len(variants)))
+        # Reduced precisions are judged on the real slices (the gate: top-1 agreement >= 99%).
+        real = ("--agreement-data", real_data_dir() / "covidxct-real")
         for variant in variants:
+            reduced = "int8" in variant or "--int8" in variant or "bf16" in variant
             calibration = ("--calibration-data", data) if "int8" in " ".join(variant) else ()
-            covidct("export", "--run", run, "--repository", repo, *variant, *kept, *calibration)
+            covidct(
+                *("export", "--run", run, "--repository", repo, *variant, *kept),
+                *calibration,
+                *(real if reduced else ()),
+            )
         marker.write_text(json.dumps(wanted))
     return run, data, repo
 

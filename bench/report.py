@@ -49,33 +49,16 @@ def _rows(raw: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 
 def targets(results: Path) -> list[Target]:
-    """The issue's four targets, judged from the committed result files."""
+    """The targets, judged from the committed result files: per served version against its
+    in-process engine and its gate, the default CPU target's speed-up, the gateway's overhead
+    and capacity."""
     out = []
-    engines, triton = _load(results, "engines"), _load(results, "triton")
+    triton = _load(results, "triton")
     gateway, capacity = _load(results, "gateway"), _load(results, "capacity")
-    served: dict[str, dict[int, dict[str, Any]]] = {}
-    if triton:
-        served = {v: _rows(rows) for v, rows in triton["rows"].items()}
-    summary = (triton or {}).get("summary")
-    fp32 = next(iter(served.values()), None)
-    local = (triton or {}).get("onnxruntime_in_process") or {}
-    if summary:  # every served version beside its in-process engine (bench triton, new format)
-        out += _served_targets(triton or {})
-    elif fp32 and (local or engines):
-        # prefer the in-process figure measured beside the sweep (same run) to bench engines'
-        best_ort = local.get("best_images_per_s") or engines["best_images_per_s"]["ort-fp32"]  # type: ignore[index]
-        best_served = max(r["throughput"] for r in fp32.values())
-        ratio = best_served / best_ort
-        out.append(
-            Target(
-                "Triton-served fp32 vs in-process ONNX Runtime (best batch)",
-                ">= 0.9x",
-                f"{best_served:.1f} vs {best_ort:.1f} img/s = {ratio:.2f}x",
-                ratio >= 0.9,
-            )
-        )
+    if triton and triton.get("summary"):  # every served version beside its in-process engine
+        out += _served_targets(triton)
     else:
-        out.append(Target("Triton-served fp32 vs in-process ONNX Runtime", ">= 0.9x", "-", None))
+        out.append(Target("Served versions vs in-process, same engine", ">= 0.9x", "-", None))
     if gateway and gateway.get("triton"):
         g, t = _rows(gateway["gateway"]), _rows(gateway["triton"])
         ratios = {c: g[c]["throughput"] / t[c]["throughput"] for c in (4, 8) if c in g and c in t}
@@ -110,29 +93,6 @@ def targets(results: Path) -> list[Target]:
         )
     else:
         out.append(Target("Gateway capacity, identity model", ">= 300 PNG/s per core", "-", None))
-    if len(served) == 2 and not summary:  # results written before the per-version summary
-        (va, a), (vb, b) = served.items()
-        common = sorted(set(a) & set(b))
-        best_a = max(a[c]["throughput"] for c in common)
-        best_b = max(b[c]["throughput"] for c in common)
-        # the served version's own gate figure (its manifest); older results: bench engines'
-        agreement = ((triton or {}).get("versions") or {}).get(vb, {}).get("agreement")
-        source = "the served version's manifest"
-        if agreement is None and engines:
-            agreement, source = engines["agreement"]["ort-int8"], "bench engines' model"
-        note = (
-            f"; top-1 agreement {100 * agreement:.1f}% ({source})" if agreement is not None else ""
-        )
-        out.append(
-            Target(
-                f"INT8 served (v{vb}) vs fp32 served (v{va}), best concurrency",
-                ">= 1.4x, >= 99% agreement",
-                f"{best_b:.1f} vs {best_a:.1f} img/s = {best_b / best_a:.2f}x{note}",
-                best_b / best_a >= 1.4 and (agreement is None or agreement >= 0.99),
-            )
-        )
-    elif not summary:
-        out.append(Target("INT8 served vs fp32 served", ">= 1.4x", "-", None))
     return out
 
 
