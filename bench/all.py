@@ -93,15 +93,14 @@ def prepare(work: Path, run: Path | None) -> tuple[Path, Path, Path]:
         shutil.rmtree(repo, ignore_errors=True)
         kept = ("--versions-kept", str(len(variants)))
         # Reduced precisions are judged on the real slices (the gate: top-1 agreement >= 99%).
-        real = ("--agreement-data", real_data_dir() / "covidxct-real")
+        real: list[str | Path] = ["--agreement-data", real_data_dir() / "covidxct-real"]
         for variant in variants:
-            reduced = "int8" in variant or "--int8" in variant or "bf16" in variant
-            calibration = ("--calibration-data", data) if "int8" in " ".join(variant) else ()
-            covidct(
-                *("export", "--run", run, "--repository", repo, *variant, *kept),
-                *calibration,
-                *(real if reduced else ()),
-            )
+            args: list[str | Path] = ["export", "--run", run, "--repository", repo, *variant, *kept]
+            if "int8" in " ".join(variant):
+                args += ["--calibration-data", data]
+            if "int8" in " ".join(variant) or "bf16" in variant:
+                args += real
+            covidct(*args)
         marker.write_text(json.dumps(wanted))
     return run, data, repo
 
