@@ -309,16 +309,18 @@ def bench_all(
         Path | None, typer.Option(help="Use this run (default: train DenseNet201 224² once).")
     ] = None,
     only: Annotated[
-        str, typer.Option(help="Comma-separated subset of the benchmarks.")
-    ] = "data,train,engines,triton,settings,gateway,capacity,replicas",
+        str | None,
+        typer.Option(help="Comma-separated subset of the benchmarks (default: every one)."),
+    ] = None,
     output: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("BENCHMARKS.md"),
 ) -> None:
     """Every benchmark (preparing the model they need), then BENCHMARKS.md: `make bench`."""
-    from bench.all import run_all
+    from bench.all import STEPS, run_all
     from bench.sweep import RESULTS, BenchError
 
+    chosen = STEPS if only is None else tuple(s.strip() for s in only.split(",") if s.strip())
     try:
-        run_all(work, run, RESULTS, tuple(s.strip() for s in only.split(",") if s.strip()), output)
+        run_all(work, run, RESULTS, chosen, output)
     except BenchError as e:
         fail(str(e))
 
