@@ -48,7 +48,7 @@ audit: setup
 serve: setup
 	$(BIN)/covidct serve
 
-# Every benchmark (about 40 min on 2 cores; trains and exports the DenseNet201 it needs
+# Every benchmark (about 55 min on 2 cores; trains and exports the DenseNet201 it needs
 # once, into runs/bench), then BENCHMARKS.md from bench/results/.
 bench: setup
 	$(BIN)/covidct bench all
