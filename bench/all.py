@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 SYNTH = ("--patients", "24", "--slices-per-patient", "4", "--seed", "2")
 #: DenseNet201 224² from scratch: about 360 steps of 4 slices, so that BatchNorm's moving
 #: statistics settle and the model answers decisively (a near-constant model leaves the
-#: bf16 and int8 gates nothing to judge); about 20 min on 2 cores.
+#: bf16 and int8 gates nothing to judge); about 17 min on 2 cores.
 TRAIN = (
     "--backbone",
     "densenet201",
