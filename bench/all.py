@@ -96,9 +96,10 @@ def prepare(work: Path, run: Path | None) -> tuple[Path, Path, Path]:
         real: list[str | Path] = ["--agreement-data", real_data_dir() / "covidxct-real"]
         for variant in variants:
             args: list[str | Path] = ["export", "--run", run, "--repository", repo, *variant, *kept]
-            if "int8" in " ".join(variant):
+            int8 = "--int8" in variant or "int8" in variant
+            if int8:
                 args += ["--calibration-data", data]
-            if "int8" in " ".join(variant) or "bf16" in variant:
+            if int8 or "bf16" in variant:
                 args += real
             covidct(*args)
         marker.write_text(json.dumps(wanted))
