@@ -217,6 +217,26 @@ def test_fast_png_decoder_leaves_other_pngs_to_pillow(extra: str) -> None:
     np.testing.assert_array_equal(decode(data).pixels, pp._raster_to_grey(Image.open(buf)))
 
 
+@pytest.mark.parametrize("n", [0, 1, 65535, 65536, 3 * 65535 + 7, 512 * 513])
+def test_stored_zlib_frames_any_length(n: int) -> None:
+    raw = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+    framed = pp._stored_zlib(raw)
+    assert zlib.decompress(framed) == raw  # the adler32 checked too
+    blocks = max(1, -(-n // 65535))  # stored blocks of at most 65535 bytes, 5 header bytes each
+    assert len(framed) == 2 + n + 5 * blocks + 4
+
+
+def test_fast_png_decoder_rejects_an_unknown_filter_type() -> None:
+    grey = np.random.default_rng(3).integers(0, 256, (70, 90), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, "PNG", compress_level=0)
+    data = buf.getvalue()
+    at = data.index(b"IDAT") + 4 + 2 + 5  # zlib header, stored block header: row 0's filter
+    bad = data[:at] + b"\x07" + data[at + 1 :]
+    with pytest.raises(pp.CorruptImageError):
+        pp._decode_grey8_png(bad, pp.DEFAULT_LIMITS)
+
+
 @pytest.mark.parametrize("cut", [60, 500, -20, -13])
 def test_fast_png_decoder_rejects_truncated_data(real_data: Path, cut: int) -> None:
     data = real_pngs(real_data)[0].read_bytes()
