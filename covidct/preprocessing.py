@@ -412,9 +412,10 @@ def _decode_grey8_png(data: bytes, limits: Limits) -> np.ndarray | None:
 
 
 def _stored_zlib(raw: bytes) -> bytes:
-    """``raw`` as a zlib stream of stored (uncompressed) deflate blocks: what
-    ``zlib.compress(raw, 0)`` returns, framed by hand (a copy, no compressor)."""
-    view, parts, at = memoryview(raw), [b"\x78\x01"], 0
+    """``raw`` as a zlib stream of stored (uncompressed) deflate blocks, as
+    ``zlib.compress(raw, 0)`` would give, framed by hand (a copy, no compressor)."""
+    view, at = memoryview(raw), 0
+    parts: list[bytes | memoryview] = [b"\x78\x01"]
     while True:
         size = min(0xFFFF, len(raw) - at)
         final = at + size == len(raw)
