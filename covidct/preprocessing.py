@@ -2,8 +2,8 @@
 
 Training (through the prepared cache), ``covidct preprocess`` and the gateway all call
 :func:`preprocess_bytes`; nothing else may decode, window, crop or resize a slice, so the
-served model sees exactly what the trained model saw. NumPy, Pillow, pydicom, SciPy's ndimage
-and ISA-L only: this module must never import TensorFlow (a test enforces it).
+served model sees exactly what the trained model saw. NumPy, Pillow, pydicom and ISA-L only:
+this module must never import TensorFlow (a test enforces it).
 
 Steps:
     1. decode by magic bytes (PNG, JPEG, DICOM), never by file name or declared type;
@@ -29,7 +29,6 @@ import pydicom
 import pydicom.errors
 from isal import isal_zlib
 from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 
 from covidct.config import WINDOW_CENTRE_HU, WINDOW_WIDTH_HU
 
@@ -256,7 +255,9 @@ def auto_body_box(grey: np.ndarray) -> Box:
     The patient table is usually a separate, thinner component and is dropped with the
     rest. An image with no bright region yields the whole image. Only the rectangle holding
     bright pixels is opened and labelled (outside it everything is background before and after
-    the opening): a quarter less work on a typical slice, the same box.
+    the opening): a quarter less work on a typical slice, the same box. Components are
+    4-connected and a tie goes to the one whose first pixel comes first in raster order, as
+    with ``scipy.ndimage.label`` (tests compare the two).
 
     Args:
         grey: uint8 ``[H, W]`` windowed slice.
@@ -270,19 +271,63 @@ def auto_body_box(grey: np.ndarray) -> Box:
     if bright_box is None:
         return (0, 0, w, h)
     left, top, right, bottom = bright_box
-    labels, count = ndimage.label(_open_square(mask[top:bottom, left:right], BODY_OPENING // 2))
-    if count == 0:
+    body = largest_component_box(_open_square(mask[top:bottom, left:right], BODY_OPENING // 2))
+    if body is None:
         return (0, 0, w, h)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    body = _extent(labels == int(sizes.argmax()))
-    assert body is not None  # the largest component has pixels
     m = BODY_MARGIN
     return (
         max(0, left + body[0] - m),
         max(0, top + body[1] - m),
         min(w, left + body[2] + m),
         min(h, top + body[3] + m),
+    )
+
+
+def largest_component_box(mask: np.ndarray) -> Box | None:
+    """The box (exclusive max) of the largest 4-connected component of ``mask``; a tie goes to
+    the component whose first pixel comes first in raster order. None when ``mask`` is empty.
+
+    Labels runs, not pixels: a CT slice's 200,000 body pixels are about 1,200 horizontal runs.
+    Two runs in adjacent rows touch when their columns overlap; those pairs are found by
+    binary search (runs are in raster order); union-find over the runs (hook the larger root
+    of each touching pair to the smaller, then jump pointers until every run points at a
+    root: its component's first run) takes a few rounds. About 2x faster on a real slice than
+    ``scipy.ndimage.label`` and a bincount over the pixels, and no SciPy in the gateway.
+    """
+    h, w = mask.shape
+    stride = w + 1
+    padded = np.zeros((h, w + 2), np.int8)
+    padded[:, 1:-1] = mask
+    flips = np.flatnonzero(np.diff(padded, axis=1))  # each run's start, then its end
+    n = len(flips) // 2
+    if n == 0:
+        return None
+    row, start = np.divmod(flips[0::2], stride)
+    end = flips[1::2] - row * stride
+    # The runs of the next row overlapping run i are the range [lo[i], hi[i]).
+    below = (row + 1) * stride
+    hi = np.searchsorted(row * stride + start, below + end, "left")
+    lo = np.searchsorted(row * stride + end, below + start, "right")
+    counts = np.maximum(hi - lo, 0)
+    upper = np.repeat(np.arange(n), counts)
+    lower = np.repeat(lo + counts - np.cumsum(counts), counts) + np.arange(len(upper))
+    parent = np.arange(n)
+    while len(upper):
+        a, b = parent[upper], parent[lower]
+        apart = a != b
+        if not apart.any():
+            break
+        a, b, upper, lower = a[apart], b[apart], upper[apart], lower[apart]
+        np.minimum.at(parent, np.maximum(a, b), np.minimum(a, b))
+        while not np.array_equal(grand := parent[parent], parent):
+            parent = grand
+    sizes = np.bincount(parent, weights=end - start, minlength=n)
+    body = parent == int(sizes.argmax())  # the first of the largest: the raster-first
+    return (
+        int(start[body].min()),
+        int(row[body].min()),
+        int(end[body].max()),
+        int(row[body].max()) + 1,
     )
 
 

@@ -1,6 +1,6 @@
 """Run at image build: the gateway's packages import and preprocess the real CT slices packaged
-with covidct (ISA-L and Pillow decode them, scipy.ndimage labels the body box), and nothing
-of training or export is here."""
+with covidct (ISA-L and Pillow decode them, NumPy finds the body box), and nothing of
+training or export is here (nor SciPy: the body box no longer needs it)."""
 
 import importlib.util
 import sys
@@ -15,7 +15,7 @@ for path in slices:
     assert out.image.shape == (224, 224, 1), (path.name, out.image.shape)
 absent = [
     m
-    for m in ("tensorflow", "keras", "onnxruntime", "training", "export")
+    for m in ("tensorflow", "keras", "onnxruntime", "scipy", "training", "export")
     if importlib.util.find_spec(m)
 ]
 if absent:

@@ -176,6 +176,44 @@ def test_body_box_equals_scipy_reference_on_random_masks() -> None:
                 assert auto_body_box(grey) == _scipy_body_box(grey), (shape, density)
 
 
+def _scipy_largest_component(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    rows, cols = np.nonzero(labels == sizes.argmax())
+    return (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+
+
+def _serpentine(n: int) -> np.ndarray:
+    """Columns 3 wide joined alternately at the bottom and the top: one long chain of runs."""
+    mask = np.zeros((n, n), bool)
+    for c in range(0, n, 6):
+        mask[:, c : c + 3] = True
+        rows = slice(n - 3, n) if (c // 6) % 2 == 0 else slice(0, 3)
+        mask[rows, c : c + 9] = True
+    return mask
+
+
+def test_run_labelling_equals_scipy_label() -> None:
+    """Unopened random masks (single pixels, diagonal contacts, rows full of short runs) and
+    shapes whose runs chain far: the run-based labeller finds scipy's largest component."""
+    rng = np.random.default_rng(11)
+    masks = [
+        rng.random(shape) < density
+        for shape in [(1, 40), (40, 1), (7, 7), (37, 53), (64, 9), (128, 96)]
+        for density in (0.05, 0.3, 0.5, 0.6, 0.8, 1.0)
+        for _ in range(8)
+    ]
+    checker = np.indices((64, 80)).sum(axis=0) % 2 == 0  # no two pixels 4-connected
+    masks += [checker, _serpentine(256), _serpentine(256).T, np.zeros((9, 9), bool)]
+    for i, mask in enumerate(masks):
+        assert pp.largest_component_box(mask) == _scipy_largest_component(mask), i
+
+
 def test_body_box_tie_goes_to_first_component_in_raster_order() -> None:
     grey = np.zeros((20, 20), np.uint8)
     grey[12:17, 1:6] = 255  # 5x5, first pixel at row 12
