@@ -296,9 +296,9 @@ def largest_component_box(mask: np.ndarray) -> Box | None:
     """
     h, w = mask.shape
     stride = w + 1
-    padded = np.zeros((h, w + 2), np.int8)
+    padded = np.zeros((h, w + 2), bool)
     padded[:, 1:-1] = mask
-    flips = np.flatnonzero(np.diff(padded, axis=1))  # each run's start, then its end
+    flips = np.flatnonzero(padded[:, 1:] != padded[:, :-1])  # each run's start, then its end
     n = len(flips) // 2
     if n == 0:
         return None
