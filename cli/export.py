@@ -79,7 +79,7 @@ def export_cmd(
     if target == "auto" and (int8 or precision is not None):
         target = "cpu" if int8 else "openvino"
     try:
-        serving = ServingConfig(
+        serving = ServingConfig(  # auto: export_auto sets the target and precision
             target="cpu" if target == "auto" else target,
             precision=precision or "fp32",
             max_batch_size=max_batch_size,

@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from export.onnx import (
     run_onnx,
     slice_images,
 )
+from export.quantize import GateError
 from export.repository import (
     ServingConfig,
     publish_version,
@@ -160,8 +161,12 @@ def export_run(
     int8: bool = False,
     calibration_data: Path | None = None,
     agreement_data: Path | None = None,
+    fallback_fp32: bool = False,
 ) -> dict[str, Any]:
     """Export ``run`` as the next version in ``repository``; returns the manifest.
+
+    ``fallback_fp32``: an openvino bf16 version that fails its gate is written as fp32 instead
+    (from the same converted model), its manifest's ``openvino.fallback`` saying why.
 
     Raises:
         ExportError: conversion, parity or INT8 agreement failed (repository untouched).
@@ -185,7 +190,9 @@ def export_run(
         check_precision(serving.precision)  # before the conversion: bf16 needs AMX/AVX512_BF16
     with repository_lock(repository, "covidct export"):
         remove_staged(repository / spec.name)  # leftovers of killed exports
-        return _export(run, repository, serving, spec, int8, calibration_data, agreement_data)
+        return _export(
+            run, repository, serving, spec, int8, calibration_data, agreement_data, fallback_fp32
+        )
 
 
 def export_auto(
@@ -202,28 +209,23 @@ def export_auto(
     When the chosen reduced precision fails its agreement gate (or the gate cannot judge it,
     e.g. a model that hesitates on the real slices), the export falls back to OpenVINO fp32,
     which has the same answers as ONNX Runtime fp32 within 1e-4: a default never refuses a
-    model that the explicit fp32 targets would serve.
+    model that the explicit fp32 targets would serve. The fallback happens inside the one
+    export (``fallback_fp32``): the model is converted and parity-checked once.
 
     Returns:
         the manifest, and the choice with the CPU flags (and the gate) that decided it.
     """
-    from dataclasses import replace
-
     from export.openvino import default_cpu_target
-    from export.quantize import GateError
 
     target, precision, why = default_cpu_target(flags)
     chosen = replace(serving, target=target, precision=precision)
-    try:
-        manifest = export_run(run, repository, chosen, False, calibration_data, agreement_data)
-        return manifest, f"{target} {precision}: {why}"
-    except GateError as e:
-        if precision == "fp32":
-            raise
-        log.warning("%s %s refused by its gate, falling back to fp32: %s", target, precision, e)
-        fallback = replace(chosen, precision="fp32")
-        manifest = export_run(run, repository, fallback, False, calibration_data, agreement_data)
-        return manifest, f"{target} fp32: {precision} ({why}) failed its gate: {e}"
+    manifest = export_run(
+        run, repository, chosen, False, calibration_data, agreement_data, fallback_fp32=True
+    )
+    refused = manifest["openvino"].get("fallback")
+    if refused:
+        return manifest, f"{target} fp32: {precision} ({why}) failed its gate: {refused}"
+    return manifest, f"{target} {precision}: {why}"
 
 
 def _export(
@@ -234,6 +236,7 @@ def _export(
     int8: bool,
     calibration_data: Path | None,
     agreement_data: Path | None,
+    fallback_fp32: bool = False,
 ) -> dict[str, Any]:
     """The export itself, with the repository held."""
     from training.run import SAVED_MODEL, SavedModelRunner
@@ -289,15 +292,27 @@ def _export(
                 manifest["int8"] = compare(fp32, onnx_path, spec, judged)
             shutil.copy(BACKEND_MODEL, stage / "model.py")
         elif serving.target == "openvino":
-            manifest["openvino"] = _openvino_version(
-                spec, serving, stage, fp32, images, outputs, judged
-            )
-        if fp32 != onnx_path:
-            fp32.unlink()
+            try:
+                manifest["openvino"] = _openvino_version(
+                    spec, serving, stage, fp32, images, outputs, judged
+                )
+            except GateError as e:
+                if not (fallback_fp32 and serving.precision == "bf16"):
+                    raise
+                log.warning("openvino bf16 refused by its gate, falling back to fp32: %s", e)
+                shutil.rmtree(stage / "ov-cache")  # bf16's compiled model
+                serving = replace(serving, precision="fp32")
+                manifest["serving"] = asdict(serving)
+                manifest["openvino"] = {
+                    **_openvino_version(spec, serving, stage, fp32, images, outputs, judged),
+                    "fallback": str(e),
+                }
         elif serving.target == "tensorrt-plan":
             manifest["tensorrt"] = _tensorrt_build(
                 spec, serving, stage, images, outputs[spec.probabilities_name]
             )
+        if fp32 != onnx_path:  # int8: the fp32 model it was quantised from
+            fp32.unlink()
         manifest["export_seconds"] = round(time.perf_counter() - started, 1)
         version = publish_version(repository, spec, serving, stage, cam_hw, manifest)
     manifest["version"] = version

@@ -122,3 +122,45 @@ def test_served_openvino_versions_match_openvino_in_process(ov_repository: Path)
                     else ""
                 )
             )
+
+
+def test_default_export_falls_back_to_fp32_in_one_conversion(
+    ci_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 refused by its gate: ``export_auto`` writes OpenVINO fp32 from the model it has
+    already converted and parity-checked (tf2onnx runs once); an explicit bf16 export with the
+    same refusal writes nothing. The gate is made to refuse, and bf16 allowed on any CPU (where
+    the CPU has no bf16, OpenVINO compiles f32 for it): the flow is what is tested here."""
+    from export import openvino, pipeline, quantize
+    from export.repository import ServingConfig
+    from export.quantize import GateError
+
+    def refuse(*_: object, what: str = "", **__: object) -> dict:
+        raise GateError(f"{what} top-1 agreement with fp32 is 97.0% (< 99%)")
+
+    conversions: list[Path] = []
+    convert = pipeline.convert
+
+    def counted(saved_model: Path, out: Path, spec: ModelSpec) -> None:
+        conversions.append(out)
+        convert(saved_model, out, spec)
+
+    monkeypatch.setattr(quantize, "judge_agreement", refuse)
+    monkeypatch.setattr(openvino, "supports", lambda _precision: True)
+    monkeypatch.setattr(pipeline, "convert", counted)
+    repo = tmp_path / "models"
+    with pytest.raises(GateError, match="OpenVINO bf16"):
+        pipeline.export_run(ci_run, repo, ServingConfig(target="openvino", precision="bf16"))
+    assert versions(repo / "covidct") == []  # nothing written, nothing staged left
+    assert [p.name for p in (repo / "covidct").iterdir() if p.is_dir()] == []
+
+    manifest, chosen = pipeline.export_auto(ci_run, repo, ServingConfig(), flags=["amx_bf16"])
+    assert len(conversions) == 2  # one per export: the fallback converted nothing again
+    assert chosen.startswith("openvino fp32: bf16 (") and "failed its gate" in chosen
+    assert manifest["version"] == 1 and manifest["serving"]["precision"] == "fp32"
+    written = read_manifest(repo / "covidct", 1)
+    assert written["openvino"]["precision"] == "fp32" and "97.0%" in written["openvino"]["fallback"]
+    assert "agreement" not in written["openvino"]  # fp32 is judged by parity, not the gate
+    version_dir = repo / "covidct" / "1"
+    assert json.loads((version_dir / "engine.json").read_text())["precision"] == "fp32"
+    assert any((version_dir / "ov-cache").iterdir())  # fp32's compiled model, cached
