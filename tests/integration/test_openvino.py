@@ -132,8 +132,8 @@ def test_default_export_falls_back_to_fp32_in_one_conversion(
     same refusal writes nothing. The gate is made to refuse, and bf16 allowed on any CPU (where
     the CPU has no bf16, OpenVINO compiles f32 for it): the flow is what is tested here."""
     from export import openvino, pipeline, quantize
-    from export.repository import ServingConfig
     from export.quantize import GateError
+    from export.repository import ServingConfig
 
     def refuse(*_: object, what: str = "", **__: object) -> dict:
         raise GateError(f"{what} top-1 agreement with fp32 is 97.0% (< 99%)")
