@@ -86,6 +86,8 @@ def prepare(work: Path, run: Path | None) -> tuple[Path, Path, Path]:
         "run": str(run.resolve()),
         "variants": [" ".join(v) for v in variants],
         "agreement": "real slices",
+        # a changed backend or engine rule is exported afresh
+        "backends": _backends_digest(),
     }
     if not marker.is_file() or json.loads(marker.read_text()) != wanted:
         import shutil
@@ -104,6 +106,18 @@ def prepare(work: Path, run: Path | None) -> tuple[Path, Path, Path]:
             covidct(*args)
         marker.write_text(json.dumps(wanted))
     return run, data, repo
+
+
+def _backends_digest() -> str:
+    """What the served versions' behaviour hangs on besides the model: the backends' code and
+    the openvino engine rule."""
+    from export.openvino import STREAMS_FROM_BATCH
+
+    backends = Path(__file__).resolve().parents[1] / "export" / "python_backend"
+    digest = hashlib.sha256(json.dumps(STREAMS_FROM_BATCH, sort_keys=True).encode())
+    for f in sorted(backends.glob("*.py")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def served_variants() -> list[tuple[str, ...]]:

@@ -409,7 +409,14 @@ def default_target_figures(summary: dict[str, dict[str, Any]]) -> dict[str, Any]
 
     target, precision, why = default_cpu_target()
     engine = f"openvino-{precision}" if target == "openvino" else f"ort-{precision}"
-    chosen = next((f for f in summary.values() if f["bench_engine"] == engine), None)
+    chosen = next(
+        (
+            f
+            for f in summary.values()
+            if (f["bench_engine"] or "").partition("-streams")[0] == engine
+        ),
+        None,
+    )
     base = next((f for f in summary.values() if f["bench_engine"] == "ort-fp32"), None)
     if chosen is None or base is None:
         return None
@@ -444,9 +451,15 @@ def served_versions(
         manifest = read_manifest(repository / model, int(v))
         openvino = manifest.get("openvino") or {}
         if openvino:
+            from export.openvino import read_engine
+
             precision = openvino["precision"]
             engine, gate = f"OpenVINO {precision}", openvino.get("agreement") or {}
             bench_engine = f"openvino-{precision}"
+            split = read_engine(repository / model / v)["streams_from_batch"]
+            if split:  # in process as served: batches from ``split`` on the streams
+                engine += f" (streams from batch {split})"
+                bench_engine += f"-streams{split}"
         elif manifest.get("int8"):
             engine, gate, bench_engine = "ONNX Runtime int8", manifest["int8"], "ort-int8"
         else:

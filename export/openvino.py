@@ -3,7 +3,8 @@
 Served by the Python backend like the ``cpu`` target (``python_backend/openvino_model.py``,
 copied as the version's ``model.py``), so ONNX Runtime and OpenVINO versions of one model sit
 side by side. How a version runs is in its ``engine.json``: precision (``fp32``, ``bf16``
-where the CPU has AMX or AVX512_BF16, or ``int8``) and OpenVINO's performance hint. ``int8``
+where the CPU has AMX or AVX512_BF16, or ``int8``), and from which batch size the backend splits
+a batch over OpenVINO's THROUGHPUT streams (:data:`STREAMS_FROM_BATCH`; below it, LATENCY). ``int8``
 runs the same static QDQ model as the cpu target's ``--int8`` (``export/quantize.py``,
 calibrated on the validation split): OpenVINO executes its quantised convolutions with int8
 kernels (VNNI or AMX where present), so one calibration serves both runtimes. Export checks
@@ -14,6 +15,7 @@ top-1 agreement on the decisive real slices), and writes no version that fails.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,25 +100,92 @@ def compile_model(
     return core.compile_model(str(onnx_path), "CPU", config)
 
 
-def run_openvino(compiled: Any, spec: ModelSpec, images: np.ndarray) -> dict[str, np.ndarray]:
+#: Batches of at least this many slices are split over OpenVINO's THROUGHPUT streams (one
+#: request per stream, run at once); smaller ones run as one LATENCY request on all the
+#: instance's threads (a lone slice on one stream would get one core). Per precision, from
+#: ``covidct bench engines`` (THROUGHPUT / LATENCY, DenseNet201 224², 2-core Xeon with AMX):
+#: bf16 b1 0.52-0.85x, b4 1.05-1.42x, b8 0.90-1.86x, b16 1.06-1.81x over three runs, so bf16
+#: splits from batch 4; fp32 (b8 0.79x in one run) and int8 (not measured) stay on LATENCY.
+STREAMS_FROM_BATCH = {"bf16": 4}
+
+
+class Engine:
+    """A version's model as the openvino backend runs it: one LATENCY request, and where
+    ``streams_from_batch`` is set, a THROUGHPUT model whose streams share batches of that size
+    or more (``python_backend/openvino_model.py`` repeats this: it is copied alone into each
+    version). Export gates it, ``covidct bench`` measures it in process beside the served one.
+    """
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        precision: str,
+        streams_from_batch: int = 0,
+        threads: int = 0,
+        cache_dir: Path | None = None,
+    ) -> None:
+        compiled = compile_model(onnx_path, precision, "LATENCY", threads, cache_dir)
+        self.request = compiled.create_infer_request()
+        self.streams_from_batch = streams_from_batch
+        self.queue: Any = None
+        self.jobs = 1
+        if streams_from_batch:
+            from openvino import AsyncInferQueue
+
+            streams = compile_model(onnx_path, precision, "THROUGHPUT", threads, cache_dir)
+            self.jobs = int(streams.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self.queue = AsyncInferQueue(streams, self.jobs)
+
+    def __call__(
+        self, images: np.ndarray, input_name: str, names: Sequence[str]
+    ) -> list[np.ndarray]:
+        """The outputs ``names`` (float32) for one batch, as the served version computes them."""
+        if self.queue is None or len(images) < self.streams_from_batch:
+            result = self.request.infer({input_name: images})
+            return [np.array(result[n], dtype=np.float32) for n in names]
+        parts: dict[int, list[np.ndarray]] = {}
+
+        def done(request: Any, index: int) -> None:
+            parts[index] = [np.array(request.get_tensor(n).data, dtype=np.float32) for n in names]
+
+        self.queue.set_callback(done)
+        chunks = np.array_split(images, min(self.jobs, len(images)))
+        for i, chunk in enumerate(chunks):
+            self.queue.start_async({input_name: chunk}, i)
+        self.queue.wait_all()
+        return [
+            np.concatenate([parts[i][k] for i in range(len(chunks))]) for k in range(len(names))
+        ]
+
+
+def run_openvino(engine: Engine, spec: ModelSpec, images: np.ndarray) -> dict[str, np.ndarray]:
     """Probabilities and CAM for a uint8 batch, in batches of at most 8."""
-    request = compiled.create_infer_request()
     names = (spec.probabilities_name, spec.cam_name)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(0, len(images), 8):
-        result = request.infer({spec.input_name: images[i : i + 8]})
-        for n in names:
-            parts[n].append(np.asarray(result[n], dtype=np.float32))
+        for n, out in zip(names, engine(images[i : i + 8], spec.input_name, names), strict=True):
+            parts[n].append(out)
     return {n: np.concatenate(parts[n]) for n in names}
 
 
-def engine_config(precision: str, hint: str = "LATENCY") -> dict[str, Any]:
+def engine_config(precision: str) -> dict[str, Any]:
     """What the backend reads from ``engine.json``."""
-    return {"engine": "openvino", "precision": precision, "performance_hint": hint}
+    return {
+        "engine": "openvino",
+        "precision": precision,
+        "performance_hint": "LATENCY",
+        "streams_from_batch": STREAMS_FROM_BATCH.get(precision, 0),
+    }
 
 
-def write_engine(stage: Path, precision: str, hint: str = "LATENCY") -> None:
-    (stage / ENGINE_FILE).write_text(json.dumps(engine_config(precision, hint), indent=2) + "\n")
+def write_engine(stage: Path, precision: str) -> None:
+    (stage / ENGINE_FILE).write_text(json.dumps(engine_config(precision), indent=2) + "\n")
+
+
+def read_engine(version_dir: Path) -> dict[str, Any]:
+    """A version's ``engine.json`` (versions written before ``streams_from_batch``: 0)."""
+    engine: dict[str, Any] = json.loads((version_dir / ENGINE_FILE).read_text())
+    return {"streams_from_batch": 0, **engine}
 
 
 def default_cpu_target(flags: list[str] | None = None) -> tuple[str, str, str]:

@@ -123,17 +123,19 @@ def _openvino_version(
     compiled model is cached in the version folder."""
     import openvino as ov
 
-    from export.openvino import compile_model, cpu_flags, run_openvino, write_engine
+    from export.openvino import Engine, cpu_flags, engine_config, run_openvino, write_engine
     from export.quantize import judge_agreement
 
     cache = stage / "ov-cache"
     cache.mkdir()
     # The served precision compiled once, filling the cache the backend loads from (a server
     # that cannot write the folder, another user or a read-only mount, compiles at every load).
-    served = compile_model(stage / "model.onnx", serving.precision, cache_dir=cache)
-    fp32 = served if serving.precision == "fp32" else compile_model(fp32_path, "fp32")
+    streams_from_batch = engine_config(serving.precision)["streams_from_batch"]
+    served = Engine(stage / "model.onnx", serving.precision, streams_from_batch, cache_dir=cache)
+    fp32 = served if serving.precision == "fp32" else Engine(fp32_path, "fp32")
     figures: dict[str, Any] = {
         "precision": serving.precision,
+        "streams_from_batch": streams_from_batch,
         "openvino": ov.get_version(),
         "cpu_flags": cpu_flags(),
         "parity_fp32_vs_onnxruntime": check_parity(

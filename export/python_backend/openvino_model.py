@@ -1,14 +1,16 @@
 """Triton Python-backend model: runs the version's model.onnx with OpenVINO (openvino target).
 
 Copied unchanged as ``model.py`` into every openvino version by ``covidct export``; the
-version's ``engine.json`` says the precision (fp32, bf16, int8: the QDQ model.onnx) and
-OpenVINO's performance hint. Like the ONNX Runtime backend, it sees the project's packages
-through COVIDCT_SITE_PACKAGES and runs each batch the dynamic batcher formed as one inference;
-the CPU's threads are split over the model's instances (COVIDCT_OV_THREADS overrides). The
-compiled model is cached in the version's ``ov-cache/`` when the repository is writable, so a
-reload skips compilation. Self-contained like ``model.py`` (each is copied alone into a
-version folder, where the backend's stub cannot import covidct), so the batch splitting below
-repeats that file's.
+version's ``engine.json`` says the precision (fp32, bf16, int8: the QDQ model.onnx) and from
+which batch size a batch is split over OpenVINO's THROUGHPUT streams (``streams_from_batch``;
+0: never). Like the ONNX Runtime backend, it sees the project's packages through
+COVIDCT_SITE_PACKAGES and answers each batch the dynamic batcher formed at once: smaller
+batches as one LATENCY request on all the instance's threads, larger ones as one request per
+stream, run together. The CPU's threads are split over the model's instances
+(COVIDCT_OV_THREADS overrides). Compiled models are cached in the version's ``ov-cache/`` when
+the repository is writable, so a reload skips compilation. Self-contained like ``model.py``
+(each is copied alone into a version folder, where the backend's stub cannot import covidct),
+so the batch splitting below repeats that file's and ``export.openvino.Engine``'s.
 """
 
 import json
@@ -44,24 +46,48 @@ class TritonPythonModel:
         cache = os.path.join(version_dir, "ov-cache")
         if os.path.isdir(cache) and os.access(cache, os.W_OK):
             core.set_property({"CACHE_DIR": cache})
-        compiled = core.compile_model(
-            os.path.join(version_dir, "model.onnx"),
-            "CPU",
-            {
-                "INFERENCE_PRECISION_HINT": OV_PRECISION[engine["precision"]],
-                "PERFORMANCE_HINT": engine.get("performance_hint", "LATENCY"),
-                "INFERENCE_NUM_THREADS": threads,
-            },
-        )
-        self.request = compiled.create_infer_request()
+        path = os.path.join(version_dir, "model.onnx")
+        compile_config = {
+            "INFERENCE_PRECISION_HINT": OV_PRECISION[engine["precision"]],
+            "INFERENCE_NUM_THREADS": threads,
+        }
+        latency = core.compile_model(path, "CPU", {**compile_config, "PERFORMANCE_HINT": "LATENCY"})
+        self.request = latency.create_infer_request()
+        self.streams_from_batch = int(engine.get("streams_from_batch") or 0)
+        self.queue, self.jobs, self.parts = None, 1, {}
+        if self.streams_from_batch:
+            streams = core.compile_model(
+                path, "CPU", {**compile_config, "PERFORMANCE_HINT": "THROUGHPUT"}
+            )
+            self.jobs = int(streams.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self.queue = ov.AsyncInferQueue(streams, self.jobs)
+            self.queue.set_callback(self._done)
+
+    def _done(self, request, index):
+        self.parts[index] = [
+            np.array(request.get_tensor(n).data, dtype=np.float32) for n in self.output_names
+        ]
+
+    def _infer(self, batch):
+        if self.queue is None or len(batch) < self.streams_from_batch:
+            result = self.request.infer({self.input_name: batch})
+            return [np.asarray(result[n], dtype=np.float32) for n in self.output_names]
+        self.parts.clear()
+        chunks = np.array_split(batch, min(self.jobs, len(batch)))
+        for i, chunk in enumerate(chunks):
+            self.queue.start_async({self.input_name: chunk}, i)
+        self.queue.wait_all()
+        return [
+            np.concatenate([self.parts[i][k] for i in range(len(chunks))])
+            for k in range(len(self.output_names))
+        ]
 
     def execute(self, requests):
         images = [
             pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
         ]
         sizes = [len(x) for x in images]
-        result = self.request.infer({self.input_name: np.concatenate(images, axis=0)})
-        outputs = [np.asarray(result[name], dtype=np.float32) for name in self.output_names]
+        outputs = self._infer(np.concatenate(images, axis=0))
         responses, start = [], 0
         for n in sizes:
             tensors = [
@@ -73,4 +99,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        self.request = None
+        self.request = self.queue = None

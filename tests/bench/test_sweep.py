@@ -213,12 +213,17 @@ def test_served_versions_and_their_gate_come_from_the_manifests(tmp_path: Path) 
     for v, manifest in manifests.items():
         (model / str(v)).mkdir(parents=True)
         (model / str(v) / "manifest.json").write_text(json.dumps(manifest))
+    (model / "3" / "engine.json").write_text(
+        json.dumps({"engine": "openvino", "precision": "bf16", "streams_from_batch": 4})
+    )
     info = served_versions(tmp_path, "covidct", ["1", "2", "3"])
     assert {v: i["engine"] for v, i in info.items()} == {
         "1": "cpu fp32",
         "2": "ONNX Runtime int8",
-        "3": "OpenVINO bf16",
+        "3": "OpenVINO bf16 (streams from batch 4)",
     }
+    # measured in process as it is served: batches of 4 or more on the streams
+    assert info["3"]["bench_engine"] == "openvino-bf16-streams4"
     assert info["2"]["agreement"] == 0.992 and info["1"]["agreement"] is None
     assert served_versions(None, "covidct", ["1"]) == {}
 
@@ -230,3 +235,30 @@ def test_every_gateway_run_measures_its_c1_overhead() -> None:
     triton = [Row(1, 18, 50_000, 0, 0, 0, 0), Row(4, 19, 80_000, 0, 0, 0, 0)]
     assert p50_overhead_c1_ms(gateway, triton) == 8.0
     assert p50_overhead_c1_ms(gateway[1:], triton[1:]) is None  # no c=1 level
+
+
+@pytest.mark.parametrize(
+    ("flags", "engine", "goal"),
+    [
+        (["amx_bf16", "avx512_bf16"], "openvino-bf16-streams4", 4.0),
+        (["avx2"], "openvino-fp32", 1.4),
+    ],
+)
+def test_default_target_is_found_among_the_served_versions(
+    monkeypatch: pytest.MonkeyPatch, flags: list[str], engine: str, goal: float
+) -> None:
+    """The rule's choice is matched to its served version whatever its stream split, and set
+    against served ONNX Runtime fp32 with the goal this CPU's flags call for."""
+    from bench.perf import default_target_figures
+    from export import openvino
+
+    monkeypatch.setattr(openvino, "cpu_flags", lambda: flags)
+    summary = {
+        "1": {"bench_engine": "ort-fp32", "best": 20.0},
+        "2": {"bench_engine": None, "best": 99.0},  # a version not measured in process
+        "3": {"bench_engine": engine, "best": 85.0},
+    }
+    figures = default_target_figures(summary)
+    assert figures is not None
+    assert figures["speedup"] == pytest.approx(4.25) and figures["goal_x"] == goal
+    assert figures["met"]  # 4.25x meets both goals

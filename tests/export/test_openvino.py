@@ -105,3 +105,14 @@ def test_export_without_target_keeps_other_errors(
     monkeypatch.setattr(pipeline, "export_run", broken)
     with pytest.raises(ExportError, match="tf2onnx failed"):
         pipeline.export_auto(tmp_path, tmp_path, ServingConfig(), flags=["amx_bf16"])
+
+
+def test_engine_file_says_where_batches_split(tmp_path: Path) -> None:
+    from export.openvino import STREAMS_FROM_BATCH, engine_config, read_engine, write_engine
+
+    write_engine(tmp_path, "bf16")
+    assert read_engine(tmp_path)["streams_from_batch"] == STREAMS_FROM_BATCH["bf16"] >= 2
+    assert engine_config("fp32")["streams_from_batch"] == 0  # LATENCY only
+    # A version written before the split existed reads as LATENCY only.
+    (tmp_path / "engine.json").write_text('{"engine": "openvino", "precision": "bf16"}')
+    assert read_engine(tmp_path)["streams_from_batch"] == 0

@@ -16,7 +16,7 @@ import pytest
 from bench.corpus import real_data_dir, real_pngs
 from covidct.config import ModelSpec
 from export.onnx import slice_images
-from export.openvino import compile_model, run_openvino, supports
+from export.openvino import STREAMS_FROM_BATCH, Engine, read_engine, run_openvino, supports
 from export.repository import read_manifest, versions
 from serving.control import TritonControl
 from serving.server import TritonServer, free_port
@@ -91,13 +91,16 @@ def test_served_openvino_versions_match_openvino_in_process(ov_repository: Path)
             manifest = read_manifest(model_dir, version)
             precision = manifest["openvino"]["precision"]
             version_dir = model_dir / str(version)
-            engine = json.loads((version_dir / "engine.json").read_text())
+            engine = read_engine(version_dir)
             assert engine["engine"] == "openvino" and engine["precision"] == precision
+            split = engine["streams_from_batch"]  # bf16: batches of 8 split over the streams
+            assert split == STREAMS_FROM_BATCH.get(precision, 0)
+            assert manifest["openvino"]["streams_from_batch"] == split
             assert "openvino" in (version_dir / "model.py").read_text()
             parity = manifest["openvino"]["parity_fp32_vs_onnxruntime"]
             assert parity["probabilities_max_abs_diff"] <= 1e-4
             served = _served(server, version, spec, images)
-            local = run_openvino(compile_model(version_dir / "model.onnx", precision), spec, images)
+            local = run_openvino(Engine(version_dir / "model.onnx", precision, split), spec, images)
             diff = float(
                 np.abs(served[spec.probabilities_name] - local[spec.probabilities_name]).max()
             )
@@ -111,7 +114,8 @@ def test_served_openvino_versions_match_openvino_in_process(ov_repository: Path)
                 gate = manifest["openvino"]["agreement"]
                 assert gate["top1_agreement_decisive"] >= 0.99, gate
             print(
-                f"\nopenvino {precision} v{version}: served vs in-process max |dp| {diff:.2e}, "
+                f"\nopenvino {precision} v{version} (streams from batch {split or '-'}): served "
+                f"vs in-process max |dp| {diff:.2e}, "
                 f"CAM {cam:.2e}; export parity vs ONNX Runtime "
                 f"{parity['probabilities_max_abs_diff']:.2e}"
                 + (
@@ -164,3 +168,36 @@ def test_default_export_falls_back_to_fp32_in_one_conversion(
     version_dir = repo / "covidct" / "1"
     assert json.loads((version_dir / "engine.json").read_text())["precision"] == "fp32"
     assert any((version_dir / "ov-cache").iterdir())  # fp32's compiled model, cached
+
+
+def test_served_batches_split_over_streams_on_any_cpu(ov_repository: Path, tmp_path: Path) -> None:
+    """The backend's stream split, exercised where bf16 is missing too: the fp32 version served
+    again with ``streams_from_batch`` 2 answers like the same Engine in process, within 1e-4,
+    for batches below and above the split."""
+    import shutil
+
+    model_dir = ov_repository / "covidct"
+    spec = ModelSpec.from_dict(read_manifest(model_dir, 1)["model_spec"])
+    assert read_manifest(model_dir, 1)["openvino"]["precision"] == "fp32"
+    copy = tmp_path / "models" / "covidct"
+    copy.mkdir(parents=True)
+    for name in ("config.pbtxt", "labels.txt"):
+        shutil.copy(model_dir / name, copy / name)
+    shutil.copytree(model_dir / "1", copy / "1", ignore=shutil.ignore_patterns("ov-cache"))
+    engine = read_engine(copy / "1") | {"streams_from_batch": 2}
+    (copy / "1" / "engine.json").write_text(json.dumps(engine))
+    images = slice_images(real_pngs(real_data_dir())[:9], spec)
+    with TritonServer(
+        copy.parent, free_port(), free_port(), free_port(), log_file=tmp_path / "triton.log"
+    ) as server:
+        triton = TritonControl(f"127.0.0.1:{server.grpc_port}", "covidct")
+        parts = (images[:1], images[1:])  # one slice (LATENCY), then eight (the streams)
+        served = np.concatenate(
+            [triton.infer(1, p, spec.input_name, spec.probabilities_name) for p in parts]
+        )
+    names = [spec.probabilities_name]
+    split = Engine(copy / "1" / "model.onnx", "fp32", 2)
+    local = np.concatenate([split(p, spec.input_name, names)[0] for p in parts])
+    latency = Engine(copy / "1" / "model.onnx", "fp32")(images, spec.input_name, names)[0]
+    assert np.abs(served - local).max() <= 1e-4
+    assert np.abs(local - latency).max() <= 1e-4  # the streams change no answer
