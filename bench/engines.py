@@ -274,7 +274,8 @@ def run_engines_bench(
         + f"; INT8 / fp32 (ONNX Runtime, best batch): {best['ort-int8'] / best['ort-fp32']:.2f}x.",
         "",
         "OpenVINO PERFORMANCE_HINT THROUGHPUT (the batch split over the plugin's streams) / "
-        "LATENCY (one request on all threads, what the openvino target serves), by batch: "
+        "LATENCY (one request on all threads; the openvino target serves bf16 batches of 4 or "
+        "more on the streams, everything else on LATENCY), by batch: "
         + "; ".join(
             f"{p} " + ", ".join(f"b{b} {r:.2f}x" for b, r in ratios.items())
             for p, ratios in hint.items()
