@@ -104,7 +104,7 @@ def compile_model(
 #: request per stream, run at once); smaller ones run as one LATENCY request on all the
 #: instance's threads (a lone slice on one stream would get one core). Per precision, from
 #: ``covidct bench engines`` (THROUGHPUT / LATENCY, DenseNet201 224², 2-core Xeon with AMX):
-#: bf16 b1 0.52-0.85x, b4 1.05-1.42x, b8 0.90-1.86x, b16 1.06-1.81x over three runs, so bf16
+#: bf16 b1 0.52-0.89x, b4 1.05-1.42x, b8 0.90-1.86x, b16 1.06-1.81x over four runs, so bf16
 #: splits from batch 4; fp32 (b8 0.79x in one run) and int8 (not measured) stay on LATENCY.
 STREAMS_FROM_BATCH = {"bf16": 4}
 
