@@ -302,12 +302,13 @@ def largest_component_box(mask: np.ndarray) -> Box | None:
     n = len(flips) // 2
     if n == 0:
         return None
-    row, start = np.divmod(flips[0::2], stride)
-    end = flips[1::2] - row * stride
+    starts, ends = flips[0::2], flips[1::2]  # flat positions, rows of stride w + 1
+    row, start = np.divmod(starts, stride)
+    end = ends - row * stride
     # The runs of the next row overlapping run i are the range [lo[i], hi[i]).
     below = (row + 1) * stride
-    hi = np.searchsorted(row * stride + start, below + end, "left")
-    lo = np.searchsorted(row * stride + end, below + start, "right")
+    hi = np.searchsorted(starts, below + end, "left")
+    lo = np.searchsorted(ends, below + start, "right")
     counts = np.maximum(hi - lo, 0)
     upper = np.repeat(np.arange(n), counts)
     lower = np.repeat(lo + counts - np.cumsum(counts), counts) + np.arange(len(upper))

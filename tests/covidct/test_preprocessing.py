@@ -137,6 +137,18 @@ def test_auto_body_box_finds_synthetic_bodies_not_the_table(synth_dir: Path) -> 
             assert iou(auto_body_box(grey), s.box) >= 0.9, s.filename
 
 
+def _scipy_largest_component(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    rows, cols = np.nonzero(labels == sizes.argmax())
+    return (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+
+
 def _scipy_body_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     """The body box as first written (SciPy): what :func:`auto_body_box` must reproduce."""
     from scipy import ndimage
@@ -144,18 +156,15 @@ def _scipy_body_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     h, w = grey.shape
     square = np.ones((pp.BODY_OPENING,) * 2, bool)
     mask = ndimage.binary_opening(grey > pp.hu_to_grey_level(pp.BODY_THRESHOLD_HU), square)
-    labels, count = ndimage.label(mask)
-    if count == 0:
+    body = _scipy_largest_component(mask)
+    if body is None:
         return (0, 0, w, h)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    rows, cols = np.nonzero(labels == sizes.argmax())
     m = pp.BODY_MARGIN
     return (
-        max(0, int(cols.min()) - m),
-        max(0, int(rows.min()) - m),
-        min(w, int(cols.max()) + 1 + m),
-        min(h, int(rows.max()) + 1 + m),
+        max(0, body[0] - m),
+        max(0, body[1] - m),
+        min(w, body[2] + m),
+        min(h, body[3] + m),
     )
 
 
@@ -174,18 +183,6 @@ def test_body_box_equals_scipy_reference_on_random_masks() -> None:
             for _ in range(10):
                 grey = np.where(rng.random(shape) < density, 255, level).astype(np.uint8)
                 assert auto_body_box(grey) == _scipy_body_box(grey), (shape, density)
-
-
-def _scipy_largest_component(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    from scipy import ndimage
-
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return None
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    rows, cols = np.nonzero(labels == sizes.argmax())
-    return (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
 
 
 def _serpentine(n: int) -> np.ndarray:
