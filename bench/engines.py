@@ -6,11 +6,13 @@ with PERFORMANCE_HINT THROUGHPUT (streams) instead of the served LATENCY. Each e
 its own child process so its peak resident memory is its own; images/s and latency are
 medians over rounds, ratios are to ONNX Runtime fp32.
 
-Run as ``python -m bench.engines ENGINE MODEL SPEC IMAGES BATCHES ROUNDS`` it is that child.
+Run as ``python -m bench.engines ENGINE MODEL SPEC IMAGES BATCHES ROUNDS`` it is that child;
+with ``--serve ENGINE MODEL SPEC IMAGES`` it is :class:`EngineChild`'s, measuring on request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import statistics
@@ -122,7 +124,21 @@ def measure(
     run = _runner(engine, model, spec)
     load_s = time.perf_counter() - start
     probabilities = np.concatenate([run(images[i : i + 8]) for i in range(0, len(images), 8)])
-    figures: dict[str, Any] = {"engine": engine, "load_seconds": round(load_s, 1), "batches": {}}
+    figures: dict[str, Any] = {"engine": engine, "load_seconds": round(load_s, 1)}
+    figures["batches"] = timed(run, images, batches, rounds)
+    figures["peak_rss_mib"] = peak_rss_mib()
+    figures["top1"] = probabilities.argmax(1).tolist()
+    return figures
+
+
+def timed(
+    run: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    batches: Sequence[int],
+    rounds: int,
+) -> dict[str, dict[str, float]]:
+    """Per batch size: images/s and latency, medians over ``rounds`` runs after a warm-up."""
+    figures = {}
     for b in batches:
         x = np.stack([images[i % len(images)] for i in range(b)])
         run(x)  # warm this shape
@@ -132,9 +148,7 @@ def measure(
             run(x)
             latencies.append(time.perf_counter() - t0)
         med = statistics.median(latencies)
-        figures["batches"][str(b)] = {"images_per_s": b / med, "latency_ms": 1000 * med}
-    figures["peak_rss_mib"] = peak_rss_mib()
-    figures["top1"] = probabilities.argmax(1).tolist()
+        figures[str(b)] = {"images_per_s": b / med, "latency_ms": 1000 * med}
     return figures
 
 
@@ -179,6 +193,93 @@ def in_child(
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])
         raise BenchError(f"engine {engine} failed:\n{tail}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+#: The prefix of the persistent child's answers on its stdout (libraries may print there too).
+_REPLY = "@bench.engines "
+
+
+class EngineChild:
+    """One engine kept loaded in a child process and measured on demand.
+
+    ``bench triton`` measures each served version's engine in process after every level of
+    its sweep: this machine's speed moves by tens of percent within minutes, so the in-process
+    reference is the median of passes spread over the same time as the served figures, not
+    one pass before and one after. The child loads once (OpenVINO compiles once) and answers
+    each ``measure`` with :func:`timed`'s figures.
+    """
+
+    def __init__(self, engine: str, model: Path, spec: ModelSpec, images: np.ndarray) -> None:
+        self.engine = engine
+        self._tmp = tempfile.TemporaryDirectory()
+        tmp = Path(self._tmp.name)
+        spec.save(tmp / "spec.json")
+        np.save(tmp / "images.npy", images)
+        self._stderr = (tmp / "stderr.txt").open("wb")
+        cmd = [sys.executable, "-m", "bench.engines", "--serve", engine, str(model)]
+        self.process = subprocess.Popen(
+            [*cmd, str(tmp / "spec.json"), str(tmp / "images.npy")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        try:
+            self.loaded: dict[str, Any] = self._reply()
+        except BenchError:
+            self.close()
+            raise
+
+    def measure(self, batches: Sequence[int], rounds: int) -> dict[str, dict[str, float]]:
+        """:func:`timed` in the child, now."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(f"{','.join(map(str, batches))} {rounds}\n")
+            self.process.stdin.flush()
+        except OSError:
+            pass  # the child is gone: _reply says why
+        return dict(self._reply()["batches"])
+
+    def _reply(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(_REPLY):
+                return dict(json.loads(line.removeprefix(_REPLY)))
+        self.process.wait()
+        self._stderr.flush()
+        lines = (Path(self._tmp.name) / "stderr.txt").read_text(errors="replace").splitlines()
+        tail = "\n".join(lines[-6:])
+        raise BenchError(f"engine {self.engine} failed ({self.process.returncode}):\n{tail}")
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._stderr.close()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> EngineChild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _serve(engine: str, model: Path, spec_path: Path, images_path: Path) -> None:
+    """The persistent child of :class:`EngineChild`: load, then measure per stdin line."""
+    spec, images = ModelSpec.load(spec_path), np.load(images_path)
+    start = time.perf_counter()
+    run = _runner(engine, model, spec)
+    print(_REPLY + json.dumps({"load_seconds": round(time.perf_counter() - start, 1)}), flush=True)
+    for line in sys.stdin:
+        batches, rounds = line.split()
+        figures = timed(run, images, [int(b) for b in batches.split(",")], int(rounds))
+        print(_REPLY + json.dumps({"batches": figures}), flush=True)
 
 
 def prepare_models(
@@ -302,7 +403,9 @@ def run_engines_bench(
     return section
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1] == "--serve":
+    _serve(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]))
+elif __name__ == "__main__":
     _child(
         sys.argv[1],
         Path(sys.argv[2]),

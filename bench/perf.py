@@ -13,10 +13,11 @@ import json
 import operator
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,14 @@ from typing import Any
 import numpy as np
 
 from bench.corpus import real_images
+from bench.engines import EngineChild
 from bench.sweep import BenchError, Row, plot, rel, save, table, write_csv
 from covidct.config import ModelSpec
 
 PROTOCOLS = ("grpc", "http")
+
+#: One in-process pass: per batch size (as text), images/s and latency.
+Pass = dict[str, dict[str, float]]
 
 
 def perf_analyzer_path() -> Path:
@@ -211,10 +216,11 @@ def sweep(
     measurement_ms: int = 4000,
     slices: int = 16,
     stability: float = 50.0,
+    after_level: Callable[[int], None] | None = None,
 ) -> dict[str, list[Row]]:
     """perf_analyzer at every level for every target (versions of one server, or the same
     version on several servers), interleaved level by level so that a machine slowing down
-    mid-run affects every target alike."""
+    mid-run affects every target alike; ``after_level(c)`` runs once each level is done."""
     if protocol not in PROTOCOLS:
         raise BenchError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
     out.mkdir(parents=True, exist_ok=True)
@@ -246,6 +252,8 @@ def sweep(
                     )
                     row = replace(row, avg_batch=inferences / execs if execs else None)
                 rows[t.key].append(row)
+            if after_level is not None:
+                after_level(c)
     finally:
         input_data.unlink(missing_ok=True)  # 16 slices as JSON text: large, and derived
     for t in targets:
@@ -268,19 +276,30 @@ def run_triton_bench(
     """The whole ``covidct bench triton`` command; returns its Markdown section.
 
     Every served version whose files are local is also run in process by the engine and
-    precision it is served with (``bench engines``' runner, a child process), just before and
-    just after the interleaved sweep: served / in-process is judged per precision.
+    precision it is served with (``bench engines``' runner, kept loaded in a child process)
+    after every level of the interleaved sweep; its figure per batch size is the median of
+    those passes: served / in-process is judged per precision, over the same minutes.
     """
     versions = list(versions) or [""]
     info = served_versions(repository, model, versions)
-    local: dict[str, dict[str, Any]] = {}
-    with triton(repository, url, protocol) as address:
+    passes: dict[str, list[Pass]] = {}
+    with triton(repository, url, protocol) as address, contextlib.ExitStack() as children:
         spec = served_spec(address, model, versions[0], protocol)
-        onnx = {v: _local_onnx(repository, model, v) for v in versions}
         engines = {v: info.get(v, {}).get("bench_engine", "ort-fp32") for v in versions}
-        for v, path in onnx.items():
+        images = real_images(spec, 16)
+        local_engines = {}
+        for v in versions:
+            path = _local_onnx(repository, model, v)
             if path is not None:
-                local[v] = {"engine": engines[v], "before": in_process(path, spec, engines[v])}
+                local_engines[v] = children.enter_context(
+                    EngineChild(engines[v], path, spec, images)
+                )
+                passes[v] = []
+
+        def in_process_pass(level: int) -> None:
+            for v, child in local_engines.items():
+                passes[v].append(child.measure(IN_PROCESS_BATCHES, IN_PROCESS_ROUNDS))
+
         targets = [Served(v, address, v, f"v{v or 'latest'}") for v in versions]
         rows = sweep(
             targets,
@@ -293,17 +312,9 @@ def run_triton_bench(
             measurement_ms,
             16,
             stability,
+            after_level=in_process_pass,
         )
-        for v, path in onnx.items():
-            if path is not None:
-                local[v]["after"] = in_process(path, spec, engines[v])
-    for figures in local.values():
-        per_batch = {
-            b: (figures["before"]["batches"][b]["images_per_s"] + after["images_per_s"]) / 2
-            for b, after in figures["after"]["batches"].items()
-        }
-        figures["best_batch"] = max(per_batch, key=lambda b: per_batch[b])
-        figures["best_images_per_s"] = per_batch[figures["best_batch"]]
+    local = {v: in_process_figures(engines[v], p) for v, p in passes.items() if p}
     names = {
         v: (f"v{v}" if v else "latest") + (f" ({info[v]['engine']})" if v in info else "")
         for v in versions
@@ -318,7 +329,10 @@ def run_triton_bench(
         "",
         f"perf_analyzer ({protocol}, batch {batch}, {measurement_ms} ms windows, stable within "
         f"{stability:g}%) against tritonserver on 127.0.0.1, input data: 16 real CT slices "
-        "preprocessed for the model. Versions measured level by level, interleaved.",
+        "preprocessed for the model. Versions measured level by level, interleaved; after "
+        "each level every local version's engine runs in process (batches "
+        f"{', '.join(map(str, IN_PROCESS_BATCHES))}), and its in-process figure is the median "
+        "of those passes at its best batch size.",
         "",
     ]
     summary = served_summary(rows, local, info)
@@ -485,10 +499,22 @@ def _local_onnx(repository: Path | None, model: str, version: str) -> Path | Non
     return path if path.is_file() else None
 
 
-def in_process(onnx: Path, spec: ModelSpec, engine: str = "ort-fp32") -> dict[str, Any]:
-    """In-process throughput of ``onnx`` by ``engine`` at batch 1, 8, 16 (a child process)."""
-    from bench.engines import in_child
+#: ``bench triton``'s in-process passes: batch sizes, and timed runs per size in one pass.
+IN_PROCESS_BATCHES = (1, 8, 16)
+IN_PROCESS_ROUNDS = 3
 
-    figures = in_child(engine, onnx, spec, real_images(spec, 16), (1, 8, 16), 5)
-    figures.pop("top1", None)
-    return figures
+
+def in_process_figures(
+    engine: str, passes: Sequence[dict[str, dict[str, float]]]
+) -> dict[str, Any]:
+    """One engine's in-process figures from its passes: per batch size the median images/s
+    over the passes, and the best batch size by that median."""
+    per_batch = {b: statistics.median(p[b]["images_per_s"] for p in passes) for b in passes[0]}
+    best = max(per_batch, key=lambda b: per_batch[b])
+    return {
+        "engine": engine,
+        "passes": list(passes),
+        "per_batch": per_batch,
+        "best_batch": best,
+        "best_images_per_s": per_batch[best],
+    }

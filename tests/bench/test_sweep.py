@@ -262,3 +262,49 @@ def test_default_target_is_found_among_the_served_versions(
     assert figures is not None
     assert figures["speedup"] == pytest.approx(4.25) and figures["goal_x"] == goal
     assert figures["met"]  # 4.25x meets both goals
+
+
+def test_in_process_reference_is_the_median_of_its_passes() -> None:
+    """One slow pass (the machine had a bad minute) moves neither the figure nor the best
+    batch size; a mean or a single pass would."""
+    from bench.perf import in_process_figures
+
+    def one(b1: float, b8: float) -> dict[str, dict[str, float]]:
+        return {
+            "1": {"images_per_s": b1, "latency_ms": 1000 / b1},
+            "8": {"images_per_s": b8, "latency_ms": 8000 / b8},
+        }
+
+    passes = [one(50, 10), one(50, 100), one(52, 98), one(49, 96)]
+    figures = in_process_figures("openvino-bf16", passes)
+    assert figures["best_batch"] == "8"
+    assert figures["best_images_per_s"] == pytest.approx(97.0)
+    assert figures["per_batch"]["1"] == pytest.approx(50.0)
+    assert figures["passes"] == passes and figures["engine"] == "openvino-bf16"
+
+
+def test_engine_child_stays_loaded_and_measures_on_request(tmp_path: Path) -> None:
+    """The persistent in-process child answers several passes, and a model it cannot load
+    is a BenchError naming the engine, not a hang."""
+    import numpy as np
+
+    from bench.engines import EngineChild
+    from covidct.config import MIN_IMAGE_SIZE, ModelSpec
+    from tests.deploy.test_trt_build import tiny_onnx
+
+    spec = ModelSpec(image_size=MIN_IMAGE_SIZE)
+    tiny_onnx(tmp_path / "model.onnx", spec, [0.01, 0.0, -0.01])
+    images = np.random.default_rng(0).integers(
+        0, 256, (4, spec.image_size, spec.image_size, 1), np.uint8
+    )
+    with EngineChild("ort-fp32", tmp_path / "model.onnx", spec, images) as child:
+        first, second = child.measure((1, 4), 2), child.measure((2,), 1)
+        pid = child.process.pid
+    assert set(first) == {"1", "4"} and set(second) == {"2"}
+    assert all(
+        f["images_per_s"] > 0 and f["latency_ms"] > 0 for f in (*first.values(), *second.values())
+    )
+    assert child.process.returncode == 0 and pid > 0
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(BenchError, match="engine ort-fp32 failed"):
+        EngineChild("ort-fp32", tmp_path / "broken.onnx", spec, images)
