@@ -85,7 +85,13 @@ def compile_model(
     threads: int = 0,
     cache_dir: Path | None = None,
 ) -> Any:
-    """OpenVINO's compiled model for ``onnx_path`` on the CPU."""
+    """OpenVINO's compiled model for ``onnx_path`` on the CPU.
+
+    Compiled from the read model, not from the path: with a ``cache_dir`` OpenVINO keys a
+    path's blob by the path itself, so the blob export compiles in its staging folder would
+    never be found again once the version is published (or mounted elsewhere, as in the
+    Triton container); a model's blob is keyed by its content, wherever it is read from.
+    """
     import openvino as ov
 
     core = ov.Core()
@@ -97,7 +103,7 @@ def compile_model(
     }
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    return core.compile_model(str(onnx_path), "CPU", config)
+    return core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
 
 
 #: Batches of at least this many slices are split over OpenVINO's THROUGHPUT streams (one

@@ -8,9 +8,10 @@ COVIDCT_SITE_PACKAGES and answers each batch the dynamic batcher formed at once:
 batches as one LATENCY request on all the instance's threads, larger ones as one request per
 stream, run together. The CPU's threads are split over the model's instances
 (COVIDCT_OV_THREADS overrides). Compiled models are cached in the version's ``ov-cache/`` when
-the repository is writable, so a reload skips compilation. Self-contained like ``model.py``
-(each is copied alone into a version folder, where the backend's stub cannot import covidct),
-so the batch splitting below repeats that file's and ``export.openvino.Engine``'s.
+the repository is writable: export has put the served model's blob there (keyed by the model's
+content, not its path), so even the first load skips compilation. Self-contained like
+``model.py`` (each is copied alone into a version folder, where the backend's stub cannot import
+covidct), so the batch splitting below repeats that file's and ``export.openvino.Engine``'s.
 """
 
 import json
@@ -46,18 +47,22 @@ class TritonPythonModel:
         cache = os.path.join(version_dir, "ov-cache")
         if os.path.isdir(cache) and os.access(cache, os.W_OK):
             core.set_property({"CACHE_DIR": cache})
-        path = os.path.join(version_dir, "model.onnx")
+        # The read model, not its path: OpenVINO keys a path's cached blob by the path, so
+        # export's blob (compiled in its staging folder) is found only by content.
+        model = core.read_model(os.path.join(version_dir, "model.onnx"))
         compile_config = {
             "INFERENCE_PRECISION_HINT": OV_PRECISION[engine["precision"]],
             "INFERENCE_NUM_THREADS": threads,
         }
-        latency = core.compile_model(path, "CPU", {**compile_config, "PERFORMANCE_HINT": "LATENCY"})
+        latency = core.compile_model(
+            model, "CPU", {**compile_config, "PERFORMANCE_HINT": "LATENCY"}
+        )
         self.request = latency.create_infer_request()
         self.streams_from_batch = int(engine.get("streams_from_batch") or 0)
         self.queue, self.jobs, self.parts = None, 1, {}
         if self.streams_from_batch:
             streams = core.compile_model(
-                path, "CPU", {**compile_config, "PERFORMANCE_HINT": "THROUGHPUT"}
+                model, "CPU", {**compile_config, "PERFORMANCE_HINT": "THROUGHPUT"}
             )
             self.jobs = int(streams.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             self.queue = ov.AsyncInferQueue(streams, self.jobs)

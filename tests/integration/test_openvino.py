@@ -80,6 +80,11 @@ def test_served_openvino_versions_match_openvino_in_process(ov_repository: Path)
     spec = ModelSpec.from_dict(read_manifest(model_dir, 1)["model_spec"])
     images = slice_images(real_pngs(real_data_dir())[:16], spec)
     served_versions = versions(model_dir)
+    blobs = {
+        v: sorted(p.name for p in (model_dir / str(v) / "ov-cache").iterdir())
+        for v in served_versions
+    }
+    assert all(blobs.values()), blobs  # export compiled the served model into its cache
     with TritonServer(
         ov_repository,
         free_port(),
@@ -113,6 +118,9 @@ def test_served_openvino_versions_match_openvino_in_process(ov_repository: Path)
             else:
                 gate = manifest["openvino"]["agreement"]
                 assert gate["top1_agreement_decisive"] >= 0.99, gate
+            # The backend loaded export's blob: it compiled nothing, so nothing new is cached.
+            now = sorted(p.name for p in (version_dir / "ov-cache").iterdir())
+            assert now == blobs[version], (version, blobs[version], now)
             print(
                 f"\nopenvino {precision} v{version} (streams from batch {split or '-'}): served "
                 f"vs in-process max |dp| {diff:.2e}, "
