@@ -504,9 +504,7 @@ IN_PROCESS_BATCHES = (1, 8, 16)
 IN_PROCESS_ROUNDS = 3
 
 
-def in_process_figures(
-    engine: str, passes: Sequence[dict[str, dict[str, float]]]
-) -> dict[str, Any]:
+def in_process_figures(engine: str, passes: Sequence[Pass]) -> dict[str, Any]:
     """One engine's in-process figures from its passes: per batch size the median images/s
     over the passes, and the best batch size by that median."""
     per_batch = {b: statistics.median(p[b]["images_per_s"] for p in passes) for b in passes[0]}
