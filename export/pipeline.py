@@ -128,10 +128,13 @@ def _openvino_version(
 
     cache = stage / "ov-cache"
     cache.mkdir()
-    # The served precision compiled once, filling the cache the backend loads from (a server
-    # that cannot write the folder, another user or a read-only mount, compiles at every load).
+    # The served precision compiled once, filling the cache the backend loads from, also when
+    # the repository is mounted read-only; readable by the server's user like the model
+    # (OpenVINO writes its blobs 0440, and a blob the backend cannot read fails its load).
     streams_from_batch = engine_config(serving.precision)["streams_from_batch"]
     served = Engine(stage / "model.onnx", serving.precision, streams_from_batch, cache_dir=cache)
+    for blob in cache.iterdir():
+        blob.chmod(0o644)
     fp32 = served if serving.precision == "fp32" else Engine(fp32_path, "fp32")
     figures: dict[str, Any] = {
         "precision": serving.precision,

@@ -7,9 +7,9 @@ which batch size a batch is split over OpenVINO's THROUGHPUT streams (``streams_
 COVIDCT_SITE_PACKAGES and answers each batch the dynamic batcher formed at once: smaller
 batches as one LATENCY request on all the instance's threads, larger ones as one request per
 stream, run together. The CPU's threads are split over the model's instances
-(COVIDCT_OV_THREADS overrides). Compiled models are cached in the version's ``ov-cache/`` when
-the repository is writable: export has put the served model's blob there (keyed by the model's
-content, not its path), so even the first load skips compilation. Self-contained like
+(COVIDCT_OV_THREADS overrides). Export compiled the served model into the version's
+``ov-cache/`` (keyed by the model's content, not its path), so a load skips compilation, also
+from a read-only repository (:func:`cache_folder`). Self-contained like
 ``model.py`` (each is copied alone into a version folder, where the backend's stub cannot import
 covidct), so the batch splitting below repeats that file's and ``export.openvino.Engine``'s.
 """
@@ -29,6 +29,21 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the QDQ nodes decide
 
 
+def cache_folder(version_dir):
+    """The version's ``ov-cache/`` for OpenVINO's CACHE_DIR, or None.
+
+    Export put the served model's blob there. OpenVINO reads a blob from a read-only folder
+    (compose and Kubernetes mount the repository read-only) and, finding none, compiles without
+    writing one; but a blob it cannot read fails the load, so the folder is used only when every
+    file in it is readable by this process.
+    """
+    folder = os.path.join(version_dir, "ov-cache")
+    if not os.path.isdir(folder):
+        return None
+    names = os.listdir(folder)
+    return folder if all(os.access(os.path.join(folder, n), os.R_OK) for n in names) else None
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -44,8 +59,8 @@ class TritonPythonModel:
             1, (os.cpu_count() or 1) // instances
         )
         core = ov.Core()
-        cache = os.path.join(version_dir, "ov-cache")
-        if os.path.isdir(cache) and os.access(cache, os.W_OK):
+        cache = cache_folder(version_dir)
+        if cache is not None:
             core.set_property({"CACHE_DIR": cache})
         # The read model, not its path: OpenVINO keys a path's cached blob by the path, so
         # export's blob (compiled in its staging folder) is found only by content.

@@ -8,6 +8,11 @@ writes nothing. The third version is what ``covidct export`` without ``--target`
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +214,74 @@ def test_served_batches_split_over_streams_on_any_cpu(ov_repository: Path, tmp_p
     latency = Engine(copy / "1" / "model.onnx", "fp32")(images, spec.input_name, names)[0]
     assert np.abs(served - local).max() <= 1e-4
     assert np.abs(local - latency).max() <= 1e-4  # the streams change no answer
+
+
+#: Run as another user (uid/gid 65534) on a read-only copy of a version: everything is
+#: imported and OpenVINO's plugin loaded first, as root, since the interpreter's files may not
+#: be readable by that user.
+_READ_ONLY_LOAD = """
+import importlib.util, json, os, sys, types
+import openvino as ov
+sys.modules["triton_python_backend_utils"] = types.ModuleType("triton_python_backend_utils")
+version_dir, args = sys.argv[1], json.loads(sys.argv[2])
+spec = importlib.util.spec_from_file_location("backend", os.path.join(version_dir, "model.py"))
+backend = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(backend)
+ov.Core().compile_model(ov.Core().read_model(os.path.join(version_dir, "model.onnx")), "CPU")
+os.setgid(65534)
+os.setuid(65534)
+model = backend.TritonPythonModel()
+model.initialize(args)
+compiled = model.request.get_compiled_model()
+print(json.dumps({
+    "writable": os.access(os.path.join(version_dir, "ov-cache"), os.W_OK),
+    "cache": backend.cache_folder(version_dir),
+    "loaded_from_cache": bool(compiled.get_property("LOADED_FROM_CACHE")),
+}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user: needs root")
+def test_backend_loads_exports_blob_from_a_read_only_repository(ov_repository: Path) -> None:
+    """compose and Kubernetes mount the repository read-only and run Triton as another user:
+    the backend still loads export's compiled blob instead of compiling; a blob it cannot read
+    makes it compile (not fail), and nothing is written."""
+    model_dir = ov_repository / "covidct"
+    manifest = read_manifest(model_dir, 2)
+    assert manifest["openvino"]["precision"] == "int8"
+    params = {"covidct_model_spec": {"string_value": json.dumps(manifest["model_spec"])}}
+    config = {"parameters": params, "instance_group": [{"count": 1, "kind": "KIND_CPU"}]}
+    root = Path(tempfile.mkdtemp(prefix="covidct-ro-", dir="/tmp"))
+    try:
+        shutil.copytree(model_dir / "2", root / "2")
+        blobs = list((root / "2" / "ov-cache").iterdir())
+        assert blobs and all(b.stat().st_mode & 0o777 == 0o644 for b in blobs)  # as exported
+        answers = []
+        for readable in (True, False):
+            if not readable:
+                for blob in blobs:
+                    blob.chmod(0o400)  # as an older export left it, for a server of another user
+            for path in (root, *root.rglob("*")):
+                path.chmod(0o555 if path.is_dir() else path.stat().st_mode & 0o644)
+            args = {
+                "model_config": json.dumps(config),
+                "model_repository": str(root),
+                "model_version": "2",
+            }
+            done = subprocess.run(
+                [sys.executable, "-c", _READ_ONLY_LOAD, str(root / "2"), json.dumps(args)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                cwd=root,
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            answers.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            assert sorted((root / "2" / "ov-cache").iterdir()) == sorted(blobs)
+        cache = str(root / "2" / "ov-cache")
+        assert answers[0] == {"writable": False, "cache": cache, "loaded_from_cache": True}
+        assert answers[1] == {"writable": False, "cache": None, "loaded_from_cache": False}
+    finally:
+        for path in (root, *root.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(root)
