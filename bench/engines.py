@@ -225,7 +225,7 @@ class EngineChild:
             text=True,
         )
         try:
-            self.loaded: dict[str, Any] = self._reply()
+            self._reply()  # loaded
         except BenchError:
             self.close()
             raise

@@ -79,13 +79,14 @@ def check_precision(precision: str) -> None:
 
 
 def compile_model(
-    onnx_path: Path,
+    model: Path | Any,
     precision: str,
     hint: str = "LATENCY",
     threads: int = 0,
     cache_dir: Path | None = None,
 ) -> Any:
-    """OpenVINO's compiled model for ``onnx_path`` on the CPU.
+    """OpenVINO's compiled model on the CPU for ``model``: an ONNX file, or one already read
+    (:func:`read_model`; a caller compiling it twice reads it once).
 
     Compiled from the read model, not from the path: with a ``cache_dir`` OpenVINO keys a
     path's blob by the path itself, so the blob export compiles in its staging folder would
@@ -103,7 +104,16 @@ def compile_model(
     }
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    return core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+    return core.compile_model(
+        read_model(model) if isinstance(model, Path) else model, "CPU", config
+    )
+
+
+def read_model(onnx_path: Path) -> Any:
+    """The ONNX file as OpenVINO's model, ready to compile."""
+    import openvino as ov
+
+    return ov.Core().read_model(str(onnx_path))
 
 
 #: Batches of at least this many slices are split over OpenVINO's THROUGHPUT streams (one
@@ -130,7 +140,8 @@ class Engine:
         threads: int = 0,
         cache_dir: Path | None = None,
     ) -> None:
-        compiled = compile_model(onnx_path, precision, "LATENCY", threads, cache_dir)
+        model = read_model(onnx_path)  # read once, compiled once or twice
+        compiled = compile_model(model, precision, "LATENCY", threads, cache_dir)
         self.request = compiled.create_infer_request()
         self.streams_from_batch = streams_from_batch
         self.queue: Any = None
@@ -138,7 +149,7 @@ class Engine:
         if streams_from_batch:
             from openvino import AsyncInferQueue
 
-            streams = compile_model(onnx_path, precision, "THROUGHPUT", threads, cache_dir)
+            streams = compile_model(model, precision, "THROUGHPUT", threads, cache_dir)
             self.jobs = int(streams.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             self.queue = AsyncInferQueue(streams, self.jobs)
 
