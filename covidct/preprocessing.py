@@ -32,6 +32,14 @@ from PIL import Image, UnidentifiedImageError
 
 from covidct.config import WINDOW_CENTRE_HU, WINDOW_WIDTH_HU
 
+try:  # the compiled kernels (covidct/_native.c); the Python references below otherwise
+    from covidct import _native
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _native = None  # type: ignore[assignment]
+
+#: Whether the compiled kernels are in use (the gateway logs it; its image requires them).
+NATIVE = _native is not None
+
 Source = Literal["png", "jpeg", "dicom"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -266,21 +274,32 @@ def auto_body_box(grey: np.ndarray) -> Box:
         The body box, COVIDx-CT convention (exclusive max), clipped to the image.
     """
     h, w = grey.shape
-    mask = grey > _body_level()
-    bright_box = _extent(mask)
-    if bright_box is None:
-        return (0, 0, w, h)
-    left, top, right, bottom = bright_box
-    body = largest_component_box(_open_square(mask[top:bottom, left:right], BODY_OPENING // 2))
+    body = (
+        _native.largest_open_component(
+            np.ascontiguousarray(grey, np.uint8), w, h, _body_level(), BODY_OPENING // 2
+        )
+        if _native is not None
+        else open_component_box(grey)
+    )
     if body is None:
         return (0, 0, w, h)
     m = BODY_MARGIN
-    return (
-        max(0, left + body[0] - m),
-        max(0, top + body[1] - m),
-        min(w, left + body[2] + m),
-        min(h, top + body[3] + m),
-    )
+    return (max(0, body[0] - m), max(0, body[1] - m), min(w, body[2] + m), min(h, body[3] + m))
+
+
+def open_component_box(grey: np.ndarray) -> Box | None:
+    """The Python reference of the compiled body box (``_native.largest_open_component``):
+    the largest component of the opened bright mask, in image coordinates; None when no
+    bright pixel survives the opening."""
+    mask = grey > _body_level()
+    bright_box = _extent(mask)
+    if bright_box is None:
+        return None
+    left, top, right, bottom = bright_box
+    body = largest_component_box(_open_square(mask[top:bottom, left:right], BODY_OPENING // 2))
+    if body is None:
+        return None
+    return (left + body[0], top + body[1], left + body[2], top + body[3])
 
 
 def largest_component_box(mask: np.ndarray) -> Box | None:
@@ -411,23 +430,40 @@ def _check_shape(rows: int, cols: int, limits: Limits) -> None:
 _INERT_PNG_CHUNKS = frozenset((b"pHYs", b"tIME", b"gAMA", b"cHRM", b"sRGB", b"sBIT"))
 
 
-def _decode_grey8_png(data: bytes, limits: Limits) -> np.ndarray | None:
-    """The common case fast: an 8-bit grey, non-interlaced PNG (every COVIDx-CT slice).
+def grey8_png_pixels(data: bytes) -> int | None:
+    """The pixels an 8-bit grey, non-interlaced PNG declares (the kind the fast decoder takes),
+    read from its header alone; None for any other input. Tells the gateway what a decode will
+    cost before it starts one."""
+    shape = _grey8_png_shape(data)
+    return None if shape is None else shape[0] * shape[1]
 
-    Decoding a 512² slice is mostly inflating its pixel data and undoing the row filters.
-    ISA-L inflates about 3x faster than zlib; Pillow's PNG ("zip") decoder then undoes the
-    filters of the same rows framed as stored deflate blocks (:func:`_stored_zlib`), which costs
-    it no inflating and no PNG chunks to parse. Pixels are identical to Pillow's (tests compare
-    every real slice and fuzzed PNGs). None when the PNG is anything else, for Pillow to
-    decode; a corrupt PNG of this kind raises as Pillow's path would.
-    """
-    if len(data) < 33 or data[8:16] != b"\x00\x00\x00\rIHDR":
+
+def _grey8_png_shape(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the IHDR of an 8-bit grey, non-interlaced PNG; None otherwise."""
+    if len(data) < 33 or not data.startswith(PNG_MAGIC) or data[8:16] != b"\x00\x00\x00\rIHDR":
         return None
     width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(
         ">IIBBBBB", data, 16
     )
     if (depth, colour, compression, filtering, interlace) != (8, 0, 0, 0, 0):
         return None
+    return width, height
+
+
+def _decode_grey8_png(data: bytes, limits: Limits) -> np.ndarray | None:
+    """The common case fast: an 8-bit grey, non-interlaced PNG (every COVIDx-CT slice).
+
+    Decoding a 512² slice is mostly inflating its pixel data and undoing the row filters.
+    ISA-L inflates about 3x faster than zlib; the compiled ``unfilter_grey8`` then undoes the
+    filters (Pillow's decoder, :func:`_unfilter_with_pillow`, without the compiled kernels).
+    Pixels are identical to Pillow's (tests compare every real slice and fuzzed PNGs). None when
+    the PNG is anything else, for Pillow to decode; a corrupt PNG of this kind raises as
+    Pillow's path would.
+    """
+    shape = _grey8_png_shape(data)
+    if shape is None:
+        return None
+    width, height = shape
     _check_shape(height, width, limits)  # header only: nothing inflated yet
     idat: list[memoryview] = []
     view, at = memoryview(data), 33
@@ -450,6 +486,19 @@ def _decode_grey8_png(data: bytes, limits: Limits) -> np.ndarray | None:
         raise CorruptImageError("cannot decode image: the data is corrupt or truncated") from e
     if len(filtered) != rows:
         raise CorruptImageError("cannot decode image: the data is corrupt or truncated")
+    if _native is None:
+        return _unfilter_with_pillow(filtered, width, height)
+    pixels = np.empty((height, width), np.uint8)
+    try:
+        _native.unfilter_grey8(filtered, pixels, width, height)
+    except ValueError as e:  # a bad filter byte
+        raise CorruptImageError("cannot decode image: the data is corrupt or truncated") from e
+    return pixels
+
+
+def _unfilter_with_pillow(filtered: bytes, width: int, height: int) -> np.ndarray:
+    """The reference of ``_native.unfilter_grey8``: Pillow's PNG ("zip") decoder undoes the
+    filters of the rows framed as stored deflate blocks (no inflating, no chunks to parse)."""
     try:
         img = Image.frombytes("L", (width, height), _stored_zlib(filtered), "zip", "L")
     except (OSError, SyntaxError, ValueError) as e:  # a bad filter byte, for one

@@ -6,12 +6,16 @@
 #
 #   deploy/base-image.sh [NAME]     NAME defaults to covidct/base:bookworm; skipped when it
 #                                   exists (FORCE=1 rebuilds)
+#   deploy/base-image.sh NAME build the same plus gcc and the Python headers: the gateway
+#                                   image's build stage (BUILD_IMAGE) compiles covidct/_native.c
 # Env: MIRROR (default: the first Debian URI in the apt sources, else deb.debian.org).
 # The host's CA bundle is copied in when present: on machines whose package registries are
 # reached through a proxy with its own CA, pip inside the image needs it.
 set -euo pipefail
 
 name="${1:-covidct/base:bookworm}"
+packages=python3,python3-venv,libpython3.11,ca-certificates
+[ "${2:-}" = build ] && packages="$packages,gcc,libc6-dev,libpython3.11-dev"
 log() { printf '[base-image] %s\n' "$*" >&2; }
 
 if [ "${FORCE:-0}" != 1 ] && docker image inspect "$name" > /dev/null 2>&1; then
@@ -27,7 +31,7 @@ mirror="${mirror:-http://deb.debian.org/debian}"
 rootfs="$(mktemp -d /tmp/covidct-rootfs.XXXXXX)"
 trap 'rm -rf "$rootfs"' EXIT
 log "debootstrap bookworm from $mirror (about a minute)"
-debootstrap --variant=minbase --include=python3,python3-venv,libpython3.11,ca-certificates \
+debootstrap --variant=minbase --include="$packages" \
     bookworm "$rootfs" "$mirror" > "$rootfs.log" 2>&1 \
     || { log "debootstrap failed: $(tail -n 5 "$rootfs.log")"; rm -f "$rootfs.log"; exit 1; }
 rm -f "$rootfs.log"

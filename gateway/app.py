@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from covidct.preprocessing import NATIVE
 from gateway.deps import GatewayState, Metrics, request_id
 from gateway.envelope import Envelope
 from gateway.errors import BadRequest, GatewayError, HTTPProblem, problem_body
@@ -57,6 +58,8 @@ def create_app(
             settings, backend, metrics, anyio.CapacityLimiter(settings.preprocess_workers)
         )
         app.state.gw = state
+        if not NATIVE:
+            log.warning("covidct._native is not built: preprocessing runs its slower Python code")
         collector = ReplicaCollector(backend) if isinstance(backend, ReplicaSet) else None
         if collector is not None:
             metrics.registry.register(collector)

@@ -35,12 +35,16 @@ command -v kubectl >/dev/null 2>&1 \
     || { log "Python 3.11 is required (found $("$PY" --version))"; exit 1; }
 [[ -x $VENV/bin/python ]] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
 stamp=$VENV/.setup-stamp
-want=$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py covidct/_native.c requirements.lock scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     log "installing Python packages (pinned by requirements.lock)"
     "$VENV/bin/python" -m pip install -q --upgrade "pip==25.3"
     "$VENV/bin/python" -m pip install -q -c requirements.lock -e ".[dev]"
     "$VENV/bin/python" -m pip check
+    # covidct/_native.c is built by the editable install (setup.py); without it preprocessing
+    # falls back to its slower Python references, so a missing compiler fails here.
+    "$VENV/bin/python" -c 'import covidct._native' \
+        || { log "covidct._native did not build: install gcc and the Python 3.11 headers"; exit 1; }
     echo "$want" > "$stamp"
 else
     log "Python packages up to date"

@@ -1,13 +1,16 @@
 """Run at image build: the gateway's packages import and preprocess the real CT slices packaged
-with covidct (ISA-L and Pillow decode them, NumPy finds the body box), and nothing of
-training or export is here (nor SciPy: the body box no longer needs it)."""
+with covidct (ISA-L inflates them, the compiled kernels unfilter them and find the body box),
+and nothing of training or export is here (nor SciPy: the body box never needed it)."""
 
 import importlib.util
 import sys
 
 import gateway.app  # noqa: F401  (every route, settings, the Triton client)
-from covidct.preprocessing import preprocess_bytes
+from covidct.preprocessing import NATIVE, preprocess_bytes
 from covidct.samples import reference_slices
+
+if not NATIVE:
+    sys.exit("covidct._native did not build: the gateway would decode about 2x slower")
 
 slices = reference_slices()
 for path in slices:

@@ -10,7 +10,13 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 
 from covidct.config import ModelSpec
-from covidct.preprocessing import Preprocessed, PreprocessingError, preprocess_bytes
+from covidct.preprocessing import (
+    NATIVE,
+    Preprocessed,
+    PreprocessingError,
+    grey8_png_pixels,
+    preprocess_bytes,
+)
 from gateway.deps import request_id, state_of
 from gateway.errors import from_preprocessing
 from gateway.heatmap import overlay_png
@@ -37,13 +43,25 @@ def _preprocess(data: bytes, size: int) -> Preprocessed:
         raise from_preprocessing(e) from e
 
 
+def _inline(data: bytes, max_pixels: int) -> bool:
+    """Whether to preprocess on the event loop: a small 8-bit grey PNG with the compiled
+    kernels (see ``GatewaySettings.preprocess_inline_pixels``)."""
+    pixels = grey8_png_pixels(data) if NATIVE and max_pixels else None
+    return pixels is not None and pixels <= max_pixels
+
+
 async def predict_one(
     request: Request, data: bytes, heatmap: bool, version: str, spec: ModelSpec
 ) -> Prediction:
-    """Preprocess (worker thread), infer (Triton ``version``), build the typed answer."""
+    """Preprocess (inline or a worker thread), infer (Triton ``version``), build the answer."""
     gw = state_of(request)
     started = time.perf_counter()
-    result = await anyio.to_thread.run_sync(_preprocess, data, spec.image_size, limiter=gw.limiter)
+    if _inline(data, gw.settings.preprocess_inline_pixels):
+        result = _preprocess(data, spec.image_size)
+    else:
+        result = await anyio.to_thread.run_sync(
+            _preprocess, data, spec.image_size, limiter=gw.limiter
+        )
     t1 = time.perf_counter()
     inference = await gw.backend.infer(result.image[None], spec, version)
     t2 = time.perf_counter()

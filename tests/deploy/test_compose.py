@@ -5,10 +5,11 @@ exporting metrics, taking a ``covidct redeploy`` under load without a failed req
 containers running as non-root on read-only root filesystems.
 
 Needs a Docker daemon (DOCKER_HOST; ``make compose-test`` starts its own) and docker-compose.
-Images build on a debootstrap base (deploy/base-image.sh) from a wheelhouse filled by ``pip
-download`` on this host, since these machines reach no image registry; both are cached
-between runs (COVIDCT_COMPOSE_BASE_IMAGE=python:3.11-slim-bookworm uses the public base and
-PyPI instead). COVIDCT_TEST_CI_RUN=RUN serves that run instead of training a small one.
+Images build on debootstrap bases (deploy/base-image.sh: the runtime base, and a build base
+with a C compiler for the gateway's kernels) from a wheelhouse filled by ``pip download`` on this
+host, since these machines reach no image registry; all are cached between runs
+(COVIDCT_COMPOSE_BASE_IMAGE=python:3.11-slim-bookworm uses the public bases and PyPI instead).
+COVIDCT_TEST_CI_RUN=RUN serves that run instead of training a small one.
 """
 
 from __future__ import annotations
@@ -132,10 +133,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {**os.environ, "COVIDCT_IMAGE_TAG": TAG}
     if base:
         env["BASE_IMAGE"] = base
+        env["BUILD_IMAGE"] = os.environ.get("COVIDCT_COMPOSE_BUILD_IMAGE", "python:3.11-bookworm")
     else:
         sh("bash", REPO / "deploy" / "base-image.sh", "covidct/base:bookworm", env=env)
+        sh("bash", REPO / "deploy" / "base-image.sh", "covidct/build:bookworm", "build", env=env)
         fill_wheelhouse(env)
-        env.update(BASE_IMAGE="covidct/base:bookworm", PIP_NO_INDEX="1")
+        env.update(
+            BASE_IMAGE="covidct/base:bookworm",
+            BUILD_IMAGE="covidct/build:bookworm",
+            PIP_NO_INDEX="1",
+        )
     timings["base image and wheels"] = time.perf_counter() - t0
 
     run = small_run(tmp)

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from covidct.config import ModelSpec, Provenance
+from covidct.preprocessing import Preprocessed
 from gateway.app import create_app
 from gateway.errors import InferenceTimeout, NotReady
 from gateway.settings import GatewaySettings
@@ -86,6 +87,34 @@ def test_predict_multipart_png(png: bytes) -> None:
     assert r.headers["x-request-id"] == body["request_id"]
     assert "heatmap" not in body
     assert set(body["timings"]) == {"preprocess_ms", "inference_ms", "total_ms"}
+
+
+@pytest.mark.parametrize("inline_pixels", [512 * 512, 0])
+def test_small_grey_pngs_are_preprocessed_on_the_event_loop(
+    png: bytes, fixtures: Path, inline_pixels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 512² CT PNG (about 1.5 ms with the compiled kernels) skips the worker-thread hand-off;
+    DICOM always goes to a worker thread, and so does everything with the setting at 0."""
+    import gateway.routes.predict as predict_route
+
+    on_loop: list[bool] = []
+    original = predict_route._preprocess
+
+    def spy(data: bytes, size: int) -> Preprocessed:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # a worker thread runs no event loop
+            on_loop.append(False)
+        return original(data, size)
+
+    monkeypatch.setattr(predict_route, "_preprocess", spy)
+    dcm = (fixtures / "dicom" / "normal002__IM0042.dcm").read_bytes()
+    with client(preprocess_inline_pixels=inline_pixels) as c:
+        for body in (png, dcm):
+            r = c.post("/v1/predict", files={"file": ("slice", body, "application/octet-stream")})
+            assert r.status_code == 200, r.text
+    assert on_loop == [inline_pixels > 0, False]
 
 
 def test_raw_dicom_body_and_heatmap(fixtures: Path) -> None:
