@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from bench.corpus import real_data_dir, real_pngs
 from bench.load import Upload, load_level
 from bench.sweep import BenchError, save
 from covidct.config import ModelSpec, Provenance
+from covidct.preprocessing import preprocess_bytes, python_references
 from export.tritonconfig import ServingConfig, render_config
 from gateway.protocol import UVICORN_ARGS
 from serving.server import TritonError, TritonServer, free_port
@@ -225,6 +227,69 @@ def running_gateway(
         proc.wait(timeout=30)
 
 
+#: The setting that moves small grey PNGs' preprocessing to the worker threads (the design
+#: before the event-loop path): measured beside the default at one worker.
+THREADS_ENV = {"COVIDCT_PREPROCESS_INLINE_PIXELS": "0"}
+
+
+def preprocessing_costs(pngs: Sequence[bytes], rounds: int = 7) -> dict[str, float]:
+    """Milliseconds to preprocess one real slice on one core, compiled kernels vs the Python
+    references, interleaved round by round; the median round of each."""
+    times: dict[str, list[float]] = {"compiled kernels": [], "Python references": []}
+    for _ in range(rounds):
+        for name in times:
+            with contextlib.ExitStack() as stack:
+                if name == "Python references":
+                    stack.enter_context(python_references())
+                started = time.perf_counter()
+                for data in pngs:
+                    preprocess_bytes(data, 224)
+                times[name].append((time.perf_counter() - started) * 1000 / len(pngs))
+    return {name: statistics.median(ms) for name, ms in times.items()}
+
+
+def _capacity_row(
+    server: TritonServer,
+    uploads: Sequence[Upload],
+    workers: int,
+    threads: bool,
+    concurrency: int,
+    seconds: float,
+    requests: int,
+    log: Path,
+    spy_to: Path | None,
+) -> dict[str, Any]:
+    assert server.process is not None
+    env = THREADS_ENV if threads else None
+    with running_gateway(server, workers, log, env) as (url, proc):
+        load_level(url, uploads, concurrency, 200, 10)  # warm every worker
+        gw0, tr0 = cpu_seconds(proc.pid), cpu_seconds(server.process.pid)
+        spy = _py_spy(proc.pid, seconds - 1, spy_to) if spy_to is not None else None
+        client0, wall0 = time.process_time(), time.perf_counter()
+        result = load_level(url, uploads, concurrency, requests, seconds)
+        wall = time.perf_counter() - wall0
+        if spy is not None:  # sampled for seconds - 1: finished by now or soon
+            spy.wait(timeout=60)
+        gw = cpu_seconds(proc.pid) - gw0
+        tr = cpu_seconds(server.process.pid) - tr0
+        client = time.process_time() - client0
+    done = round(result.row.throughput * wall)
+    return {
+        "workers": workers,
+        "preprocessing": "worker threads" if threads else "event loop",
+        "uploads": done,
+        "failures": result.failures,
+        "uploads_per_s": result.row.throughput,
+        "p50_ms": result.row.p50 / 1000,
+        "p99_ms": result.row.p99 / 1000,
+        "gateway_cpu_s": gw,
+        "triton_cpu_s": tr,
+        "client_cpu_s": client,
+        "wall_s": wall,
+        "per_gateway_core": done / gw if gw else 0.0,
+    }
+
+
 def run_capacity_bench(
     out: Path,
     workers: Sequence[int] = (1, 2),
@@ -233,50 +298,31 @@ def run_capacity_bench(
     requests: int = 20000,
     profile: bool = False,
 ) -> str:
-    """The whole ``covidct bench capacity`` command; returns its Markdown section."""
+    """The whole ``covidct bench capacity`` command; returns its Markdown section.
+
+    Rows: each worker count as configured (small PNGs preprocessed on the event loop), and
+    right after the first, the same worker count with preprocessing in the worker threads.
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.txt").unlink(missing_ok=True)
     pngs = real_pngs(real_data_dir())[:16]
     uploads = [Upload(p.name, p.read_bytes(), "image/png") for p in pngs]
+    configs = [(n, False) for n in workers]
+    configs.insert(1, (workers[0], True))
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "models"
         spec = identity_repository(repo)
         with running_triton(repo, Path(tmp) / "triton.log") as server:
-            assert server.process is not None
-            for n in workers:
-                with running_gateway(server, n, Path(tmp) / f"gateway{n}.log") as (url, proc):
-                    load_level(url, uploads, concurrency, 200, 10)  # warm every worker
-                    gw0, tr0 = cpu_seconds(proc.pid), cpu_seconds(server.process.pid)
-                    spy = (
-                        _py_spy(proc.pid, seconds - 1, out / "profile.txt")
-                        if profile and n == 1
-                        else None
-                    )
-                    client0, wall0 = time.process_time(), time.perf_counter()
-                    result = load_level(url, uploads, concurrency, requests, seconds)
-                    wall = time.perf_counter() - wall0
-                    if spy is not None:  # sampled for seconds - 1: finished by now or soon
-                        spy.wait(timeout=60)
-                    gw = cpu_seconds(proc.pid) - gw0
-                    tr = cpu_seconds(server.process.pid) - tr0
-                    client = time.process_time() - client0
-                done = round(result.row.throughput * wall)
+            for i, (n, threads) in enumerate(configs):
+                spy_to = out / "profile.txt" if profile and i == 0 else None
+                log = Path(tmp) / f"gateway{i}.log"
                 rows.append(
-                    {
-                        "workers": n,
-                        "uploads": done,
-                        "failures": result.failures,
-                        "uploads_per_s": result.row.throughput,
-                        "p50_ms": result.row.p50 / 1000,
-                        "p99_ms": result.row.p99 / 1000,
-                        "gateway_cpu_s": gw,
-                        "triton_cpu_s": tr,
-                        "client_cpu_s": client,
-                        "wall_s": wall,
-                        "per_gateway_core": done / gw if gw else 0.0,
-                    }
+                    _capacity_row(
+                        server, uploads, n, threads, concurrency, seconds, requests, log, spy_to
+                    )
                 )
+    costs = preprocessing_costs([u.body for u in uploads])
     lines = [
         f"## covidct bench capacity (identity model, S={spec.image_size})",
         "",
@@ -284,19 +330,30 @@ def run_capacity_bench(
         f"processes, {concurrency} kept-alive connections uploading {len(uploads)} real 512² "
         f"PNG slices in turn for {seconds:g} s per row. 'Per gateway core' is uploads divided "
         "by the CPU seconds of the gateway processes (from /proc); Triton and the load "
-        f"generator share the same {os.cpu_count()} cores.",
+        f"generator share the same {os.cpu_count()} cores. 'Preprocessing' says where a "
+        "slice is preprocessed: on the event loop (the default for 8-bit grey PNGs up to 512², "
+        "`COVIDCT_PREPROCESS_INLINE_PIXELS`) or handed to the worker threads (the setting at 0).",
         "",
-        "| workers | uploads/s | p50 ms | p99 ms | failed | gateway CPU s | Triton CPU s | "
-        "client CPU s | uploads per gateway core-s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | preprocessing | uploads/s | p50 ms | p99 ms | failed | gateway CPU s | "
+        "Triton CPU s | client CPU s | uploads per gateway core-s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['workers']} | {r['uploads_per_s']:.0f} | {r['p50_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['failures']} | {r['gateway_cpu_s']:.1f} | "
-            f"{r['triton_cpu_s']:.1f} | {r['client_cpu_s']:.1f} | {r['per_gateway_core']:.0f} |"
+            f"| {r['workers']} | {r['preprocessing']} | {r['uploads_per_s']:.0f} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['failures']} | "
+            f"{r['gateway_cpu_s']:.1f} | {r['triton_cpu_s']:.1f} | {r['client_cpu_s']:.1f} | "
+            f"{r['per_gateway_core']:.0f} |"
         )
-    lines.append("")
+    kernels, references = costs["compiled kernels"], costs["Python references"]
+    lines += [
+        "",
+        f"Preprocessing one real slice on one core, in the bench process (median of 7 "
+        f"interleaved rounds over the same {len(uploads)} slices): compiled kernels "
+        f"{kernels:.2f} ms, Python references {references:.2f} ms "
+        f"({references / kernels:.2f}x; identical model inputs, tests compare them).",
+        "",
+    ]
     shares = profile_summary(out / "profile.txt") if (out / "profile.txt").is_file() else {}
     if shares:
         lines += [
@@ -311,6 +368,12 @@ def run_capacity_bench(
         out,
         "capacity",
         section,
-        {"rows": rows, "concurrency": concurrency, "seconds": seconds, "profile": shares},
+        {
+            "rows": rows,
+            "concurrency": concurrency,
+            "seconds": seconds,
+            "profile": shares,
+            "preprocessing_ms": costs,
+        },
     )
     return section

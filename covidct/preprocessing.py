@@ -16,10 +16,12 @@ Steps:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -39,6 +41,19 @@ except ImportError:  # pragma: no cover - a build without a C compiler
 
 #: Whether the compiled kernels are in use (the gateway logs it; its image requires them).
 NATIVE = _native is not None
+
+
+@contextlib.contextmanager
+def python_references() -> Iterator[None]:
+    """Run the Python references instead of the compiled kernels for the length of a block
+    (tests and ``covidct bench capacity`` compare the two; not for serving: process-wide)."""
+    global _native
+    kept = _native
+    _native = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _native = kept
 
 Source = Literal["png", "jpeg", "dicom"]
 

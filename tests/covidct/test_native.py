@@ -160,15 +160,15 @@ def test_body_box_refuses_a_buffer_that_does_not_fit() -> None:
         native.largest_open_component(np.zeros((4, 4), np.uint8), 5, 4, 10, 1)
 
 
-def test_preprocessing_without_the_kernels_gives_the_same_input(
-    real_data: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_preprocessing_without_the_kernels_gives_the_same_input(real_data: Path) -> None:
     """The Python references are the fallback where the kernels could not be built."""
     paths = real_pngs(real_data)[::20]
     fast = [pp.preprocess_bytes(p.read_bytes(), 224) for p in paths]
-    monkeypatch.setattr(pp, "_native", None)
-    for path, ours in zip(paths, fast, strict=True):
-        reference = pp.preprocess_bytes(path.read_bytes(), 224)
+    with pp.python_references():
+        assert pp._native is None
+        references = [pp.preprocess_bytes(p.read_bytes(), 224) for p in paths]
+    assert pp._native is native
+    for path, ours, reference in zip(paths, fast, references, strict=True):
         assert reference.box == ours.box, path.name
         np.testing.assert_array_equal(reference.image, ours.image, path.name)
 

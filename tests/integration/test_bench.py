@@ -185,9 +185,18 @@ def test_bench_capacity_with_the_identity_model(tmp_path: Path) -> None:
             out,
         )
     )
-    (row,) = json.loads((out / "result.json").read_text())["rows"]
-    assert row["failures"] == 0 and row["uploads"] > 10
-    assert row["gateway_cpu_s"] > 0 and row["per_gateway_core"] > 0
+    result = json.loads((out / "result.json").read_text())
+    rows = result["rows"]  # the worker count, then the same with preprocessing in threads
+    assert [(r["workers"], r["preprocessing"]) for r in rows] == [
+        (1, "event loop"),
+        (1, "worker threads"),
+    ]
+    for row in rows:
+        assert row["failures"] == 0 and row["uploads"] > 10
+        assert row["gateway_cpu_s"] > 0 and row["per_gateway_core"] > 0
+    costs = result["preprocessing_ms"]
+    assert set(costs) == {"compiled kernels", "Python references"}
+    assert all(0 < ms < 100 for ms in costs.values())
 
 
 @ci_group
