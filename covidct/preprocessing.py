@@ -55,6 +55,7 @@ def python_references() -> Iterator[None]:
     finally:
         _native = kept
 
+
 Source = Literal["png", "jpeg", "dicom"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -446,11 +447,21 @@ _INERT_PNG_CHUNKS = frozenset((b"pHYs", b"tIME", b"gAMA", b"cHRM", b"sRGB", b"sB
 
 
 def grey8_png_pixels(data: bytes) -> int | None:
-    """The pixels an 8-bit grey, non-interlaced PNG declares (the kind the fast decoder takes),
-    read from its header alone; None for any other input. Tells the gateway what a decode will
-    cost before it starts one."""
+    """The pixels of a PNG the fast decoder takes (8-bit grey, not interlaced, no chunk before
+    its pixel data that Pillow must judge), read from its chunk headers alone; None for any
+    other input. Tells the gateway what a decode will cost before it starts one."""
     shape = _grey8_png_shape(data)
-    return None if shape is None else shape[0] * shape[1]
+    if shape is None:
+        return None
+    at = 33
+    while at + 8 <= len(data):
+        kind = data[at + 4 : at + 8]
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind not in _INERT_PNG_CHUNKS:
+            return None  # Pillow decodes it (a text chunk may inflate to 64 MiB)
+        at += 12 + struct.unpack_from(">I", data, at)[0]
+    return shape[0] * shape[1]
 
 
 def _grey8_png_shape(data: bytes) -> tuple[int, int] | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from bench.corpus import real_pngs
 from covidct import preprocessing as pp
@@ -183,3 +183,12 @@ def test_grey8_png_pixels_reads_the_header_only(real_data: Path, fixtures: Path)
     Image.new("I;16", (70, 80)).save(wide, "PNG")
     for other in (rgb.getvalue(), wide.getvalue(), b"", b"\xff\xd8\xff" + data[3:], data[:20]):
         assert pp.grey8_png_pixels(other) is None
+    # A chunk before the pixels decides: inert ones keep the fast path, text goes to Pillow.
+    grey = Image.fromarray(np.zeros((80, 70), np.uint8))
+    with_dpi, with_text = io.BytesIO(), io.BytesIO()
+    grey.save(with_dpi, "PNG", dpi=(72, 72))
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "text")
+    grey.save(with_text, "PNG", pnginfo=text)
+    assert pp.grey8_png_pixels(with_dpi.getvalue()) == 80 * 70
+    assert pp.grey8_png_pixels(with_text.getvalue()) is None
