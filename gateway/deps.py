@@ -6,6 +6,7 @@ through ``state_of(request)`` and never import the app.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -57,18 +58,28 @@ class GatewayState:
     shared: SharedServing | None = None  # with COVIDCT_SERVING_DIR: every process switches
     in_flight: int = 0
     studies: int = 0
+    shed_at: float = -1e9  # time.monotonic() of the last 503 for saturation
 
     def __post_init__(self) -> None:
         self.serving = ServingVersions(self.backend, self.settings.model_version)
         if self.settings.serving_dir:
             self.shared = SharedServing(Path(self.settings.serving_dir), self.serving)
 
+    def shed(self) -> None:
+        """Count a 503 for saturation (and remember when: see ``shedding``)."""
+        self.metrics.rejections.inc()
+        self.shed_at = time.monotonic()
+
+    def shedding(self, within_s: float = 1.0) -> bool:
+        """Whether the gateway answered a 503 for saturation in the last ``within_s``."""
+        return time.monotonic() - self.shed_at < within_s
+
     @asynccontextmanager
     async def slot(self, units: int = 1) -> AsyncIterator[None]:
         """Admit ``units`` concurrent predictions, or answer 503 with Retry-After at once when
         they would pass the in-flight limit."""
         if units and self.in_flight + units > self.settings.max_in_flight:
-            self.metrics.rejections.inc()
+            self.shed()
             raise Saturated(
                 f"{self.in_flight} predictions in flight (limit {self.settings.max_in_flight})",
                 self.settings.retry_after_s,
@@ -86,7 +97,7 @@ class GatewayState:
         """Admit one study (its upload is spooled to disk: this bounds the spool), or 503."""
         limit = self.settings.max_studies_in_flight
         if self.studies >= limit:
-            self.metrics.rejections.inc()
+            self.shed()
             raise Saturated(
                 f"{self.studies} studies in flight (limit {limit})", self.settings.retry_after_s
             )

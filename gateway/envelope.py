@@ -102,7 +102,7 @@ class Envelope:
         if path in PREDICT_PATHS and state is not None:
             limit = self.settings.max_in_flight
             if state.in_flight >= limit:
-                self.metrics.rejections.inc()
+                state.shed()
                 return Saturated(
                     f"{state.in_flight} predictions in flight (limit {limit})",
                     self.settings.retry_after_s,

@@ -44,9 +44,10 @@ class GatewaySettings(BaseSettings):
     max_upload_bytes: int = 64 * 1024 * 1024  # one slice (a 512x512 DICOM is about 0.5 MB)
     preprocess_workers: int = 2
     # An 8-bit grey PNG of at most this many pixels (a CT slice: 512 x 512) is preprocessed on
-    # the event loop, about 1.5 ms with the compiled kernels: handing it to a worker thread
-    # costs more CPU than that under load (BENCHMARKS.md, bench capacity). Anything else (DICOM,
-    # JPEG, larger or other PNGs) goes to the preprocess_workers threads. 0: always threads.
+    # the event loop, about 2 ms with the compiled kernels: handing it to a worker thread costs
+    # more CPU than that under load (BENCHMARKS.md, bench capacity). Anything else (DICOM,
+    # JPEG, larger or other PNGs), and every upload while max_in_flight is reached (the loop
+    # then answers 503s), goes to the preprocess_workers threads. 0: always threads.
     preprocess_inline_pixels: int = 512 * 512
     grpc_max_message_mb: int = 256
     max_study_slices: int = 1000

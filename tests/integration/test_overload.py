@@ -25,11 +25,14 @@ def test_ten_times_the_capacity_gets_200_or_a_fast_503_and_memory_stays_in_budge
         assert phase["rejected_without_retry_after"] == 0
         assert phase["statuses"].get("200", 0) > 0, "nothing admitted under overload"
     assert over["statuses"].get("503", 0) > over["statuses"].get("200", 0)
-    # A fast 503: p99 3-14 ms alone, 58-85 ms in suites where another test loads the second
-    # core. The median 503 is two orders of magnitude faster than the median admitted answer
-    # (3.4 vs 339 ms alone; admitted answers were ~650 ms before preprocessing got faster,
-    # when this compared the 503s' p99 with a quarter of that).
-    assert over["rejected_p99_ms"] < 100, over
+    # A fast 503. The flood is ten times the measured capacity, which the compiled
+    # preprocessing kernels doubled (to 240-350 uploads/s): the Python load generator now sends
+    # 2,400-3,300 requests/s on the same two cores. 503 p50 / p99: 5 / 86 ms alone, 15 / 113 ms
+    # with a busy loop on the second core (as in the suite); at about 1,400 requests/s before
+    # the kernels, 3-14 ms p99 alone and 58-85 in suites (the old bound here was 100). A 503
+    # stuck behind an admitted request's work would take hundreds of ms (admitted p50 160-390).
+    assert over["rejected_p50_ms"] < 50, over
+    assert over["rejected_p99_ms"] < 250, over
     assert over["rejected_p50_ms"] < over["ok_p50_ms"] / 10, over
     assert f["rss_peak_overload_mib"] < f["rss_budget_mib"], f
     assert f["rss_peak_large_mib"] < f["rss_budget_mib"], f
