@@ -46,8 +46,9 @@ class GatewaySettings(BaseSettings):
     # An 8-bit grey PNG of at most this many pixels (a CT slice: 512 x 512) is preprocessed on
     # the event loop, about 2 ms with the compiled kernels: handing it to a worker thread costs
     # more CPU than that under load (BENCHMARKS.md, bench capacity). Anything else (DICOM,
-    # JPEG, larger or other PNGs), and every upload while max_in_flight is reached (the loop
-    # then answers 503s), goes to the preprocess_workers threads. 0: always threads.
+    # JPEG, larger or other PNGs), and every upload while the gateway is shedding load (a 503
+    # for saturation in the last second: the loop then answers those first), goes to the
+    # preprocess_workers threads. 0: always threads.
     preprocess_inline_pixels: int = 512 * 512
     grpc_max_message_mb: int = 256
     max_study_slices: int = 1000

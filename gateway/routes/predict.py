@@ -48,7 +48,7 @@ def _inline(gw: GatewayState, data: bytes) -> bool:
     kernels (see ``GatewaySettings.preprocess_inline_pixels``), unless the gateway is shedding
     load. While it answers 503s for saturation, the loop's time goes to answering them at once
     and the worker threads take the decoding (under 10x overload, decoding on the loop held
-    the 503s' median near 40 ms; with the threads it stays under 10)."""
+    the 503s' median near 40 ms; with the threads, about 5: RELIABILITY.md)."""
     max_pixels = gw.settings.preprocess_inline_pixels
     if not (NATIVE and max_pixels) or gw.shedding():
         return False
