@@ -159,7 +159,7 @@ def gateway_step(repo: Path, out: Path, ort_threads: int | None = None, *extra: 
             "--url",
             url,
             "--triton",
-            f"127.0.0.1:{server.grpc_port}",
+            server.grpc_address,
             "--out",
             out,
             *extra,

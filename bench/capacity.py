@@ -26,7 +26,7 @@ from bench.load import Upload, load_level
 from bench.sweep import BenchError, save
 from covidct.config import ModelSpec, Provenance
 from covidct.preprocessing import preprocess_bytes, python_references
-from export.tritonconfig import ServingConfig, render_config
+from export.tritonconfig import TritonOptions, render_config
 from gateway.protocol import UVICORN_ARGS
 from serving.server import TritonError, TritonServer, free_port
 
@@ -45,7 +45,7 @@ def identity_repository(root: Path, size: int = 224) -> ModelSpec:
     (model / "1").mkdir(parents=True)
     (model / "1" / "model.py").write_text(IDENTITY_MODEL.read_text())
     (model / "labels.txt").write_text("\n".join(spec.class_names) + "\n")
-    serving = ServingConfig(max_batch_size=32, max_queue_delay_us=500)
+    serving = TritonOptions(max_batch_size=32, max_queue_delay_us=500)
     (model / "config.pbtxt").write_text(render_config(spec, serving, CAM_HW))
     return spec
 
@@ -215,7 +215,7 @@ def running_gateway(
     """The gateway in front of ``servers`` (several: it balances over them), ready, for the
     length of a block: (URL, process)."""
     servers = [servers] if isinstance(servers, TritonServer) else servers
-    addresses = ",".join(f"127.0.0.1:{s.grpc_port}" for s in servers)
+    addresses = ",".join(s.grpc_address for s in servers)
     port = free_port()
     proc = gateway_process(addresses, port, workers, log, env)
     try:

@@ -257,7 +257,7 @@ def _triton(tmp: str, repository: Path | None, grpc: str | None) -> Iterator[str
         repo = Path(tmp) / "models"
         identity_repository(repo)
     with running_triton(repo, Path(tmp) / "triton.log") as server:
-        yield f"127.0.0.1:{server.grpc_port}"
+        yield server.grpc_address
 
 
 def overload_markdown(f: dict[str, Any]) -> str:

@@ -156,8 +156,7 @@ def triton(repository: Path | None, url: str | None, protocol: str) -> Iterator[
         except TritonError as e:
             raise BenchError(str(e)) from e
         try:
-            port = server.grpc_port if protocol == "grpc" else server.http_port
-            yield f"127.0.0.1:{port}"
+            yield server.grpc_address if protocol == "grpc" else server.url.removeprefix("http://")
         finally:
             server.stop()
 

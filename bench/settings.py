@@ -8,7 +8,7 @@ at concurrency >= 4, among configurations whose median latency
 at concurrency 1 is within 10% of the best (load must not cost the single user). The
 median, not p99: a 4-second window holds about 70 requests at concurrency 1, so its p99 is
 one request, and one stray 150 ms answer decided the first measured run. A unit test holds
-``ServingConfig``'s defaults to the committed recommendation.
+``TritonOptions``'s defaults to the committed recommendation.
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ from pathlib import Path
 from bench.sweep import BenchError, Row, plot, rel, save
 from covidct.config import ModelSpec
 from export.repository import read_manifest, version_cam_hw, versions
-from export.tritonconfig import RepositoryError, ServingConfig, render_config
+from export.tritonconfig import RepositoryError, TritonOptions, render_config
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    serving: ServingConfig
+    serving: TritonOptions
 
 
-def variants(base: ServingConfig) -> list[Variant]:
+def variants(base: TritonOptions) -> list[Variant]:
     cpu = replace(base, target="cpu")
     return [
         Variant("no batching, 1 instance", replace(cpu, dynamic_batching=False, instance_count=1)),
@@ -66,7 +66,7 @@ def _variant_repository(
     src: Path,
     version: int,
     dst: Path,
-    serving: ServingConfig,
+    serving: TritonOptions,
     spec: ModelSpec,
     cam_hw: tuple[int, int],
 ) -> None:
@@ -106,7 +106,7 @@ def run_settings_bench(
         cam_hw = version_cam_hw(src, manifest, spec)
     except RepositoryError as e:
         raise BenchError(str(e)) from e
-    chosen = variants(ServingConfig())
+    chosen = variants(TritonOptions())
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         # every variant served at once (idle servers cost no CPU), swept level by level in
         # turn: a machine that slows down mid-run slows every variant alike
@@ -121,7 +121,7 @@ def run_settings_bench(
                 stack.enter_context(server)
             except TritonError as e:
                 raise BenchError(f"{variant.name}: {e}") from e
-            url = f"127.0.0.1:{server.grpc_port}"
+            url = server.grpc_address
             targets.append(Served(variant.name, url, "1", f"variant{i}"))
         results = sweep(
             targets,
@@ -134,7 +134,7 @@ def run_settings_bench(
         )
     pick = recommend(results)
     picked = next(v for v in chosen if v.name == pick)
-    defaults = ServingConfig()
+    defaults = TritonOptions()
     follows = all(
         getattr(defaults, k) == getattr(picked.serving, k)
         for k in ("dynamic_batching", "max_queue_delay_us", "instance_count")
@@ -164,7 +164,7 @@ def run_settings_bench(
         f"Recommended: **{pick}**. `covidct export` defaults (dynamic batching "
         f"{'on' if defaults.dynamic_batching else 'off'}, queue delay "
         f"{defaults.max_queue_delay_us} µs, {defaults.instance_count} instance(s)) "
-        + ("follow it." if follows else "do NOT follow it yet: change ServingConfig's defaults."),
+        + ("follow it." if follows else "do NOT follow it yet: change TritonOptions's defaults."),
         "",
         f"![settings]({rel(out / 'settings.png')})",
         "",

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from covidct.errors import CovidctError
+
 COLUMNS = (
     "Concurrency",
     "Inferences/Second",
@@ -42,7 +44,7 @@ LATENCY_PARTS = (
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class BenchError(RuntimeError):
+class BenchError(CovidctError, RuntimeError):
     """A benchmark cannot run as asked; the message says why."""
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.common import ModelOpt, err, fail
+from covidct.addresses import DEFAULT_GATEWAY_URL
 
 bench_app = typer.Typer(
     help="Benchmarks whose output goes into BENCHMARKS.md.", no_args_is_help=True
@@ -119,7 +120,7 @@ def bench_triton(
 
 @bench_app.command("gateway")
 def bench_gateway(
-    url: Annotated[str, typer.Option(help="Gateway URL.")] = "http://127.0.0.1:8080",
+    url: Annotated[str, typer.Option(help="Gateway URL.")] = DEFAULT_GATEWAY_URL,
     triton: Annotated[
         str | None, typer.Option(help="Also measure Triton directly (gRPC HOST:PORT).")
     ] = None,

@@ -17,9 +17,14 @@ RepositoryOpt = Annotated[Path, typer.Option(help="Triton model repository.")]
 ModelOpt = Annotated[str, typer.Option(help="Model name.")]
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``message`` literally (no markup, no emoji codes) as an error and exit."""
+def print_error(message: str) -> None:
+    """Print ``message`` literally (no markup, no emoji codes) as an error."""
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``message`` as an error and exit: for what the command itself finds wrong."""
+    print_error(message)
     raise typer.Exit(code)
 
 

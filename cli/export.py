@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from cli.common import RepositoryOpt, err, fail
-from export.tritonconfig import RepositoryError, ServingConfig
+from export.tritonconfig import RepositoryError, TritonOptions
 
-SERVING_DEFAULTS = ServingConfig()
+TRITON_DEFAULTS = TritonOptions()
 
 app = typer.Typer()
 
@@ -52,23 +52,23 @@ def export_cmd(
     ] = None,
     max_batch_size: Annotated[
         int, typer.Option(help="Largest batch Triton forms.")
-    ] = SERVING_DEFAULTS.max_batch_size,
+    ] = TRITON_DEFAULTS.max_batch_size,
     dynamic_batching: Annotated[
         bool, typer.Option(help="Dynamic batching (default: what `covidct bench settings` chose).")
-    ] = SERVING_DEFAULTS.dynamic_batching,
+    ] = TRITON_DEFAULTS.dynamic_batching,
     max_queue_delay_us: Annotated[
         int, typer.Option(help="Dynamic batcher wait.")
-    ] = SERVING_DEFAULTS.max_queue_delay_us,
+    ] = TRITON_DEFAULTS.max_queue_delay_us,
     instances: Annotated[
         int, typer.Option(help="Model instances.")
-    ] = SERVING_DEFAULTS.instance_count,
+    ] = TRITON_DEFAULTS.instance_count,
     versions_kept: Annotated[
         int,
         typer.Option(
             help="Versions Triton serves (the latest N): more than 2 to serve several "
             "targets or precisions of one model side by side."
         ),
-    ] = SERVING_DEFAULTS.versions_kept,
+    ] = TRITON_DEFAULTS.versions_kept,
 ) -> None:
     """Export a run as the next version of its Triton model: ONNX, parity check, config."""
     from export.onnx import ExportError
@@ -79,7 +79,7 @@ def export_cmd(
     if target == "auto" and (int8 or precision is not None):
         target = "cpu" if int8 else "openvino"
     try:
-        serving = ServingConfig(  # auto: export_auto sets the target and precision
+        serving = TritonOptions(  # auto: export_auto sets the target and precision
             target="cpu" if target == "auto" else target,
             precision=precision or "fp32",
             max_batch_size=max_batch_size,

@@ -101,11 +101,11 @@ def redeploy(
     cache_dir: Annotated[Path | None, typer.Option(help="Prepared-cache root.")] = None,
 ) -> None:
     """Retrain (or take a run), gate it against production, and switch with zero downtime."""
+    from rollout.control import DeployError
     from rollout.deployment import DeployOptions
     from rollout.gate import GateTolerances
     from rollout.redeploy import describe
     from rollout.redeploy import redeploy as run_redeploy
-    from serving.control import DeployError
 
     try:
         tolerances = GateTolerances(
@@ -157,10 +157,10 @@ def rollback(
     log: LogOpt = None,
 ) -> None:
     """Switch back to an earlier version with the same zero-downtime protocol."""
+    from rollout.control import DeployError
     from rollout.deployment import DeployOptions
     from rollout.redeploy import describe
     from rollout.redeploy import rollback as run_rollback
-    from serving.control import DeployError
 
     opts = DeployOptions(
         repository=repository,

@@ -2,7 +2,7 @@
 ``dns:NAME:PORT`` (every address NAME resolves to: a Kubernetes headless Service).
 
 The gateway balances over them (``gateway.replicas``, re-resolving at each probe); a redeploy
-drives each of them (``serving.control.TritonFleet``, resolving once at its start).
+drives each of them (``rollout.control.TritonFleet``, resolving once at its start).
 """
 
 from __future__ import annotations
@@ -10,6 +10,23 @@ from __future__ import annotations
 import socket
 
 DNS_PREFIX = "dns:"
+
+#: Where local runs and tests listen: loopback only (containers bind 0.0.0.0 themselves).
+LOCALHOST = "127.0.0.1"
+#: Triton's standard ports (as in NVIDIA's images): HTTP/REST, gRPC, Prometheus metrics.
+TRITON_HTTP_PORT = 8000
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+#: The gateway's port, and the Triton address every client defaults to.
+GATEWAY_PORT = 8080
+DEFAULT_TRITON_URL = f"{LOCALHOST}:{TRITON_GRPC_PORT}"
+DEFAULT_GATEWAY_URL = f"http://{LOCALHOST}:{GATEWAY_PORT}"
+
+
+def host_port(host: str, port: int) -> str:
+    """``HOST:PORT`` a client can dial: a wildcard bind address becomes loopback, IPv6 bracketed."""
+    host = LOCALHOST if host in ("0.0.0.0", "") else host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_targets(url: str) -> tuple[list[str], tuple[str, int] | None]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covidct.errors import CovidctError
+
 #: COVIDx-CT class order (Normal=0, Pneumonia=1, COVID-19=2). Never reorder.
 CLASS_NAMES: tuple[str, ...] = ("Normal", "Pneumonia", "COVID-19")
 
@@ -37,7 +39,7 @@ NOT_A_MEDICAL_DEVICE = (
 SYNTHETIC_DATA_NOTE = "Trained on synthetic data: its outputs say nothing about real patients."
 
 
-class SpecError(ValueError):
+class SpecError(CovidctError, ValueError):
     """A ModelSpec (or its JSON file) is invalid; the message says which field and why."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from covidct.config import CLASS_NAMES
+from covidct.errors import CovidctError
 
 SPLITS = ("train", "val", "test")
 IMAGE_DIR = "images"
@@ -121,7 +122,7 @@ class Dataset:
         }
 
 
-class DatasetError(Exception):
+class DatasetError(CovidctError):
     """A folder cannot be used; ``problems`` lists every reason."""
 
     def __init__(self, root: Path, problems: list[Problem]) -> None:

@@ -15,12 +15,13 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from covidct.config import ModelSpec, SpecError
+from covidct.errors import CovidctError
 
 SPEC_PARAMETER = "covidct_model_spec"
 ModelConfig = model_config_pb2.ModelConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(CovidctError, ValueError):
     """A model config that does not parse, or carries no usable ModelSpec."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from covidct.config import ModelSpec
+from covidct.errors import CovidctError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ OPSET = 17
 PARITY_TOLERANCE = 1e-4
 
 
-class ExportError(RuntimeError):
+class ExportError(CovidctError, RuntimeError):
     """The export failed or did not pass its checks; the repository is untouched."""
 
 

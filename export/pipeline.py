@@ -25,7 +25,7 @@ from export.onnx import (
 )
 from export.quantize import GateError
 from export.repository import (
-    ServingConfig,
+    TritonOptions,
     publish_version,
     remove_staged,
     repository_lock,
@@ -79,7 +79,7 @@ TRT_FP16_TOLERANCE = 0.02
 
 
 def _tensorrt_build(
-    spec: ModelSpec, serving: ServingConfig, stage: Path, images: np.ndarray, probabilities: Any
+    spec: ModelSpec, serving: TritonOptions, stage: Path, images: np.ndarray, probabilities: Any
 ) -> dict[str, Any]:
     """What deploy/trt-build/build_engines.py needs to build and check ``model.plan`` on the
     serving GPU (engines are specific to the GPU model and TensorRT version, so they are made
@@ -110,7 +110,7 @@ def _tensorrt_build(
 
 def _openvino_version(
     spec: ModelSpec,
-    serving: ServingConfig,
+    serving: TritonOptions,
     stage: Path,
     fp32_path: Path,
     images: np.ndarray,
@@ -162,7 +162,7 @@ def _openvino_version(
 def export_run(
     run: Path,
     repository: Path,
-    serving: ServingConfig,
+    serving: TritonOptions,
     int8: bool = False,
     calibration_data: Path | None = None,
     agreement_data: Path | None = None,
@@ -203,7 +203,7 @@ def export_run(
 def export_auto(
     run: Path,
     repository: Path,
-    serving: ServingConfig,
+    serving: TritonOptions,
     calibration_data: Path | None = None,
     agreement_data: Path | None = None,
     flags: list[str] | None = None,
@@ -236,7 +236,7 @@ def export_auto(
 def _export(
     run: Path,
     repository: Path,
-    serving: ServingConfig,
+    serving: TritonOptions,
     spec: ModelSpec,
     int8: bool,
     calibration_data: Path | None,

@@ -34,7 +34,7 @@ from covidct.files import atomic_write_text, sha256_file
 from export.tritonconfig import (
     LABELS_FILE,
     RepositoryError,
-    ServingConfig,
+    TritonOptions,
     cam_hw_of,
     render_config,
     spec_from_config,
@@ -121,7 +121,7 @@ def staged_version(repository: Path, model: str) -> Iterator[Path]:
 def publish_version(
     repository: Path,
     spec: ModelSpec,
-    serving: ServingConfig,
+    serving: TritonOptions,
     staged: Path,
     cam_hw: tuple[int, int],
     manifest: dict[str, Any],
@@ -186,7 +186,7 @@ def pinned_config(model_dir: Path, spec_version: int, served: list[int]) -> str:
     """
     manifest = read_manifest(model_dir, spec_version)
     spec = ModelSpec.from_dict(manifest["model_spec"])
-    serving = ServingConfig(**{**manifest["serving"], "pinned_versions": tuple(served)})
+    serving = TritonOptions(**{**manifest["serving"], "pinned_versions": tuple(served)})
     return render_config(spec, serving, version_cam_hw(model_dir, manifest, spec))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from tritonclient.grpc import model_config_pb2 as pb
 
 from covidct.config import ModelSpec
+from covidct.errors import CovidctError
 from covidct.modelconfig import ModelConfig, config_text, parse_config, set_spec, spec_of
 
 TARGETS = ("cpu", "openvino", "onnx-trt", "tensorrt-plan")
@@ -19,12 +20,12 @@ CPU_TARGETS = ("cpu", "openvino")
 LABELS_FILE = "labels.txt"
 
 
-class RepositoryError(RuntimeError):
+class RepositoryError(CovidctError, RuntimeError):
     """The repository or a version cannot be written; the message says why."""
 
 
 @dataclass(frozen=True)
-class ServingConfig:
+class TritonOptions:
     """How Triton serves the model (everything in config.pbtxt that is not the ModelSpec).
 
     Attributes:
@@ -88,7 +89,7 @@ def _dtype(name: str) -> int:
     return int(pb.DataType.Value(f"TYPE_{name}"))
 
 
-def build_config(spec: ModelSpec, serving: ServingConfig, cam_hw: tuple[int, int]) -> ModelConfig:
+def build_config(spec: ModelSpec, serving: TritonOptions, cam_hw: tuple[int, int]) -> ModelConfig:
     """The ModelConfig of one model: tensors from ``spec``, serving from ``serving``."""
     image_dims = [spec.image_size, spec.image_size, 1]
     config = ModelConfig(name=spec.name, max_batch_size=serving.max_batch_size)
@@ -136,7 +137,7 @@ def build_config(spec: ModelSpec, serving: ServingConfig, cam_hw: tuple[int, int
     return config
 
 
-def render_config(spec: ModelSpec, serving: ServingConfig, cam_hw: tuple[int, int]) -> str:
+def render_config(spec: ModelSpec, serving: TritonOptions, cam_hw: tuple[int, int]) -> str:
     """config.pbtxt text for one model: deterministic, so golden files can pin it."""
     return config_text(build_config(spec, serving, cam_hw))
 

@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.errors import NotReady, Saturated
 from gateway.fleet import SharedServing
-from gateway.serving import ServingVersions
 from gateway.settings import GatewaySettings
 from gateway.triton import Backend
+from gateway.versions import ServingVersions
 
 
 class Metrics:

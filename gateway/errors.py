@@ -10,9 +10,10 @@ from http import HTTPStatus
 from typing import ClassVar
 
 from covidct import preprocessing as pp
+from covidct.errors import CovidctError
 
 
-class GatewayError(Exception):
+class GatewayError(CovidctError):
     """Base: ``status`` and ``title`` name the HTTP answer, the message is the detail."""
 
     status = 500

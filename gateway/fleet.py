@@ -38,7 +38,7 @@ from typing import Any
 import anyio
 
 from gateway.errors import GatewayError, VersionConflict
-from gateway.serving import ServingVersions
+from gateway.versions import ServingVersions
 
 log = logging.getLogger(__name__)
 

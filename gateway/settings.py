@@ -7,6 +7,8 @@ from functools import lru_cache
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from covidct.addresses import DEFAULT_TRITON_URL, GATEWAY_PORT, LOCALHOST
+
 MiB = 1024 * 1024
 #: Peak working memory of decoding the largest slice the decoder takes (4096² pixels, 16-bit
 #: DICOM: raw, HU float32, windowed, resized; 144 MiB measured, rounded up).
@@ -27,11 +29,11 @@ class GatewaySettings(BaseSettings):
         env_prefix="COVIDCT_", env_file=".env", extra="ignore", env_ignore_empty=True
     )
 
-    host: str = "127.0.0.1"  # where ``python -m gateway`` listens (0.0.0.0 in a container)
-    port: int = 8080
+    host: str = LOCALHOST  # where ``python -m gateway`` listens (0.0.0.0 in a container)
+    port: int = GATEWAY_PORT
     # One Triton gRPC address, a comma-separated list, or dns:NAME:PORT (every address NAME
     # resolves to, re-resolved at each probe): gateway/replicas.py balances over them.
-    triton_url: str = "127.0.0.1:8001"
+    triton_url: str = DEFAULT_TRITON_URL
     triton_probe_s: float = 1.0  # readiness probe of every replica (readmits ejected ones)
     model_name: str = "covidct"
     model_version: str = ""  # version served at start; empty: the newest ready one

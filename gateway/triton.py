@@ -2,7 +2,7 @@
 
 The ModelSpec is read from the served model's config (parameter ``covidct_model_spec``),
 so the gateway hard-codes neither the image size nor the class names. Every call names the
-model version: which one serves is the gateway's state (``gateway.serving``), never
+model version: which one serves is the gateway's state (``gateway.versions``), never
 Triton's "newest", so loading a new version beside the old one changes nothing until the
 gateway is switched.
 """

@@ -1,5 +1,5 @@
 """The gateway's admin endpoint, as the redeploy drives it (step 2 and 3 of the protocol in
-``serving.control``)."""
+``rollout.control``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from serving.control import DeployError
+from rollout.control import DeployError
 
 
 class GatewayAdmin:

@@ -1,7 +1,7 @@
 """What redeploy and rollback share: options, step reporting, the journal, the switch.
 
 A deployment moves the gateway from ``old_version`` to ``new_version`` with the protocol of
-``serving.control`` (Triton) and ``rollout.admin`` (gateway). Its state (versions, steps done,
+``rollout.control`` (Triton) and ``rollout.admin`` (gateway). Its state (versions, steps done,
 figures) lives in a journal written after every step; a rerun after a kill reads it and either
 finishes the deployment or puts the old version back (``recover``). Every attempt ends as one
 line in the deployment log.
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covidct.addresses import DEFAULT_GATEWAY_URL, DEFAULT_TRITON_URL
 from covidct.config import ModelSpec
 from export.repository import (
     pinned_config,
@@ -27,10 +28,10 @@ from export.repository import (
     write_config,
 )
 from rollout.admin import GatewayAdmin
+from rollout.control import DeployError, TritonFleet
 from rollout.deploylog import LOG_NAME, DeploymentLog, Journal, now_iso, who
 from rollout.gate import GateTolerances
 from rollout.smoke import smoke_slices, smoke_test
-from serving.control import DeployError, TritonFleet
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ class DeployOptions:
     train_config: Path | None = None
     runs_dir: Path = Path("runs")
     model: str = "covidct"
-    gateway_url: str = "http://127.0.0.1:8080"
-    triton_url: str = "127.0.0.1:8001"
+    gateway_url: str = DEFAULT_GATEWAY_URL
+    triton_url: str = DEFAULT_TRITON_URL
     admin_key: str | None = None
     tolerances: GateTolerances = field(default_factory=GateTolerances)
     dry_run: bool = False

@@ -22,11 +22,12 @@ from typing import Any
 from covidct.config import TrainConfig
 from export.repository import (
     RepositoryBusy,
-    ServingConfig,
+    TritonOptions,
     read_manifest,
     repository_lock,
     versions,
 )
+from rollout.control import DeployError
 from rollout.deployment import (
     Deployment,
     DeployOptions,
@@ -45,14 +46,13 @@ from rollout.figures import (
 )
 from rollout.gate import decide
 from rollout.smoke import SmokeError
-from serving.control import DeployError
 
 log = logging.getLogger(__name__)
 
-Exporter = Callable[[Path, Path, ServingConfig], dict[str, Any]]
+Exporter = Callable[[Path, Path, TritonOptions], dict[str, Any]]
 
 
-def _default_exporter(run: Path, repository: Path, serving: ServingConfig) -> dict[str, Any]:
+def _default_exporter(run: Path, repository: Path, serving: TritonOptions) -> dict[str, Any]:
     from export.pipeline import export_run
 
     return export_run(run, repository, serving)
@@ -180,7 +180,7 @@ def _redeploy(opts: DeployOptions, report: Reporter, exporter: Exporter) -> dict
 
     def export_step() -> str:
         remove_orphans(model_dir, state["newest_before"])
-        serving = ServingConfig(**read_manifest(model_dir, d.old).get("serving", {}))
+        serving = TritonOptions(**read_manifest(model_dir, d.old).get("serving", {}))
         manifest = exporter(candidate, opts.repository, serving)
         state["to_version"] = int(manifest["version"])
         state["created_version"] = True

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from covidct.config import ModelSpec
-from serving.control import DeployError, TritonControl
+from rollout.control import DeployError, TritonControl
 
 
 class SmokeError(DeployError):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from export.tritonconfig import TARGETS, ServingConfig, render_config
+from export.tritonconfig import TARGETS, TritonOptions, render_config
 from tests.export.test_tritonconfig import CAM, GOLDEN, SPEC
 
 for target in TARGETS:
     path = GOLDEN / f"{target}.pbtxt"
-    path.write_text(render_config(SPEC, ServingConfig(target=target), CAM))
+    path.write_text(render_config(SPEC, TritonOptions(target=target), CAM))
     print(f"wrote {path}")

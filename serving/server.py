@@ -27,11 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covidct.addresses import (
+    LOCALHOST,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_METRICS_PORT,
+    host_port,
+)
+from covidct.errors import CovidctError
+
 MODEL_CONTROL = ("explicit", "poll", "none")
 _log = logging.getLogger(__name__)
 
 
-class TritonError(RuntimeError):
+class TritonError(CovidctError, RuntimeError):
     """The server could not start or become ready; the message carries its reason."""
 
 
@@ -103,16 +112,16 @@ class TritonServer:
     """
 
     repository: Path
-    grpc_port: int = 8001
-    http_port: int = 8000
-    metrics_port: int = 8002
+    grpc_port: int = TRITON_GRPC_PORT
+    http_port: int = TRITON_HTTP_PORT
+    metrics_port: int = TRITON_METRICS_PORT
     model_control: str = "none"
     models: list[str] = field(default_factory=list)
     log_file: Path | None = None
     poll_seconds: int = 2
     env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
     process: subprocess.Popen[bytes] | None = None
-    address: str = "127.0.0.1"
+    address: str = LOCALHOST
 
     def command(self) -> list[str]:
         cmd = [
@@ -140,9 +149,13 @@ class TritonServer:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
-        host = f"[{host}]" if ":" in host else host  # IPv6
-        return f"http://{host}:{self.http_port}"
+        """The HTTP endpoint a client on this host reaches."""
+        return f"http://{host_port(self.address, self.http_port)}"
+
+    @property
+    def grpc_address(self) -> str:
+        """``HOST:PORT`` of the gRPC endpoint (what the gateway and tritonclient take)."""
+        return host_port(self.address, self.grpc_port)
 
     def start(self, timeout: float = 120.0) -> TritonServer:
         if self.model_control not in MODEL_CONTROL:

@@ -33,6 +33,7 @@ import numpy as np
 
 from covidct.config import CLASS_NAMES, INTERPOLATION, WINDOW_CENTRE_HU, WINDOW_WIDTH_HU
 from covidct.dataset import DatasetError, Sample, read_covidx
+from covidct.errors import CovidctError
 from covidct.files import atomic_write_text, sha256_file
 from covidct.preprocessing import PreprocessingError, preprocess_bytes
 
@@ -42,7 +43,7 @@ MANIFEST = "manifest.json"
 PARAMS = "params.json"
 
 
-class CacheError(Exception):
+class CacheError(CovidctError):
     """The cache cannot be built or read; the message says why and what to do."""
 
 

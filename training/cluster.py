@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from covidct.errors import CovidctError
+
 log = logging.getLogger(__name__)
 
 HOSTS_ENV = "COVIDCT_CLUSTER_HOSTS"
@@ -35,7 +37,7 @@ INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Index
 STOP_GRACE_S = 10.0
 
 
-class ClusterError(ValueError):
+class ClusterError(CovidctError, ValueError):
     """The cluster description is missing or inconsistent; the message says which."""
 
 

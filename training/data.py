@@ -18,12 +18,13 @@ import tensorflow as tf
 
 from covidct.config import CLASS_NAMES, TrainConfig
 from covidct.dataset import SPLITS
+from covidct.errors import CovidctError
 from training.cache import PreparedCache
 
 log = logging.getLogger(__name__)
 
 
-class SplitError(ValueError):
+class SplitError(CovidctError, ValueError):
     """The folder's splits cannot be used for training; the message says what to do."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from keras import layers, ops
 
 from covidct.config import ModelSpec
+from covidct.errors import CovidctError
 
 # ImageNet statistics of the two normalisation modes keras.applications uses.
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -53,7 +54,7 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(CovidctError, ValueError):
     """A model cannot be built as asked; the message names the alternatives."""
 
 

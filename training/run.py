@@ -17,11 +17,12 @@ import numpy as np
 
 from covidct.config import ModelSpec, SpecError
 from covidct.dataset import Dataset, read_covidx
+from covidct.errors import CovidctError
 
 SAVED_MODEL = "saved_model"
 
 
-class TrainError(RuntimeError):
+class TrainError(CovidctError, RuntimeError):
     """Training cannot start or continue; the message says why and what to do."""
 
 

@@ -12,7 +12,7 @@ from bench.perf import parse_perf_csv
 from bench.report import render, targets
 from bench.settings import recommend
 from bench.sweep import RESULTS, BenchError, Row, parse_levels, read_csv, write_csv
-from export.tritonconfig import ServingConfig
+from export.tritonconfig import TritonOptions
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_recommendation_rule() -> None:
 def test_export_defaults_follow_the_committed_settings_measurement() -> None:
     result = json.loads((RESULTS / "settings" / "result.json").read_text())
     chosen = result["recommended_serving"]
-    defaults = asdict(ServingConfig())
+    defaults = asdict(TritonOptions())
     for key in ("dynamic_batching", "max_queue_delay_us", "instance_count"):
         assert defaults[key] == chosen[key], (key, result["recommended"])
 

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from covidct.config import MIN_IMAGE_SIZE, ModelSpec
 from export.pipeline import _tensorrt_build
-from export.tritonconfig import ServingConfig
+from export.tritonconfig import TritonOptions
 from tests.deploy import fake_trtexec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ def write_version(version: Path, weights: list[float] = [0.01, 0.0, -0.01]) -> N
     export.pipeline), around a tiny ONNX model."""
     import onnxruntime as ort
 
-    spec, serving = ModelSpec(image_size=S), ServingConfig(target="tensorrt-plan", max_batch_size=4)
+    spec, serving = ModelSpec(image_size=S), TritonOptions(target="tensorrt-plan", max_batch_size=4)
     version.mkdir(parents=True)
     tiny_onnx(version / "model.onnx", spec, weights)
     rng = np.random.default_rng(0)

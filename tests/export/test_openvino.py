@@ -77,12 +77,12 @@ def test_export_without_target_takes_the_rule_and_falls_back_to_fp32_past_the_ga
     served: str,
 ) -> None:
     from export import pipeline
-    from export.repository import ServingConfig
+    from export.repository import TritonOptions
 
     calls: list[tuple[str, str, bool]] = []
     monkeypatch.setattr(pipeline, "export_run", _fake_export(refuse, calls))
     manifest, chosen = pipeline.export_auto(
-        tmp_path, tmp_path, ServingConfig(instance_count=2), flags=flags
+        tmp_path, tmp_path, TritonOptions(instance_count=2), flags=flags
     )
     assert calls == [("openvino", tried, True)]  # one export, allowed to fall back
     assert manifest["serving"].instance_count == 2
@@ -97,14 +97,14 @@ def test_export_without_target_keeps_other_errors(
 ) -> None:
     """Only the gate falls back: a conversion or repository error is the user's to see."""
     from export import pipeline
-    from export.repository import ServingConfig
+    from export.repository import TritonOptions
 
     def broken(*_: Any, **__: Any) -> None:
         raise ExportError("tf2onnx failed")
 
     monkeypatch.setattr(pipeline, "export_run", broken)
     with pytest.raises(ExportError, match="tf2onnx failed"):
-        pipeline.export_auto(tmp_path, tmp_path, ServingConfig(), flags=["amx_bf16"])
+        pipeline.export_auto(tmp_path, tmp_path, TritonOptions(), flags=["amx_bf16"])
 
 
 def test_engine_file_says_where_batches_split(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from covidct.config import ModelSpec
 from covidct.modelconfig import config_json, parse_config
 from export.repository import pinned_config, publish_version, staged_version, versions
-from export.tritonconfig import RepositoryError, ServingConfig, render_config
+from export.tritonconfig import RepositoryError, TritonOptions, render_config
 from tests.export.test_tritonconfig import CAM, SPEC
 
 
@@ -24,7 +24,7 @@ def _publish(repo: Path, spec: ModelSpec = SPEC, fail: bool = False) -> int:
         return publish_version(
             repo,
             spec,
-            ServingConfig(),
+            TritonOptions(),
             stage,
             CAM,
             {"source_run": "x"},
@@ -70,7 +70,7 @@ def test_a_different_input_size_is_refused(tmp_path: Path) -> None:
 
 def test_pinned_config_serves_exactly_the_named_versions(tmp_path: Path) -> None:
     spec = ModelSpec(image_size=64)
-    text = render_config(spec, ServingConfig(pinned_versions=(3, 2)), (2, 2))
+    text = render_config(spec, TritonOptions(pinned_versions=(3, 2)), (2, 2))
     parsed = parse_config(text)
     assert list(parsed.version_policy.specific.versions) == [2, 3]
     assert not parsed.version_policy.HasField("latest")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from export.repository import RepositoryBusy, remove_staged, repository_lock
+from rollout.control import DeployError
 from rollout.deployment import DeployOptions
 from rollout.redeploy import redeploy, rollback
-from serving.control import DeployError
 
 HOLD = (
     "import sys, time\n"

@@ -17,7 +17,7 @@ from covidct.config import ModelSpec, Provenance
 from export.tritonconfig import (
     TARGETS,
     RepositoryError,
-    ServingConfig,
+    TritonOptions,
     render_config,
     spec_from_config,
 )
@@ -38,7 +38,7 @@ def parse(text: str) -> model_config_pb2.ModelConfig:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_generated_config_matches_golden_and_triton_schema(target: str) -> None:
-    text = render_config(SPEC, ServingConfig(target=target), CAM)
+    text = render_config(SPEC, TritonOptions(target=target), CAM)
     assert text == (GOLDEN / f"{target}.pbtxt").read_text()
     config = parse(text)
     assert config.name == "covidct" and config.max_batch_size == 8
@@ -66,7 +66,7 @@ def test_generated_config_matches_golden_and_triton_schema(target: str) -> None:
 
 
 def test_model_spec_round_trips_through_the_config() -> None:
-    text = render_config(SPEC, ServingConfig(), CAM)
+    text = render_config(SPEC, TritonOptions(), CAM)
     assert spec_from_config(text) == SPEC
     raw = parse(text).parameters["covidct_model_spec"].string_value
     assert ModelSpec.from_dict(json.loads(raw)) == SPEC
@@ -75,7 +75,7 @@ def test_model_spec_round_trips_through_the_config() -> None:
 def test_queue_delay_and_batch_size_are_configurable() -> None:
     config = parse(
         render_config(
-            SPEC, ServingConfig(max_batch_size=32, max_queue_delay_us=500, instance_count=3), CAM
+            SPEC, TritonOptions(max_batch_size=32, max_queue_delay_us=500, instance_count=3), CAM
         )
     )
     assert config.max_batch_size == 32
@@ -95,7 +95,7 @@ def test_queue_delay_and_batch_size_are_configurable() -> None:
 )
 def test_bad_serving_options(bad) -> None:
     with pytest.raises(RepositoryError):
-        ServingConfig(**bad)
+        TritonOptions(**bad)
 
 
 def test_the_python_backend_reads_the_same_parameter() -> None:

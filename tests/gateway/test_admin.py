@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from covidct.config import ModelSpec
 from gateway.app import create_app
 from gateway.errors import InferenceError, VersionConflict
-from gateway.serving import ServingVersions
 from gateway.settings import GatewaySettings
+from gateway.versions import ServingVersions
 from tests.gateway.test_app import SPEC, FakeTriton
 
 KEY = {"x-admin-key": "admin-secret"}

@@ -20,8 +20,8 @@ from gateway import fleet
 from gateway.app import create_app
 from gateway.errors import VersionConflict
 from gateway.fleet import HEARTBEATS, RECORD, SharedServing
-from gateway.serving import ServingVersions
 from gateway.settings import GatewaySettings
+from gateway.versions import ServingVersions
 from tests.gateway.test_admin import KEY, VersionedTriton
 
 

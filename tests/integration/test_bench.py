@@ -259,9 +259,9 @@ def test_bench_data_train_and_report(tmp_path: Path) -> None:
 def _gpu_version(root: Path) -> Path:
     """A tensorrt-plan version as covidct export writes it (the parts bench/gpu.sh reads)."""
     from covidct.config import ModelSpec
-    from export.tritonconfig import ServingConfig, render_config
+    from export.tritonconfig import TritonOptions, render_config
 
-    spec, serving = ModelSpec(image_size=64), ServingConfig(target="tensorrt-plan")
+    spec, serving = ModelSpec(image_size=64), TritonOptions(target="tensorrt-plan")
     version = root / "covidct" / "1"
     version.mkdir(parents=True)
     (version.parent / "config.pbtxt").write_text(render_config(spec, serving, (2, 2)))

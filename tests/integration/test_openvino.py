@@ -23,7 +23,7 @@ from covidct.config import ModelSpec
 from export.onnx import slice_images
 from export.openvino import STREAMS_FROM_BATCH, Engine, read_engine, run_openvino, supports
 from export.repository import read_manifest, versions
-from serving.control import TritonControl
+from rollout.control import TritonControl
 from serving.server import TritonServer, free_port
 from tests.cli_helpers import covidct
 
@@ -150,7 +150,7 @@ def test_default_export_falls_back_to_fp32_in_one_conversion(
     the CPU has no bf16, OpenVINO compiles f32 for it): the flow is what is tested here."""
     from export import openvino, pipeline, quantize
     from export.quantize import GateError
-    from export.repository import ServingConfig
+    from export.repository import TritonOptions
 
     def refuse(*_: object, what: str = "", **__: object) -> dict:
         raise GateError(f"{what} top-1 agreement with fp32 is 97.0% (< 99%)")
@@ -167,11 +167,11 @@ def test_default_export_falls_back_to_fp32_in_one_conversion(
     monkeypatch.setattr(pipeline, "convert", counted)
     repo = tmp_path / "models"
     with pytest.raises(GateError, match="OpenVINO bf16"):
-        pipeline.export_run(ci_run, repo, ServingConfig(target="openvino", precision="bf16"))
+        pipeline.export_run(ci_run, repo, TritonOptions(target="openvino", precision="bf16"))
     assert versions(repo / "covidct") == []  # nothing written, nothing staged left
     assert [p.name for p in (repo / "covidct").iterdir() if p.is_dir()] == []
 
-    manifest, chosen = pipeline.export_auto(ci_run, repo, ServingConfig(), flags=["amx_bf16"])
+    manifest, chosen = pipeline.export_auto(ci_run, repo, TritonOptions(), flags=["amx_bf16"])
     assert len(conversions) == 2  # one per export: the fallback converted nothing again
     assert chosen.startswith("openvino fp32: bf16 (") and "failed its gate" in chosen
     assert manifest["version"] == 1 and manifest["serving"]["precision"] == "fp32"

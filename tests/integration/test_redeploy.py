@@ -28,9 +28,9 @@ from export.repository import pinned_config, versions, write_config
 from gateway.app import create_app
 from gateway.protocol import UVICORN_OPTIONS
 from gateway.settings import GatewaySettings
+from rollout.control import DeployError, TritonControl
 from rollout.deployment import DeployOptions
 from rollout.redeploy import redeploy
-from serving.control import DeployError, TritonControl
 from serving.server import TritonServer, free_port
 from tests.loadclient import Load, assert_one_clean_switch, p99
 

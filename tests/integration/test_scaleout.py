@@ -31,7 +31,7 @@ import pytest
 from covidct.modelconfig import parse_config
 from export.repository import versions
 from gateway.fleet import HEARTBEAT_S
-from serving.control import TritonFleet
+from rollout.control import TritonFleet
 from tests.integration.test_faults import Load as Unpaced
 from tests.integration.test_faults import _cmdline, _status, _triton_ready, _tritons
 from tests.integration.test_shutdown import Serve, _wait, start_serve

@@ -12,9 +12,9 @@ from pathlib import Path
 from covidct.config import ModelSpec
 from covidct.modelconfig import parse_config
 from export.repository import write_config
-from export.tritonconfig import ServingConfig, render_config
+from export.tritonconfig import TritonOptions, render_config
+from rollout.control import DeployError, TritonFleet
 from rollout.deployment import Deployment, DeployOptions
-from serving.control import DeployError, TritonFleet
 
 
 class FakeTriton:
@@ -57,11 +57,11 @@ def _repository(root: Path) -> Path:
         (model_dir / str(v)).mkdir(parents=True)
         manifest = {
             "model_spec": spec.to_dict(),
-            "serving": asdict(ServingConfig()),
+            "serving": asdict(TritonOptions()),
             "cam_hw": [2, 2],
         }
         (model_dir / str(v) / "manifest.json").write_text(json.dumps(manifest))
-    serving = ServingConfig(pinned_versions=(1, 2))
+    serving = TritonOptions(pinned_versions=(1, 2))
     write_config(model_dir, render_config(spec, serving, (2, 2)))
     return model_dir
 

@@ -22,6 +22,30 @@ def test_every_endpoint_listens_on_the_address(address: str, url_host: str) -> N
     for endpoint in ("grpc", "http", "metrics"):
         assert f"--{endpoint}-address={address}" in command
     assert server.url == f"http://{url_host}:2"
+    assert server.grpc_address == f"{url_host}:1"
+
+
+def test_serving_needs_only_what_the_cpu_triton_image_copies(tmp_path: Path) -> None:
+    """deploy/triton-cpu/Dockerfile copies serving/ and three core modules, nothing else."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(root / "serving", tmp_path / "serving")
+    (tmp_path / "covidct").mkdir()
+    for name in ("__init__.py", "errors.py", "addresses.py"):
+        shutil.copy(root / "covidct" / name, tmp_path / "covidct" / name)
+    dockerfile = (root / "deploy" / "triton-cpu" / "Dockerfile").read_text()
+    assert "COPY covidct/__init__.py covidct/errors.py covidct/addresses.py" in dockerfile
+    code = "import serving.server, serving.__main__; print(serving.server.TritonError.__mro__[1])"
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, '.'); {code}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CovidctError" in result.stdout
 
 
 def test_a_server_logging_to_stdout_points_there_for_its_reason() -> None:

@@ -9,6 +9,14 @@ from typing import Annotated
 import typer
 
 from cli.common import RepositoryOpt, err, fail
+from covidct.addresses import (
+    DEFAULT_GATEWAY_URL,
+    GATEWAY_PORT,
+    LOCALHOST,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_METRICS_PORT,
+)
 
 app = typer.Typer()
 
@@ -16,12 +24,12 @@ app = typer.Typer()
 @app.command()
 def triton(
     repository: RepositoryOpt = Path("model_repository"),
-    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
-    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = 8002,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = TRITON_GRPC_PORT,
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = TRITON_HTTP_PORT,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = TRITON_METRICS_PORT,
     address: Annotated[
         str, typer.Option(help="Address the ports listen on (0.0.0.0 only in a container).")
-    ] = "127.0.0.1",
+    ] = LOCALHOST,
     model_control: Annotated[str, typer.Option(help="explicit, poll or none.")] = "poll",
     log_file: Annotated[
         Path | None,
@@ -49,11 +57,11 @@ def triton(
 @app.command()
 def serve(
     repository: RepositoryOpt = Path("model_repository"),
-    host: Annotated[str, typer.Option(help="Gateway address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Gateway port.")] = 8080,
-    grpc_port: Annotated[int, typer.Option(help="Triton gRPC port (127.0.0.1).")] = 8001,
-    http_port: Annotated[int, typer.Option(help="Triton HTTP port (127.0.0.1).")] = 8000,
-    metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
+    host: Annotated[str, typer.Option(help="Gateway address.")] = LOCALHOST,
+    port: Annotated[int, typer.Option(help="Gateway port.")] = GATEWAY_PORT,
+    grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = TRITON_GRPC_PORT,
+    http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = TRITON_HTTP_PORT,
+    metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = TRITON_METRICS_PORT,
     triton_replicas: Annotated[
         int,
         typer.Option(
@@ -70,8 +78,8 @@ def serve(
     """Start Triton and the gateway (building a demo model first when there is none)."""
     import subprocess
 
-    from cli.serve import default_demo_dir
-    from cli.serve import serve as run_serve
+    from cli.launch import default_demo_dir
+    from cli.launch import serve as run_serve
     from serving.server import TritonError
 
     try:
@@ -95,7 +103,7 @@ def serve(
 @app.command()
 def predict(
     files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM slices.")],
-    url: Annotated[str, typer.Option(help="Gateway URL.")] = "http://127.0.0.1:8080",
+    url: Annotated[str, typer.Option(help="Gateway URL.")] = DEFAULT_GATEWAY_URL,
     api_key: Annotated[
         str | None,
         typer.Option(envvar="COVIDCT_API_KEY", help="X-API-Key, when the gateway needs one."),

@@ -26,6 +26,7 @@ from typing import TypeVar
 import numpy as np
 
 from covidct.addresses import resolve_targets
+from covidct.errors import CovidctError
 from covidct.modelconfig import config_json, parse_config
 from export.repository import pinned_config, write_config
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class DeployError(RuntimeError):
+class DeployError(CovidctError, RuntimeError):
     """A redeploy or rollback step failed; the message says which and why."""
 
 

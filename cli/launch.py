@@ -119,7 +119,7 @@ def serve(
         for server, supervisor in zip(servers, supervisors, strict=True):
             server.start()
             supervisor.start()
-        addresses = ",".join(f"127.0.0.1:{server.grpc_port}" for server in servers)
+        addresses = ",".join(server.grpc_address for server in servers)
         url = f"http://{host}:{port}"
         logs = ", ".join(str(server.log_file) for server in servers)
         gateways = f"{workers} processes" if workers > 1 else "one process"

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from serving.control import DeployError, TritonFleet
+from rollout.control import DeployError, TritonFleet
 
 
 def _closed_ports(n: int) -> list[int]:
