@@ -1,4 +1,4 @@
-"""The contract shared by training, export and serving: ModelSpec (DESIGN.md section 2).
+"""The contract shared by training, export and serving: ModelSpec (docs/design.md, "Contracts").
 
 A ModelSpec is saved as ``model_spec.json`` beside every trained and exported model.
 Nobody hard-codes the image size, class names or tensor names elsewhere: they read this.
@@ -27,6 +27,9 @@ CROP_POLICIES = ("label-box-or-auto-body",)
 #: Resize interpolation used by covidct.preprocessing; recorded so a client can check it.
 INTERPOLATION = "bilinear-antialiased"
 
+#: The model input size S of a ModelSpec and of ``covidct train`` unless told otherwise: the
+#: one definition every default of the project refers to.
+DEFAULT_IMAGE_SIZE = 224
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
 SCHEMA_VERSION = 1
@@ -80,7 +83,7 @@ class ModelSpec:
 
     name: str = "covidct"
     class_names: tuple[str, ...] = CLASS_NAMES
-    image_size: int = 224
+    image_size: int = DEFAULT_IMAGE_SIZE
     input_name: str = "image"
     input_dtype: str = "UINT8"
     probabilities_name: str = "probabilities"
@@ -231,7 +234,7 @@ class TrainConfig:
     """
 
     backbone: str = "densenet201"
-    image_size: int = 224
+    image_size: int = DEFAULT_IMAGE_SIZE
     weights: str = "imagenet"
     unfreeze: int = 30
     head_epochs: int = 1

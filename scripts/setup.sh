@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Debian packages (when root), .venv with pinned Python packages,
 # the tritonserver binary from the nvidia-pytriton wheel and perf_analyzer from the
-# tritonclient 2.50.0 wheel (DESIGN.md section 4). A second run only verifies.
+# tritonclient 2.50.0 wheel (docs/design.md, "Environment"). A second run only verifies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

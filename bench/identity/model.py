@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-_site = os.environ.get("COVIDCT_SITE_PACKAGES")  # the stub does not see the venv (DESIGN.md)
+_site = os.environ.get("COVIDCT_SITE_PACKAGES")  # the stub does not see the venv (docs/design.md)
 if _site and _site not in sys.path:
     sys.path.insert(0, _site)
 

@@ -6,16 +6,18 @@ import importlib.util
 import sys
 
 import gateway.app  # noqa: F401  (every route, settings, the Triton client)
+from covidct.config import DEFAULT_IMAGE_SIZE
 from covidct.preprocessing import NATIVE, preprocess_bytes
 from covidct.samples import reference_slices
 
 if not NATIVE:
-    sys.exit("covidct._native did not build: the gateway would decode about 2x slower")
+    sys.exit("covidct._native did not build: the gateway would fall back to the slower references")
 
 slices = reference_slices()
 for path in slices:
-    out = preprocess_bytes(path.read_bytes(), 224)
-    assert out.image.shape == (224, 224, 1), (path.name, out.image.shape)
+    out = preprocess_bytes(path.read_bytes(), DEFAULT_IMAGE_SIZE)
+    size = DEFAULT_IMAGE_SIZE
+    assert out.image.shape == (size, size, 1), (path.name, out.image.shape)
 absent = [
     m
     for m in ("tensorflow", "keras", "onnxruntime", "scipy", "training", "export")
