@@ -34,7 +34,7 @@ lint: setup
 # trains it (about 8 min on 2 cores) unless COVIDCT_TEST_CI_RUN names a finished run.
 fuzz: setup
 	COVIDCT_FUZZ=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
-		tests/covidct/test_preprocessing_properties.py tests/integration/test_api_fuzz.py
+		tests/covidct/preprocessing/test_properties.py tests/integration/test_api_fuzz.py
 
 # Known vulnerabilities in every locked package (pip-audit; PyPI's per-release JSON or OSV).
 # --strict: a package it cannot check fails the run. Accepted findings: one ID per line in

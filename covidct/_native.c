@@ -3,10 +3,10 @@
  * unfilter_grey8: undo the PNG row filters of an 8-bit grey image (one byte per pixel).
  * largest_open_component: threshold, square opening, largest 4-connected component.
  *
- * Each reproduces a reference in covidct/preprocessing.py (Pillow's PNG decoder,
- * _open_square + largest_component_box) byte for byte; tests compare them on every real slice
- * and on random inputs. Both release the GIL for the whole computation (worker threads decode
- * in parallel); no Python object is touched without it.
+ * Each reproduces a reference in covidct/preprocessing/ byte for byte (png.py: Pillow's PNG
+ * decoder; bodybox.py: _open_square + largest_component_box); tests compare them on every real
+ * slice and on random inputs. Both release the GIL for the whole computation (worker threads
+ * decode in parallel); no Python object is touched without it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,7 +29,7 @@ static inline int paeth(int a, int b, int c)
 /* Up to four consecutive Paeth rows at once, each a column behind the row above it: a pixel
  * needs its left neighbour (a chain through the whole row: the serial part) and the row above
  * at its own column and the one before (done an iteration earlier), so the k rows' chains are
- * independent within an iteration and run side by side. About 1.6x faster than one row at a
+ * independent within an iteration and run side by side, which is faster than one row at a
  * time; bytes identical (a test compares every real slice and random filter mixes). */
 static inline __attribute__((always_inline)) void paeth_rows(const uint8_t *src, uint8_t *dst,
                                                               Py_ssize_t width, int k)

@@ -1,4 +1,5 @@
-"""Types of the compiled kernels (covidct/_native.c)."""
+"""Types of the compiled kernels (covidct/_native.c); their Python references are
+covidct/preprocessing/png.py (_unfilter_with_pillow) and bodybox.py (open_component_box)."""
 
 import numpy as np
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from covidct.preprocessing import CorruptImageError, PreprocessingError, preprocess_bytes
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 SIZE = 32
 #: How many examples and whether they repeat come from the profile tests/conftest.py loads:
 #: "ci" (120, derandomized: the same on every machine) or, with ``make fuzz``, "fuzz".
