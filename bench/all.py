@@ -1,7 +1,7 @@
 """``covidct bench all`` (``make bench``): every benchmark in one sitting, then the report.
 
-Prepares what the benchmarks need when it is missing (synthetic CT data, a DenseNet201
-224x224 run, its exports: ONNX Runtime fp32 and int8, OpenVINO fp32, bf16 and int8), then
+Prepares what the benchmarks need when it is missing (synthetic CT data, a DenseNet201 run at
+the default input size, its exports: ONNX Runtime fp32 and int8, OpenVINO fp32, bf16 and int8), then
 runs each ``covidct bench`` command in its own process (fresh memory and threads each),
 starting a tritonserver and a gateway for the gateway sweep, and finally writes
 BENCHMARKS.md.
@@ -19,18 +19,19 @@ from pathlib import Path
 
 from bench.corpus import real_data_dir
 from bench.sweep import RESULTS, BenchError
+from covidct.config import DEFAULT_IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 
 SYNTH = ("--patients", "24", "--slices-per-patient", "4", "--seed", "2")
-#: DenseNet201 224² from scratch: about 360 steps of 4 slices, so that BatchNorm's moving
-#: statistics settle and the model answers decisively (a near-constant model leaves the
-#: bf16 and int8 gates nothing to judge); about 17 min on 2 cores.
+#: DenseNet201 at the default input size from scratch, for enough steps that BatchNorm's
+#: moving statistics settle and the model answers decisively (a near-constant model leaves
+#: the bf16 and int8 gates nothing to judge).
 TRAIN = (
     "--backbone",
     "densenet201",
     "--image-size",
-    "224",
+    str(DEFAULT_IMAGE_SIZE),
     "--epochs",
     "20",
     "--weights",
@@ -60,6 +61,11 @@ STEPS = (
 
 
 def covidct(*args: str | Path) -> None:
+    """Run ``covidct ARGS`` in a fresh Python process, logging how long it took.
+
+    Raises:
+        BenchError: the command failed (its own output says why).
+    """
     cmd = [sys.executable, "-m", "cli", *map(str, args)]
     log.info("running: covidct %s", " ".join(map(str, args)))
     started = time.perf_counter()
@@ -75,7 +81,7 @@ def prepare(work: Path, run: Path | None) -> tuple[Path, Path, Path]:
         covidct("data", "synth", "--out", data, *SYNTH)
     if run is None:  # named by the recipe: a changed recipe trains afresh
         recipe = hashlib.sha256(" ".join(TRAIN).encode()).hexdigest()[:8]
-        run = work / f"run-densenet201-224-{recipe}"
+        run = work / f"run-densenet201-{DEFAULT_IMAGE_SIZE}-{recipe}"
         if not (run / "saved_model" / "saved_model.pb").is_file():
             resume = ["--resume"] if (run / "train_config.json").is_file() else []
             covidct("train", "--data", data, "--out", run, *TRAIN, *resume)

@@ -23,8 +23,10 @@ from typing import Any
 
 from bench.corpus import real_data_dir, real_pngs
 from bench.load import Upload, load_level
+from bench.profiling import profile_summary, py_spy
 from bench.sweep import BenchError, save
-from covidct.config import ModelSpec, Provenance
+from covidct.addresses import LOCALHOST
+from covidct.config import DEFAULT_IMAGE_SIZE, ModelSpec, Provenance
 from covidct.preprocessing import preprocess_bytes, python_references
 from export.tritonconfig import TritonOptions, render_config
 from gateway.protocol import UVICORN_ARGS
@@ -34,7 +36,7 @@ IDENTITY_MODEL = Path(__file__).parent / "identity" / "model.py"
 CAM_HW = (7, 7)
 
 
-def identity_repository(root: Path, size: int = 224) -> ModelSpec:
+def identity_repository(root: Path, size: int = DEFAULT_IMAGE_SIZE) -> ModelSpec:
     """A repository serving the identity model as ``covidct`` (input S x S)."""
     spec = ModelSpec(
         image_size=size,
@@ -79,68 +81,6 @@ def cpu_seconds(pid: int) -> float:
     return total / tick
 
 
-#: Where a gateway worker's time goes: each sampled stack counts for the bucket of its
-#: innermost frame that matches one.
-PROFILE_BUCKETS = (
-    ("PNG/DICOM decode", ("decode (", "_decode_raster", "_decode_dicom", "_raster_to_grey")),
-    ("body box", ("auto_body_box", "_open_square")),
-    ("crop + resize", ("crop_and_resize",)),
-    ("gRPC to Triton", ("grpc", "tritonclient")),
-    (
-        "HTTP, multipart, JSON (FastAPI/uvicorn)",
-        ("starlette", "fastapi", "uvicorn", "multipart", "h11", "httptools", "json", "pydantic"),
-    ),
-)
-
-
-def profile_summary(raw: Path) -> dict[str, float]:
-    """Share of busy samples per bucket, from a py-spy ``--format raw`` file."""
-    counts: dict[str, int] = {}
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        frames = stack.split(";")
-        if (
-            frames[-1].startswith(("select ", "epoll", "wait ", "_worker "))
-            or "Condition.wait" in frames[-1]
-        ):
-            continue  # idle: a thread waiting for work is not spending CPU
-        total += int(n)
-        bucket = "other (event loop, threads, numpy glue)"
-        for frame in reversed(frames):
-            found = [name for name, needles in PROFILE_BUCKETS if any(k in frame for k in needles)]
-            if found:
-                bucket = found[0]
-                break
-        counts[bucket] = counts.get(bucket, 0) + int(n)
-    return {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {}
-
-
-def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    exe = Path(sys.prefix) / "bin" / "py-spy"
-    if not exe.is_file():
-        return None
-    cmd = [
-        str(exe),
-        "record",
-        "-p",
-        str(pid),
-        "-d",
-        str(max(1, int(seconds))),
-        "-r",
-        "200",
-        "-f",
-        "raw",
-        "-o",
-        str(out),
-        "--nonblocking",
-        "--threads",
-    ]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -159,7 +99,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60)
 def gateway_process(
     triton_grpc: str, port: int, workers: int, log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """uvicorn running the gateway app factory with ``workers`` processes on 127.0.0.1."""
+    """uvicorn running the gateway app factory with ``workers`` processes on loopback."""
     full_env = {
         **os.environ,
         "COVIDCT_TRITON_URL": triton_grpc,
@@ -174,7 +114,7 @@ def gateway_process(
         "gateway.app:create_app",
         "--factory",
         "--host",
-        "127.0.0.1",
+        LOCALHOST,
         "--port",
         str(port),
         "--workers",
@@ -192,7 +132,7 @@ def gateway_process(
 def running_triton(
     repository: Path, log: Path, env: dict[str, str] | None = None
 ) -> Iterator[TritonServer]:
-    """A tritonserver on ``repository`` (127.0.0.1, free ports) for the length of a block."""
+    """A tritonserver on ``repository`` (loopback, free ports) for the length of a block."""
     try:
         server = TritonServer(
             repository, free_port(), free_port(), free_port(), log_file=log, env=env or {}
@@ -219,7 +159,7 @@ def running_gateway(
     port = free_port()
     proc = gateway_process(addresses, port, workers, log, env)
     try:
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{LOCALHOST}:{port}"
         _wait_ready(url, proc)
         yield url, proc
     finally:
@@ -230,11 +170,15 @@ def running_gateway(
 #: The setting that moves small grey PNGs' preprocessing to the worker threads (the design
 #: before the event-loop path): measured beside the default at one worker.
 THREADS_ENV = {"COVIDCT_PREPROCESS_INLINE_PIXELS": "0"}
+#: Interleaved rounds of :func:`preprocessing_costs`.
+COST_ROUNDS = 7
 
 
-def preprocessing_costs(pngs: Sequence[bytes], rounds: int = 7) -> dict[str, float]:
-    """Milliseconds to preprocess one real slice on one core, compiled kernels vs the Python
-    references, interleaved round by round; the median round of each."""
+def preprocessing_costs(
+    pngs: Sequence[bytes], rounds: int = COST_ROUNDS, size: int = DEFAULT_IMAGE_SIZE
+) -> dict[str, float]:
+    """Milliseconds to preprocess one real slice to ``size``² on one core, compiled kernels vs
+    the Python references, interleaved round by round; the median round of each."""
     times: dict[str, list[float]] = {"compiled kernels": [], "Python references": []}
     for _ in range(rounds):
         for name in times:
@@ -243,7 +187,7 @@ def preprocessing_costs(pngs: Sequence[bytes], rounds: int = 7) -> dict[str, flo
                     stack.enter_context(python_references())
                 started = time.perf_counter()
                 for data in pngs:
-                    preprocess_bytes(data, 224)
+                    preprocess_bytes(data, size)
                 times[name].append((time.perf_counter() - started) * 1000 / len(pngs))
     return {name: statistics.median(ms) for name, ms in times.items()}
 
@@ -264,7 +208,7 @@ def _capacity_row(
     with running_gateway(server, workers, log, env) as (url, proc):
         load_level(url, uploads, concurrency, 200, 10)  # warm every worker
         gw0, tr0 = cpu_seconds(proc.pid), cpu_seconds(server.process.pid)
-        spy = _py_spy(proc.pid, seconds - 1, spy_to) if spy_to is not None else None
+        spy = py_spy(proc.pid, seconds - 1, spy_to) if spy_to is not None else None
         client0, wall0 = time.process_time(), time.perf_counter()
         result = load_level(url, uploads, concurrency, requests, seconds)
         wall = time.perf_counter() - wall0
@@ -309,25 +253,68 @@ def run_capacity_bench(
     uploads = [Upload(p.name, p.read_bytes(), "image/png") for p in pngs]
     configs = [(n, False) for n in workers]
     configs.insert(1, (workers[0], True))
+    spy_to = out / "profile.txt" if profile else None
+    spec, rows = measure_capacity(uploads, configs, concurrency, seconds, requests, spy_to)
+    costs = preprocessing_costs([u.body for u in uploads], size=spec.image_size)
+    shares = profile_summary(out / "profile.txt") if (out / "profile.txt").is_file() else {}
+    section = capacity_markdown(spec, rows, costs, shares, len(uploads), concurrency, seconds)
+    save(
+        out,
+        "capacity",
+        section,
+        {
+            "rows": rows,
+            "concurrency": concurrency,
+            "seconds": seconds,
+            "profile": shares,
+            "preprocessing_ms": costs,
+        },
+    )
+    return section
+
+
+def measure_capacity(
+    uploads: Sequence[Upload],
+    configs: Sequence[tuple[int, bool]],
+    concurrency: int,
+    seconds: float,
+    requests: int,
+    spy_to: Path | None,
+) -> tuple[ModelSpec, list[dict[str, Any]]]:
+    """One row per (workers, preprocessing in threads) configuration, all in front of one
+    identity-model tritonserver; the first row is profiled into ``spy_to`` when given."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "models"
         spec = identity_repository(repo)
         with running_triton(repo, Path(tmp) / "triton.log") as server:
             for i, (n, threads) in enumerate(configs):
-                spy_to = out / "profile.txt" if profile and i == 0 else None
                 log = Path(tmp) / f"gateway{i}.log"
+                spy = spy_to if i == 0 else None
                 rows.append(
                     _capacity_row(
-                        server, uploads, n, threads, concurrency, seconds, requests, log, spy_to
+                        server, uploads, n, threads, concurrency, seconds, requests, log, spy
                     )
                 )
-    costs = preprocessing_costs([u.body for u in uploads])
+    return spec, rows
+
+
+def capacity_markdown(
+    spec: ModelSpec,
+    rows: Sequence[dict[str, Any]],
+    costs: dict[str, float],
+    shares: dict[str, float],
+    slices: int,
+    concurrency: int,
+    seconds: float,
+) -> str:
+    """The BENCHMARKS.md section: one row per configuration, the preprocessing cost per
+    slice, and where a worker's busy time goes when it was profiled."""
     lines = [
         f"## covidct bench capacity (identity model, S={spec.image_size})",
         "",
         f"The gateway alone: an identity model in a real tritonserver, uvicorn with N worker "
-        f"processes, {concurrency} kept-alive connections uploading {len(uploads)} real 512² "
+        f"processes, {concurrency} kept-alive connections uploading {slices} real 512² "
         f"PNG slices in turn for {seconds:g} s per row. 'Per gateway core' is uploads divided "
         "by the CPU seconds of the gateway processes (from /proc); Triton and the load "
         f"generator share the same {os.cpu_count()} cores. 'Preprocessing' says where a "
@@ -348,13 +335,12 @@ def run_capacity_bench(
     kernels, references = costs["compiled kernels"], costs["Python references"]
     lines += [
         "",
-        f"Preprocessing one real slice on one core, in the bench process (median of 7 "
-        f"interleaved rounds over the same {len(uploads)} slices): compiled kernels "
+        f"Preprocessing one real slice on one core, in the bench process (median of "
+        f"{COST_ROUNDS} interleaved rounds over the same {slices} slices): compiled kernels "
         f"{kernels:.2f} ms, Python references {references:.2f} ms "
         f"({references / kernels:.2f}x; identical model inputs, tests compare them).",
         "",
     ]
-    shares = profile_summary(out / "profile.txt") if (out / "profile.txt").is_file() else {}
     if shares:
         lines += [
             "Where one gateway worker's busy time goes (py-spy, 200 samples/s, all threads, "
@@ -363,17 +349,4 @@ def run_capacity_bench(
             + ".",
             "",
         ]
-    section = "\n".join(lines)
-    save(
-        out,
-        "capacity",
-        section,
-        {
-            "rows": rows,
-            "concurrency": concurrency,
-            "seconds": seconds,
-            "profile": shares,
-            "preprocessing_ms": costs,
-        },
-    )
-    return section
+    return "\n".join(lines)

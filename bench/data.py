@@ -16,9 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.corpus import real_data_dir, real_pngs
+from covidct.config import DEFAULT_IMAGE_SIZE
 from covidct.preprocessing import preprocess_bytes
 
 ROUNDS = 5
+#: Slices in a full COVIDx-CT set: what the cache-build note extrapolates to.
+COVIDX_SLICES = 425_000
 
 
 def _rate(items: int, fn: Callable[[], object], rounds: int = ROUNDS) -> tuple[float, float, float]:
@@ -32,19 +35,41 @@ def _rate(items: int, fn: Callable[[], object], rounds: int = ROUNDS) -> tuple[f
 
 
 def row(name: str, rate: tuple[float, float, float], note: str = "") -> str:
+    """One table row: median and range of a :func:`_rate`, and a note."""
     med, lo, hi = rate
     return f"| {name} | {med:,.1f} | {lo:,.1f} to {hi:,.1f} | {note} |"
 
 
 def run_data_bench(
-    png_slices: int = 200, synth_slices: int = 200, cache_slices: int = 1000, size: int = 224
+    png_slices: int = 200,
+    synth_slices: int = 200,
+    cache_slices: int = 1000,
+    size: int = DEFAULT_IMAGE_SIZE,
 ) -> str:
     """Run the data benchmarks and return a Markdown section for BENCHMARKS.md."""
-    from training.cache import prepare_cache
-    from training.synth import plan_patients, write_patient
-
     root = real_data_dir()
     pngs = real_pngs(root)
+    rows = preprocessing_rows(root, pngs, png_slices, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows.append(synthesis_row(Path(tmp) / "synth", synth_slices))
+        rows += cache_rows(Path(tmp), pngs, cache_slices, size)
+    header = [
+        f"## covidct bench data (S={size})",
+        "",
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; {png_slices} real 512² PNG slices "
+        f"({len(pngs)} distinct) from {root}, "
+        f"median of {ROUNDS} rounds (synthesis and cache: 3); cache: {cache_slices} slices.",
+        "",
+        "| what | slices/s (median) | range | note |",
+        "|---|---:|---:|---|",
+    ]
+    return "\n".join(header + rows) + "\n"
+
+
+def preprocessing_rows(root: Path, pngs: list[Path], png_slices: int, size: int) -> list[str]:
+    """Preprocessing speed of the real slices: PNG by the serving path (auto body box) and the
+    cache path (label box), then each kind of real DICOM (half as many slices)."""
     png_bytes = [p.read_bytes() for p in pngs]
     png_batch = [png_bytes[i % len(png_bytes)] for i in range(png_slices)]
     dicoms = {
@@ -79,53 +104,48 @@ def run_data_bench(
                     _rate(len(batch), functools.partial(_preprocess_all, batch, size)),
                 )
             )
+    return rows
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "synth"
-        (out / "images").mkdir(parents=True)
-        per_patient = 10
-        patients = plan_patients(max(synth_slices // per_patient, 1), seed=0)
-        n = len(patients) * per_patient
-        synth = _rate(
-            n, lambda: [write_patient(p, out, per_patient, 512) for p in patients], rounds=3
+
+def synthesis_row(out: Path, synth_slices: int) -> str:
+    """Synthetic CT speed: patients of 10 slices rendered at 512² and written as PNG."""
+    from training.synth import plan_patients, write_patient
+
+    (out / "images").mkdir(parents=True)
+    per_patient = 10
+    patients = plan_patients(max(synth_slices // per_patient, 1), seed=0)
+    n = len(patients) * per_patient
+    synth = _rate(n, lambda: [write_patient(p, out, per_patient, 512) for p in patients], rounds=3)
+    return row(
+        "synthetic CT 512², render + PNG write",
+        synth,
+        f"1,000 slices in {1000 / synth[0]:.0f} s on one core",
+    )
+
+
+def cache_rows(tmp: Path, pngs: list[Path], cache_slices: int, size: int) -> list[str]:
+    """Cache-build speed with 1 and 2 workers, from real slices (the corpus's PNGs repeated
+    under new names), with the time a full-size COVIDx-CT cache would take at that speed."""
+    from training.cache import prepare_cache
+
+    data = _real_folder(tmp / "data", pngs, cache_slices)
+    rows = []
+    for workers in (1, 2):
+        cache = tmp / f"cache{workers}"
+        build = _rate(
+            cache_slices,
+            functools.partial(_fresh_cache, prepare_cache, data, cache, size, workers),
+            rounds=3,
         )
         rows.append(
             row(
-                "synthetic CT 512², render + PNG write",
-                synth,
-                f"1,000 slices in {1000 / synth[0]:.0f} s on one core",
+                f"cache build from real PNGs, {workers} worker(s), S={size}",
+                build,
+                f"{build[0] / workers:,.1f} slices/s per core; {COVIDX_SLICES:,} slices in "
+                f"{COVIDX_SLICES / build[0] / 60:,.0f} min",
             )
         )
-        # The cache is built from real slices: the 123 PNGs repeated under new names.
-        data = _real_folder(Path(tmp) / "data", pngs, cache_slices)
-        for workers in (1, 2):
-            cache = Path(tmp) / f"cache{workers}"
-            build = _rate(
-                cache_slices,
-                functools.partial(_fresh_cache, prepare_cache, data, cache, size, workers),
-                rounds=3,
-            )
-            rows.append(
-                row(
-                    f"cache build from real PNGs, {workers} worker(s), S={size}",
-                    build,
-                    f"{build[0] / workers:,.1f} slices/s per core; 425,000 slices in "
-                    f"{425_000 / build[0] / 60:,.0f} min",
-                )
-            )
-
-    header = [
-        f"## covidct bench data (S={size})",
-        "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; {png_slices} real 512² PNG slices "
-        f"({len(pngs)} distinct) from {root}, "
-        f"median of {ROUNDS} rounds (synthesis and cache: 3); cache: {cache_slices} slices.",
-        "",
-        "| what | slices/s (median) | range | note |",
-        "|---|---:|---:|---|",
-    ]
-    return "\n".join(header + rows) + "\n"
+    return rows
 
 
 def _fresh_cache(

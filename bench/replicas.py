@@ -123,7 +123,7 @@ def _failover(
 
 
 def _model_label(repository: Path, version: str) -> str:
-    """``densenet201 S=224 (cpu, v1)`` from the served version's manifest."""
+    """``densenet201 S=SIZE (cpu, v1)`` from the served version's manifest."""
     from export.repository import read_manifest, versions
 
     model_dir = repository / "covidct"
@@ -174,6 +174,7 @@ def run_replicas_bench(
 def replicas_markdown(
     models: dict[str, dict[str, Any]], concurrency: int, seconds: float, rounds: int
 ) -> str:
+    """The BENCHMARKS.md section: per model, a row per replica count, then the failovers."""
     lines = [
         "## covidct bench replicas (one gateway over 1, 2, 3 Triton replicas)",
         "",

@@ -4,11 +4,11 @@ The same exported version is served under several configurations (dynamic batchi
 on with two queue delays, one or two model instances), each by its own tritonserver, all
 running at once, and swept with perf_analyzer level by level, the variants in turn. The
 recommendation rule is written down here so it can be checked: the highest mean throughput
-at concurrency >= 4, among configurations whose median latency
-at concurrency 1 is within 10% of the best (load must not cost the single user). The
-median, not p99: a 4-second window holds about 70 requests at concurrency 1, so its p99 is
-one request, and one stray 150 ms answer decided the first measured run. A unit test holds
-``TritonOptions``'s defaults to the committed recommendation.
+at concurrency >= 4, among configurations whose median latency at concurrency 1 is within
+10% of the best (load must not cost the single user). The median, not p99: a window at
+concurrency 1 holds too few requests for its p99 to be more than one request, so one stray
+slow answer would decide. A unit test holds ``TritonOptions``'s defaults to the committed
+recommendation.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from bench.perfanalyzer import Served, sweep
 from bench.sweep import BenchError, Row, plot, rel, save
 from covidct.config import ModelSpec
 from export.repository import read_manifest, version_cam_hw, versions
@@ -30,11 +31,14 @@ from export.tritonconfig import RepositoryError, TritonOptions, render_config
 
 @dataclass(frozen=True)
 class Variant:
+    """One way to serve the version: its name in the section and its Triton settings."""
+
     name: str
     serving: TritonOptions
 
 
 def variants(base: TritonOptions) -> list[Variant]:
+    """The four settings compared, all on the cpu target from ``base``."""
     cpu = replace(base, target="cpu")
     return [
         Variant("no batching, 1 instance", replace(cpu, dynamic_batching=False, instance_count=1)),
@@ -91,38 +95,11 @@ def run_settings_bench(
     stability: float = 50.0,
 ) -> str:
     """The whole ``covidct bench settings`` command; returns its Markdown section."""
-    from bench.perf import Served, sweep
-    from serving.server import TritonError, TritonServer, free_port
-
     src = repository / model
-    if not (src / "config.pbtxt").is_file():
-        raise BenchError(f"{src} has no config.pbtxt: export a cpu version first")
-    version = version or max(versions(src), default=0)
-    if not (src / str(version) / "model.py").is_file():
-        raise BenchError(f"{src}/{version} is not a cpu-target version (no model.py)")
-    try:
-        manifest = read_manifest(src, version)
-        spec = ModelSpec.from_dict(manifest["model_spec"])
-        cam_hw = version_cam_hw(src, manifest, spec)
-    except RepositoryError as e:
-        raise BenchError(str(e)) from e
+    version, spec, cam_hw = served_cpu_version(src, version)
     chosen = variants(TritonOptions())
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        # every variant served at once (idle servers cost no CPU), swept level by level in
-        # turn: a machine that slows down mid-run slows every variant alike
-        targets = []
-        for i, variant in enumerate(chosen):
-            repo = Path(tmp) / f"repo{i}"
-            _variant_repository(src, version, repo, variant.serving, spec, cam_hw)
-            server = TritonServer(
-                repo, free_port(), free_port(), free_port(), log_file=Path(tmp) / f"triton{i}.log"
-            )
-            try:
-                stack.enter_context(server)
-            except TritonError as e:
-                raise BenchError(f"{variant.name}: {e}") from e
-            url = server.grpc_address
-            targets.append(Served(variant.name, url, "1", f"variant{i}"))
+        targets = serve_variants(stack, Path(tmp), src, version, chosen, spec, cam_hw)
         results = sweep(
             targets,
             model,
@@ -140,6 +117,87 @@ def run_settings_bench(
         for k in ("dynamic_batching", "max_queue_delay_us", "instance_count")
     )
     plot(out / "settings.png", results, "Triton settings (same model, perf_analyzer gRPC)")
+    section = settings_markdown(model, version, levels, results, pick, follows, out)
+    save(
+        out,
+        "settings",
+        section,
+        {
+            "model": model,
+            "version": version,
+            "results": results,
+            "recommended": pick,
+            "recommended_serving": asdict(picked.serving),
+            "defaults_follow": follows,
+        },
+    )
+    return section
+
+
+def served_cpu_version(src: Path, version: int | None) -> tuple[int, ModelSpec, tuple[int, int]]:
+    """The cpu-target version to serve (the newest unless given), its ModelSpec and CAM size.
+
+    Raises:
+        BenchError: ``src`` holds no config, the version is not a cpu-target one, or its
+            manifest cannot be read.
+    """
+    if not (src / "config.pbtxt").is_file():
+        raise BenchError(f"{src} has no config.pbtxt: export a cpu version first")
+    version = version or max(versions(src), default=0)
+    if not (src / str(version) / "model.py").is_file():
+        raise BenchError(f"{src}/{version} is not a cpu-target version (no model.py)")
+    try:
+        manifest = read_manifest(src, version)
+        spec = ModelSpec.from_dict(manifest["model_spec"])
+        cam_hw = version_cam_hw(src, manifest, spec)
+    except RepositoryError as e:
+        raise BenchError(str(e)) from e
+    return version, spec, cam_hw
+
+
+def serve_variants(
+    stack: contextlib.ExitStack,
+    tmp: Path,
+    src: Path,
+    version: int,
+    chosen: Sequence[Variant],
+    spec: ModelSpec,
+    cam_hw: tuple[int, int],
+) -> list[Served]:
+    """Every variant served at once, each by its own tritonserver (stopped with ``stack``).
+
+    Idle servers cost no CPU, and sweeping them level by level in turn means a machine that
+    slows down mid-run slows every variant alike.
+    """
+    from serving.server import TritonError, TritonServer, free_port
+
+    targets = []
+    for i, variant in enumerate(chosen):
+        repo = tmp / f"repo{i}"
+        _variant_repository(src, version, repo, variant.serving, spec, cam_hw)
+        server = TritonServer(
+            repo, free_port(), free_port(), free_port(), log_file=tmp / f"triton{i}.log"
+        )
+        try:
+            stack.enter_context(server)
+        except TritonError as e:
+            raise BenchError(f"{variant.name}: {e}") from e
+        targets.append(Served(variant.name, server.grpc_address, "1", f"variant{i}"))
+    return targets
+
+
+def settings_markdown(
+    model: str,
+    version: int,
+    levels: Sequence[int],
+    results: dict[str, list[Row]],
+    pick: str,
+    follows: bool,
+    out: Path,
+) -> str:
+    """The BENCHMARKS.md section: every variant per level, the recommendation, and whether
+    ``covidct export``'s defaults follow it."""
+    defaults = TritonOptions()
     header = "| concurrency | " + " | ".join(f"{n}: inf/s (p50 / p99 ms)" for n in results) + " |"
     lines = [
         "## covidct bench settings",
@@ -169,21 +227,7 @@ def run_settings_bench(
         f"![settings]({rel(out / 'settings.png')})",
         "",
     ]
-    section = "\n".join(lines)
-    save(
-        out,
-        "settings",
-        section,
-        {
-            "model": model,
-            "version": version,
-            "results": results,
-            "recommended": pick,
-            "recommended_serving": asdict(picked.serving),
-            "defaults_follow": follows,
-        },
-    )
-    return section
+    return "\n".join(lines)
 
 
 def recommended_serving(result: Path) -> dict[str, object]:

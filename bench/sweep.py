@@ -64,6 +64,7 @@ class Row:
     avg_batch: float | None = None  # Triton's statistics: inferences per execution
 
     def values(self) -> list[str]:
+        """The row as CSV cells, in ``COLUMNS`` order (an unknown figure is empty)."""
         out = [str(self.concurrency), f"{self.throughput:.2f}"]
         for v in (self.p50, self.p90, self.p95, self.p99, self.avg):
             out.append(f"{v:.0f}")
@@ -101,6 +102,7 @@ class Row:
 
     @classmethod
     def from_latencies(cls, concurrency: int, seconds: Sequence[float], wall: float) -> Row:
+        """A level measured by our own load generator: its latencies and the wall time."""
         us = np.asarray(seconds, dtype=np.float64) * 1e6
         p50, p90, p95, p99 = np.percentile(us, [50, 90, 95, 99])
         return cls(concurrency, len(us) / wall, p50, p90, p95, p99, float(us.mean()))
@@ -135,6 +137,7 @@ def parse_levels(text: str) -> list[int]:
 
 
 def write_csv(path: Path, rows: Sequence[Row]) -> None:
+    """A sweep's rows as CSV with perf_analyzer's column names."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -144,6 +147,7 @@ def write_csv(path: Path, rows: Sequence[Row]) -> None:
 
 
 def read_csv(path: Path) -> list[Row]:
+    """The rows :func:`write_csv` wrote."""
     with path.open(newline="") as f:
         return [Row.from_record(r) for r in csv.DictReader(f)]
 
@@ -208,6 +212,7 @@ def machine() -> dict[str, Any]:
 
 
 def table(rows: Sequence[Row]) -> list[str]:
+    """A sweep's rows as a Markdown table (milliseconds)."""
     out = [
         "| concurrency | inferences/s | p50 ms | p95 ms | p99 ms | server queue ms | "
         "server compute ms | avg batch |",

@@ -7,13 +7,26 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bench.data import ROUNDS, row
+from covidct.config import DEFAULT_IMAGE_SIZE, ModelSpec, TrainConfig
+
+#: Batches drawn per timed round of the input pipeline.
+PIPELINE_BATCHES = 60
+#: The two training steps timed: (what the row says, ``--unfreeze``).
+STEPS = (("fine-tune: last 30 backbone layers", 30), ("whole backbone (--unfreeze -1)", -1))
+
+Rate = tuple[float, float, float]
 
 
 def run_train_bench(
-    backbone: str = "densenet201", size: int = 224, batch_size: int = 8, steps: int = 6
+    backbone: str = "densenet201",
+    size: int = DEFAULT_IMAGE_SIZE,
+    batch_size: int = 8,
+    steps: int = 6,
 ) -> str:
     """Input pipeline vs training step, side by side in one process.
 
@@ -23,72 +36,19 @@ def run_train_bench(
     """
     import resource
 
-    import keras
-
-    from covidct.config import ModelSpec, TrainConfig
-    from training.cache import PreparedCache, prepare_cache
-    from training.data import SlicePool, make_dataset
-    from training.model import build_classifier, set_trainable
-    from training.synth import synthesize
-
     cfg = TrainConfig(backbone=backbone, image_size=size, batch_size=batch_size, weights="none")
     with tempfile.TemporaryDirectory() as tmp:
-        data, cache = Path(tmp) / "data", Path(tmp) / "cache"
-        synthesize(data, 12, 10, seed=0, workers=os.cpu_count() or 1)
-        prepare_cache(data, cache, size, workers=os.cpu_count() or 1)
-        pool = SlicePool.open(PreparedCache(cache))
-        train_idx = pool.splits()["train"]
-        ds, _ = make_dataset(pool, train_idx, cfg, training=True)
-        ds = ds.repeat()
-        it = iter(ds)
-        next(it)  # warm the pipeline
-        n_batches = 60
-        rates = []
-        for _ in range(ROUNDS):
-            start = time.perf_counter()
-            for _ in range(n_batches):
-                next(it)
-            rates.append(n_batches * batch_size / (time.perf_counter() - start))
-        pipeline = (statistics.median(rates), min(rates), max(rates))
-
-        keras.utils.set_random_seed(0)
-        clf = build_classifier(ModelSpec(image_size=size, backbone=backbone), weights=None)
-        step_rows = []
-        for label, unfreeze in (
-            ("fine-tune: last 30 backbone layers", 30),
-            ("whole backbone (--unfreeze -1)", -1),
-        ):
-            set_trainable(clf, unfreeze)
-            clf.train_model.compile(
-                optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy"
-            )
-            x, y = next(it)
-            start = time.perf_counter()
-            clf.train_model.train_on_batch(x, y)
-            build_s = time.perf_counter() - start
-            step_rates = []
-            for _ in range(steps):
-                x, y = next(it)
-                start = time.perf_counter()
-                clf.train_model.train_on_batch(x, y)
-                step_rates.append(batch_size / (time.perf_counter() - start))
-            step = (statistics.median(step_rates), min(step_rates), max(step_rates))
-            step_rows.append(
-                row(
-                    f"training step, {label}",
-                    step,
-                    f"first step (graph build) {build_s:.1f} s; pipeline is "
-                    f"{pipeline[0] / step[0]:,.0f}x faster",
-                )
-            )
+        batches = training_batches(Path(tmp), cfg)
+        pipeline = pipeline_rate(batches, batch_size)
+        step_rows = training_step_rows(batches, cfg, steps, pipeline)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     return "\n".join(
         [
             f"## covidct bench train ({backbone}, S={size}, batch {batch_size})",
             "",
             f"{platform.machine()}, {os.cpu_count()} cores; pipeline: cache gather + augmentation, "
-            f"{n_batches} batches x {ROUNDS} rounds; steps: `train_on_batch`, median of {steps} "
-            "after the graph-building first one.",
+            f"{PIPELINE_BATCHES} batches x {ROUNDS} rounds; steps: `train_on_batch`, median of "
+            f"{steps} after the graph-building first one.",
             "",
             "| what | images/s (median) | range | note |",
             "|---|---:|---:|---|",
@@ -99,3 +59,71 @@ def run_train_bench(
             "",
         ]
     )
+
+
+def training_batches(tmp: Path, cfg: TrainConfig) -> Iterator[Any]:
+    """Training batches as ``covidct train`` draws them, endless, from a prepared cache of
+    synthetic data under ``tmp``; the pipeline is warmed by one batch."""
+    from training.cache import PreparedCache, prepare_cache
+    from training.data import SlicePool, make_dataset
+    from training.synth import synthesize
+
+    data, cache = tmp / "data", tmp / "cache"
+    synthesize(data, 12, 10, seed=0, workers=os.cpu_count() or 1)
+    prepare_cache(data, cache, cfg.image_size, workers=os.cpu_count() or 1)
+    pool = SlicePool.open(PreparedCache(cache))
+    ds, _ = make_dataset(pool, pool.splits()["train"], cfg, training=True)
+    batches = iter(ds.repeat())
+    next(batches)  # warm the pipeline
+    return batches
+
+
+def pipeline_rate(batches: Iterator[Any], batch_size: int) -> Rate:
+    """Images/s of the input pipeline alone: median, min and max over ``ROUNDS`` rounds."""
+    rates = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for _ in range(PIPELINE_BATCHES):
+            next(batches)
+        rates.append(PIPELINE_BATCHES * batch_size / (time.perf_counter() - start))
+    return statistics.median(rates), min(rates), max(rates)
+
+
+def training_step_rows(
+    batches: Iterator[Any], cfg: TrainConfig, steps: int, pipeline: Rate
+) -> list[str]:
+    """One row per entry of ``STEPS``: images/s of ``train_on_batch`` (median of ``steps``
+    after the graph-building first call, timed apart), against the pipeline's rate."""
+    import keras
+
+    from training.model import build_classifier, set_trainable
+
+    keras.utils.set_random_seed(0)
+    spec = ModelSpec(image_size=cfg.image_size, backbone=cfg.backbone)
+    clf = build_classifier(spec, weights=None)
+    rows = []
+    for label, unfreeze in STEPS:
+        set_trainable(clf, unfreeze)
+        clf.train_model.compile(
+            optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy"
+        )
+        x, y = next(batches)
+        start = time.perf_counter()
+        clf.train_model.train_on_batch(x, y)
+        build_s = time.perf_counter() - start
+        step_rates = []
+        for _ in range(steps):
+            x, y = next(batches)
+            start = time.perf_counter()
+            clf.train_model.train_on_batch(x, y)
+            step_rates.append(cfg.batch_size / (time.perf_counter() - start))
+        step = (statistics.median(step_rates), min(step_rates), max(step_rates))
+        rows.append(
+            row(
+                f"training step, {label}",
+                step,
+                f"first step (graph build) {build_s:.1f} s; pipeline is "
+                f"{pipeline[0] / step[0]:,.0f}x faster",
+            )
+        )
+    return rows

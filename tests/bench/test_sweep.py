@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.perf import parse_perf_csv
+from bench.perfanalyzer import parse_perf_csv
 from bench.report import render, targets
 from bench.settings import recommend
 from bench.sweep import RESULTS, BenchError, Row, parse_levels, read_csv, write_csv
@@ -155,7 +155,7 @@ def test_report_says_what_is_not_measured(tmp_path: Path) -> None:
 
 
 def test_profile_summary_buckets_busy_samples(tmp_path: Path) -> None:
-    from bench.capacity import profile_summary
+    from bench.profiling import profile_summary
 
     raw = tmp_path / "profile.txt"
     raw.write_text(
@@ -177,7 +177,7 @@ def test_stability_reaches_perf_analyzer(
 ) -> None:
     """run_level passes --stability through (it was once fixed at 50%): a stand-in
     perf_analyzer records its arguments and writes the CSV perf_analyzer wrote."""
-    from bench.perf import run_level
+    from bench.perfanalyzer import run_level
 
     argv = tmp_path / "argv.json"
     fake = tmp_path / "perf_analyzer"
@@ -199,7 +199,7 @@ def test_stability_reaches_perf_analyzer(
 
 
 def test_served_versions_and_their_gate_come_from_the_manifests(tmp_path: Path) -> None:
-    from bench.perf import served_versions
+    from bench.served import served_versions
 
     model = tmp_path / "covidct"
     manifests = {
@@ -288,7 +288,7 @@ def test_engine_child_stays_loaded_and_measures_on_request(tmp_path: Path) -> No
     is a BenchError naming the engine, not a hang."""
     import numpy as np
 
-    from bench.engines import EngineChild
+    from bench.inprocess import EngineChild
     from covidct.config import MIN_IMAGE_SIZE, ModelSpec
     from tests.deploy.test_trt_build import tiny_onnx
 
