@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.common import RepositoryOpt, err, fail
-from export.tritonconfig import RepositoryError, TritonOptions
+from cli.common import RepositoryOpt, err
+from export.tritonconfig import TritonOptions
 
 TRITON_DEFAULTS = TritonOptions()
 
@@ -71,48 +71,37 @@ def export_cmd(
     ] = TRITON_DEFAULTS.versions_kept,
 ) -> None:
     """Export a run as the next version of its Triton model: ONNX, parity check, config."""
-    from export.onnx import ExportError
     from export.pipeline import export_auto, export_run
-    from training.run import TrainError
 
     chosen = None
     if target == "auto" and (int8 or precision is not None):
         target = "cpu" if int8 else "openvino"
-    try:
-        serving = TritonOptions(  # auto: export_auto sets the target and precision
-            target="cpu" if target == "auto" else target,
-            precision=precision or "fp32",
-            max_batch_size=max_batch_size,
-            dynamic_batching=dynamic_batching,
-            max_queue_delay_us=max_queue_delay_us,
-            instance_count=instances,
-            versions_kept=versions_kept,
-        )
-        if target == "auto":
-            manifest, chosen = export_auto(
-                run, repository, serving, calibration_data, agreement_data
-            )
-            err.print(f"target auto -> {chosen}", soft_wrap=True)
-        else:
-            manifest = export_run(
-                run,
-                repository,
-                serving,
-                int8=int8,
-                calibration_data=calibration_data,
-                agreement_data=agreement_data,
-            )
-    except (ExportError, RepositoryError, TrainError) as e:
-        fail(str(e))
-    print(
-        json.dumps(
-            {
-                k: manifest[k]
-                for k in ("version", "target", "parity", "export_seconds")
-                if k in manifest
-            }
-            | ({"int8": manifest["int8"]} if "int8" in manifest else {})
-            | ({"openvino": manifest["openvino"]} if "openvino" in manifest else {})
-            | ({"chosen": chosen} if chosen else {})
-        )
+    serving = TritonOptions(  # auto: export_auto sets the target and precision
+        target="cpu" if target == "auto" else target,
+        precision=precision or "fp32",
+        max_batch_size=max_batch_size,
+        dynamic_batching=dynamic_batching,
+        max_queue_delay_us=max_queue_delay_us,
+        instance_count=instances,
+        versions_kept=versions_kept,
     )
+    # A refused export (ExportError, RepositoryError, TrainError) is one message (cli.main).
+    if target == "auto":
+        manifest, chosen = export_auto(run, repository, serving, calibration_data, agreement_data)
+        err.print(f"target auto -> {chosen}", soft_wrap=True)
+    else:
+        manifest = export_run(
+            run,
+            repository,
+            serving,
+            int8=int8,
+            calibration_data=calibration_data,
+            agreement_data=agreement_data,
+        )
+    print(json.dumps(summary(manifest, chosen)))
+
+
+def summary(manifest: dict[str, Any], chosen: str | None = None) -> dict[str, Any]:
+    """What ``covidct export`` prints of the manifest: version, target, checks, the choice."""
+    keys = ("version", "target", "parity", "export_seconds", "int8", "openvino")
+    return {k: manifest[k] for k in keys if k in manifest} | ({"chosen": chosen} if chosen else {})

@@ -10,12 +10,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from cli.common import ModelOpt, RepositoryOpt, err, fail
+from cli.common import ModelOpt, RepositoryOpt, err
+from rollout.deploylog import LOG_NAME
+from rollout.options import ROLLBACK_WATCH_SECONDS, DeployOptions, GateTolerances
 
 if TYPE_CHECKING:
     from rollout.deployment import StepEvent
 
 app = typer.Typer()
+
+#: The defaults of both commands' options: rollout's own (``rollout.options``).
+DEFAULTS = DeployOptions(repository=Path("model_repository"))
 
 GatewayOpt = Annotated[str, typer.Option("--gateway", help="Gateway URL.")]
 TritonOpt = Annotated[
@@ -30,7 +35,7 @@ AdminKeyOpt = Annotated[
     str | None, typer.Option(envvar="COVIDCT_ADMIN_KEY", help="The gateway's X-Admin-Key.")
 ]
 LogOpt = Annotated[
-    Path | None, typer.Option(help="Deployment log (default: REPOSITORY/deployments.jsonl).")
+    Path | None, typer.Option(help=f"Deployment log (default: REPOSITORY/{LOG_NAME}).")
 ]
 SmokeOpt = Annotated[
     Path | None,
@@ -79,61 +84,59 @@ def redeploy(
         Path | None, typer.Option(help="A finished run to deploy instead of training.")
     ] = None,
     repository: RepositoryOpt = Path("model_repository"),
-    gateway: GatewayOpt = "http://127.0.0.1:8080",
-    triton: TritonOpt = "127.0.0.1:8001",
+    gateway: GatewayOpt = DEFAULTS.gateway_url,
+    triton: TritonOpt = DEFAULTS.triton_url,
     admin_key: AdminKeyOpt = None,
-    model: ModelOpt = "covidct",
+    model: ModelOpt = DEFAULTS.model,
     dry_run: Annotated[
         bool, typer.Option(help="Train, evaluate and gate only; change nothing.")
     ] = False,
-    max_macro_f1_drop: Annotated[float, typer.Option(help="Gate: allowed macro-F1 drop.")] = 0.01,
+    max_macro_f1_drop: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Gate: allowed macro-F1 drop.")
+    ] = DEFAULTS.tolerances.macro_f1,
     max_covid_sensitivity_drop: Annotated[
-        float, typer.Option(help="Gate: allowed COVID-19 sensitivity drop.")
-    ] = 0.02,
+        float, typer.Option(min=0.0, max=1.0, help="Gate: allowed COVID-19 sensitivity drop.")
+    ] = DEFAULTS.tolerances.covid_sensitivity,
     max_covid_ppv_drop: Annotated[
-        float, typer.Option(help="Gate: allowed COVID-19 PPV drop.")
-    ] = 0.02,
+        float, typer.Option(min=0.0, max=1.0, help="Gate: allowed COVID-19 PPV drop.")
+    ] = DEFAULTS.tolerances.covid_ppv,
     smoke_slices: SmokeOpt = None,
-    watch_seconds: WatchOpt = 120.0,
-    max_error_rate: ErrorRateOpt = 0.05,
-    runs_dir: Annotated[Path, typer.Option(help="Where --train-config runs go.")] = Path("runs"),
+    watch_seconds: WatchOpt = DEFAULTS.watch_seconds,
+    max_error_rate: ErrorRateOpt = DEFAULTS.max_error_rate,
+    runs_dir: Annotated[
+        Path, typer.Option(help="Where --train-config runs go.")
+    ] = DEFAULTS.runs_dir,
     log: LogOpt = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Prepared-cache root.")] = None,
 ) -> None:
     """Retrain (or take a run), gate it against production, and switch with zero downtime."""
-    from rollout.control import DeployError
-    from rollout.deployment import DeployOptions
-    from rollout.gate import GateTolerances
     from rollout.redeploy import describe
     from rollout.redeploy import redeploy as run_redeploy
 
-    try:
-        tolerances = GateTolerances(
-            macro_f1=max_macro_f1_drop,
-            covid_sensitivity=max_covid_sensitivity_drop,
-            covid_ppv=max_covid_ppv_drop,
-        )
-        opts = DeployOptions(
-            data=data,
-            run=from_run,
-            train_config=train_config,
-            repository=repository,
-            gateway_url=gateway,
-            triton_url=triton,
-            admin_key=admin_key,
-            model=model,
-            dry_run=dry_run,
-            tolerances=tolerances,
-            smoke_slices=smoke_slices,
-            watch_seconds=watch_seconds,
-            max_error_rate=max_error_rate,
-            runs_dir=runs_dir,
-            log_path=log,
-            cache_root=cache_dir,
-        )
-        entry = run_redeploy(opts, StepDisplay())
-    except (DeployError, ValueError, OSError) as e:
-        fail(str(e), code=1)
+    tolerances = GateTolerances(
+        macro_f1=max_macro_f1_drop,
+        covid_sensitivity=max_covid_sensitivity_drop,
+        covid_ppv=max_covid_ppv_drop,
+    )
+    opts = DeployOptions(
+        data=data,
+        run=from_run,
+        train_config=train_config,
+        repository=repository,
+        gateway_url=gateway,
+        triton_url=triton,
+        admin_key=admin_key,
+        model=model,
+        dry_run=dry_run,
+        tolerances=tolerances,
+        smoke_slices=smoke_slices,
+        watch_seconds=watch_seconds,
+        max_error_rate=max_error_rate,
+        runs_dir=runs_dir,
+        log_path=log,
+        cache_root=cache_dir,
+    )
+    entry = run_redeploy(opts, StepDisplay())  # a DeployError exits 1 (cli.main)
     for reason in (entry.get("gate") or {}).get("reasons", []):
         err.print(f"  gate: {reason}", soft_wrap=True)
     print(describe(entry))
@@ -147,18 +150,16 @@ def rollback(
         int | None, typer.Option(help="Version to serve (default: the one replaced last).")
     ] = None,
     repository: RepositoryOpt = Path("model_repository"),
-    gateway: GatewayOpt = "http://127.0.0.1:8080",
-    triton: TritonOpt = "127.0.0.1:8001",
+    gateway: GatewayOpt = DEFAULTS.gateway_url,
+    triton: TritonOpt = DEFAULTS.triton_url,
     admin_key: AdminKeyOpt = None,
-    model: ModelOpt = "covidct",
+    model: ModelOpt = DEFAULTS.model,
     smoke_slices: SmokeOpt = None,
-    watch_seconds: WatchOpt = 10.0,
-    max_error_rate: ErrorRateOpt = 0.05,
+    watch_seconds: WatchOpt = ROLLBACK_WATCH_SECONDS,
+    max_error_rate: ErrorRateOpt = DEFAULTS.max_error_rate,
     log: LogOpt = None,
 ) -> None:
     """Switch back to an earlier version with the same zero-downtime protocol."""
-    from rollout.control import DeployError
-    from rollout.deployment import DeployOptions
     from rollout.redeploy import describe
     from rollout.redeploy import rollback as run_rollback
 
@@ -173,10 +174,7 @@ def rollback(
         max_error_rate=max_error_rate,
         log_path=log,
     )
-    try:
-        entry = run_rollback(opts, StepDisplay(), to)
-    except (DeployError, ValueError, OSError) as e:
-        fail(str(e), code=1)
+    entry = run_rollback(opts, StepDisplay(), to)  # a DeployError exits 1 (cli.main)
     print(describe(entry))
 
 

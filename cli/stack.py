@@ -76,28 +76,21 @@ def serve(
     ] = 1,
 ) -> None:
     """Start Triton and the gateway (building a demo model first when there is none)."""
-    import subprocess
-
     from cli.launch import default_demo_dir
     from cli.launch import serve as run_serve
-    from serving.server import TritonError
 
-    try:
-        run_serve(
-            repository,
-            host,
-            port,
-            grpc_port,
-            http_port,
-            metrics_port,
-            default_demo_dir(),
-            triton_replicas,
-            workers,
-        )
-    except TritonError as e:
-        fail(str(e))
-    except subprocess.CalledProcessError as e:
-        fail(f"building the demo model failed: {' '.join(map(str, e.cmd[2:]))}")
+    # A Triton that does not start, or a failed demo build, is one message (cli.main).
+    run_serve(
+        repository,
+        host,
+        port,
+        grpc_port,
+        http_port,
+        metrics_port,
+        default_demo_dir(),
+        triton_replicas,
+        workers,
+    )
 
 
 @app.command()

@@ -73,6 +73,7 @@ def _name_batch_dimension(model: object, spec: ModelSpec) -> None:
 
 
 def onnx_session(path: Path, threads: int | None = None) -> object:
+    """ONNX Runtime's CPU session for ``path`` (``threads``: intra-op threads; default: all)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -83,6 +84,7 @@ def onnx_session(path: Path, threads: int | None = None) -> object:
 
 
 def run_onnx(session: object, spec: ModelSpec, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Probabilities and CAM for a uint8 batch, by the ModelSpec's tensor names."""
     names = [spec.probabilities_name, spec.cam_name]
     outs = session.run(names, {spec.input_name: images})  # type: ignore[attr-defined]
     return dict(zip(names, outs, strict=True))

@@ -119,9 +119,9 @@ def read_model(onnx_path: Path) -> Any:
 #: Batches of at least this many slices are split over OpenVINO's THROUGHPUT streams (one
 #: request per stream, run at once); smaller ones run as one LATENCY request on all the
 #: instance's threads (a lone slice on one stream would get one core). Per precision, from
-#: ``covidct bench engines`` (THROUGHPUT / LATENCY, DenseNet201 224², 2-core Xeon with AMX):
-#: bf16 b1 0.52-0.89x, b4 1.05-1.42x, b8 0.90-1.86x, b16 1.06-1.81x over four runs, so bf16
-#: splits from batch 4; fp32 (b8 0.79x in one run) and int8 (not measured) stay on LATENCY.
+#: the batch where ``covidct bench engines`` finds THROUGHPUT even with or faster than
+#: LATENCY (BENCHMARKS.md, bench engines: the PERFORMANCE_HINT ratios): bf16 from batch 4;
+#: fp32 gains too little and too unevenly, and int8 is not measured: both stay on LATENCY.
 STREAMS_FROM_BATCH = {"bf16": 4}
 
 
@@ -196,6 +196,7 @@ def engine_config(precision: str) -> dict[str, Any]:
 
 
 def write_engine(stage: Path, precision: str) -> None:
+    """The version's ``engine.json``: how the openvino backend runs it."""
     (stage / ENGINE_FILE).write_text(json.dumps(engine_config(precision), indent=2) + "\n")
 
 
@@ -208,12 +209,13 @@ def read_engine(version_dir: Path) -> dict[str, Any]:
 def default_cpu_target(flags: list[str] | None = None) -> tuple[str, str, str]:
     """The CPU target for this machine: ``(target, precision, why)``.
 
-    The rule (in-process figures of ``covidct bench engines``, DenseNet201 224²):
+    The rule (from the in-process figures of ``covidct bench engines``; BENCHMARKS.md, bench
+    engines, has them per CPU):
 
-    - AMX or AVX512_BF16: OpenVINO bf16 (2.1x ONNX Runtime fp32 on an AMD EPYC with
-      AVX512_BF16, 5.2x on a Xeon with AMX); the export still gates it against fp32;
-    - otherwise OpenVINO fp32 (1.1x on the EPYC, 1.3x on the Xeon): never slower than ONNX
-      Runtime fp32 where measured, and the same answers within 1e-4.
+    - AMX or AVX512_BF16: OpenVINO bf16, the fastest engine on both kinds of CPU measured
+      (an AMD EPYC with AVX512_BF16, a Xeon with AMX); the export still gates it against fp32;
+    - otherwise OpenVINO fp32: never slower than ONNX Runtime fp32 where measured, and the
+      same answers within ``export.onnx.PARITY_TOLERANCE`` (export checks it).
 
     INT8 (``--target cpu --int8``) is not chosen by default: it needs calibration data.
     """

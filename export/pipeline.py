@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,8 @@ def _split_checksums(run: Path) -> dict[str, str]:
 
 
 #: Largest probability difference between the TensorRT FP16 engine and ONNX Runtime on the
-#: packaged real slices that deploy/trt-build accepts (FP16 DenseNets differ by about 1e-3).
+#: packaged real slices that deploy/trt-build accepts: room for FP16's rounding, far short of
+#: a changed answer (the builder logs the difference it measured beside the engine).
 TRT_FP16_TOLERANCE = 0.02
 
 
@@ -213,9 +214,10 @@ def export_auto(
 
     When the chosen reduced precision fails its agreement gate (or the gate cannot judge it,
     e.g. a model that hesitates on the real slices), the export falls back to OpenVINO fp32,
-    which has the same answers as ONNX Runtime fp32 within 1e-4: a default never refuses a
-    model that the explicit fp32 targets would serve. The fallback happens inside the one
-    export (``fallback_fp32``): the model is converted and parity-checked once.
+    which has ONNX Runtime fp32's answers (within ``export.onnx.PARITY_TOLERANCE``, checked by
+    the export): a default never refuses a model that the explicit fp32 targets would serve. The
+    fallback happens inside the one export (``fallback_fp32``): the model is converted and
+    parity-checked once.
 
     Returns:
         the manifest, and the choice with the CPU flags (and the gate) that decided it.
@@ -243,13 +245,53 @@ def _export(
     agreement_data: Path | None,
     fallback_fp32: bool = False,
 ) -> dict[str, Any]:
-    """The export itself, with the repository held."""
-    from training.run import SAVED_MODEL, SavedModelRunner
+    """The export itself, with the repository held: convert and check, reduce the precision
+    when asked, the target's files, then publish the staged folder as the next version."""
+    from training.run import SAVED_MODEL
 
     started = time.perf_counter()
-    saved_model = run / SAVED_MODEL
+    manifest = _manifest(run, spec, serving)
+    with staged_version(repository, spec.name) as stage:
+        model = _convert_and_check(run / SAVED_MODEL, stage, spec, manifest)
+        if int8 or serving.precision == "int8":  # one static QDQ model for both runtimes
+            assert calibration_data is not None  # checked by export_run
+            _quantize(model, stage, spec, calibration_data)
+            agreement_data = agreement_data or calibration_data
+        if agreement_data is not None and (int8 or serving.precision != "fp32"):
+            model.judged = slice_images(_agreement_files(agreement_data), spec)
+        serving = _target_files(model, stage, spec, serving, manifest, int8, fallback_fp32)
+        if model.fp32 != model.onnx:  # int8: the fp32 model it was quantised from
+            model.fp32.unlink()
+        manifest["export_seconds"] = round(time.perf_counter() - started, 1)
+        cam_hw = (int(manifest["cam_hw"][0]), int(manifest["cam_hw"][1]))
+        version = publish_version(repository, spec, serving, stage, cam_hw, manifest)
+    manifest["version"] = version
+    log.info("exported %s version %d to %s", spec.name, version, repository)
+    return manifest
 
-    manifest: dict[str, Any] = {
+
+@dataclass
+class _Model:
+    """The staged model and the slices it is checked on.
+
+    Attributes:
+        onnx: the served ``model.onnx``.
+        fp32: the fp32 model (``onnx`` itself unless int8 quantised it).
+        images: the real CT slices packaged with covidct, preprocessed (parity, bf16's gate).
+        outputs: ONNX Runtime's answers on ``images``.
+        judged: the slices a reduced precision is judged on (default: ``images``).
+    """
+
+    onnx: Path
+    fp32: Path
+    images: np.ndarray
+    outputs: dict[str, np.ndarray]
+    judged: np.ndarray
+
+
+def _manifest(run: Path, spec: ModelSpec, serving: TritonOptions) -> dict[str, Any]:
+    """The manifest's first fields: where the version comes from and what made it."""
+    return {
         "source_run": str(run.resolve()),
         "model_spec": spec.to_dict(),
         "target": serving.target,
@@ -260,66 +302,79 @@ def _export(
             p: metadata.version(p) for p in ("tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime")
         },
     }
-    with staged_version(repository, spec.name) as stage:
-        onnx_path = stage / "model.onnx"
-        t0 = time.perf_counter()
-        convert(saved_model, onnx_path, spec)
-        manifest["onnx_seconds"] = round(time.perf_counter() - t0, 1)
 
-        # Parity on the real slices packaged with covidct, so it runs wherever export does.
-        files = reference_slices()
-        images = slice_images(files, spec)
-        reference = SavedModelRunner(saved_model, spec)(images)
-        session = onnx_session(onnx_path)
-        outputs = run_onnx(session, spec, images)
-        manifest["parity"] = {
-            **check_parity(reference, outputs, spec),
-            "slices": len(images),
-            "slice_files": [f"covidct/reference_slices/{p.name}" for p in files],
-        }
-        cam_hw = (int(outputs[spec.cam_name].shape[1]), int(outputs[spec.cam_name].shape[2]))
-        manifest["cam_hw"] = list(cam_hw)
 
-        fp32 = onnx_path
-        judged = images  # bf16's default judges: the packaged real slices
-        if int8 or serving.precision == "int8":  # one static QDQ model for both runtimes
-            from export.quantize import compare, quantize
+def _convert_and_check(
+    saved_model: Path, stage: Path, spec: ModelSpec, manifest: dict[str, Any]
+) -> _Model:
+    """SavedModel to ``stage/model.onnx``, then parity with the SavedModel on the real slices
+    packaged with covidct (so it runs wherever export does); raises ExportError beyond it."""
+    from training.run import SavedModelRunner
 
-            assert calibration_data is not None
-            fp32 = stage / "model.fp32.onnx"
-            onnx_path.rename(fp32)
-            quantize(fp32, onnx_path, spec, _calibration_images(calibration_data, spec))
-            agreement_data = agreement_data or calibration_data
-        if agreement_data is not None and (int8 or serving.precision != "fp32"):
-            judged = slice_images(_agreement_files(agreement_data), spec)
-        if serving.target == "cpu":
-            if int8:
-                manifest["int8"] = compare(fp32, onnx_path, spec, judged)
-            shutil.copy(BACKEND_MODEL, stage / "model.py")
-        elif serving.target == "openvino":
-            try:
-                manifest["openvino"] = _openvino_version(
-                    spec, serving, stage, fp32, images, outputs, judged
-                )
-            except GateError as e:
-                if not (fallback_fp32 and serving.precision == "bf16"):
-                    raise
-                log.warning("openvino bf16 refused by its gate, falling back to fp32: %s", e)
-                shutil.rmtree(stage / "ov-cache")  # bf16's compiled model
-                serving = replace(serving, precision="fp32")
-                manifest["serving"] = asdict(serving)
-                manifest["openvino"] = {
-                    **_openvino_version(spec, serving, stage, fp32, images, outputs, judged),
-                    "fallback": str(e),
-                }
-        elif serving.target == "tensorrt-plan":
-            manifest["tensorrt"] = _tensorrt_build(
-                spec, serving, stage, images, outputs[spec.probabilities_name]
+    onnx_path = stage / "model.onnx"
+    t0 = time.perf_counter()
+    convert(saved_model, onnx_path, spec)
+    manifest["onnx_seconds"] = round(time.perf_counter() - t0, 1)
+    files = reference_slices()
+    images = slice_images(files, spec)
+    reference = SavedModelRunner(saved_model, spec)(images)
+    outputs = run_onnx(onnx_session(onnx_path), spec, images)
+    manifest["parity"] = {
+        **check_parity(reference, outputs, spec),
+        "slices": len(images),
+        "slice_files": [f"covidct/reference_slices/{p.name}" for p in files],
+    }
+    manifest["cam_hw"] = [int(n) for n in outputs[spec.cam_name].shape[1:3]]
+    return _Model(onnx_path, onnx_path, images, outputs, images)
+
+
+def _quantize(model: _Model, stage: Path, spec: ModelSpec, calibration_data: Path) -> None:
+    """The static QDQ model as ``model.onnx``, calibrated on the data's val slices; the fp32
+    one it came from stays beside it (``model.fp32``) until the checks are done."""
+    from export.quantize import quantize
+
+    model.fp32 = stage / "model.fp32.onnx"
+    model.onnx.rename(model.fp32)
+    quantize(model.fp32, model.onnx, spec, _calibration_images(calibration_data, spec))
+
+
+def _target_files(
+    model: _Model,
+    stage: Path,
+    spec: ModelSpec,
+    serving: TritonOptions,
+    manifest: dict[str, Any],
+    int8: bool,
+    fallback_fp32: bool,
+) -> TritonOptions:
+    """The target's files and checks beside the model; returns how Triton serves it (the
+    openvino bf16 -> fp32 fallback changes the precision)."""
+    if serving.target == "cpu":
+        if int8:
+            from export.quantize import compare
+
+            manifest["int8"] = compare(model.fp32, model.onnx, spec, model.judged)
+        shutil.copy(BACKEND_MODEL, stage / "model.py")
+    elif serving.target == "openvino":
+        try:
+            manifest["openvino"] = _openvino_version(
+                spec, serving, stage, model.fp32, model.images, model.outputs, model.judged
             )
-        if fp32 != onnx_path:  # int8: the fp32 model it was quantised from
-            fp32.unlink()
-        manifest["export_seconds"] = round(time.perf_counter() - started, 1)
-        version = publish_version(repository, spec, serving, stage, cam_hw, manifest)
-    manifest["version"] = version
-    log.info("exported %s version %d to %s", spec.name, version, repository)
-    return manifest
+        except GateError as e:
+            if not (fallback_fp32 and serving.precision == "bf16"):
+                raise
+            log.warning("openvino bf16 refused by its gate, falling back to fp32: %s", e)
+            shutil.rmtree(stage / "ov-cache")  # bf16's compiled model
+            serving = replace(serving, precision="fp32")
+            manifest["serving"] = asdict(serving)
+            manifest["openvino"] = {
+                **_openvino_version(
+                    spec, serving, stage, model.fp32, model.images, model.outputs, model.judged
+                ),
+                "fallback": str(e),
+            }
+    elif serving.target == "tensorrt-plan":
+        manifest["tensorrt"] = _tensorrt_build(
+            spec, serving, stage, model.images, model.outputs[spec.probabilities_name]
+        )
+    return serving

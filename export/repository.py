@@ -93,12 +93,14 @@ def repository_lock(repository: Path, what: str) -> Iterator[None]:
 
 
 def versions(model_dir: Path) -> list[int]:
+    """The model's published versions, oldest first (staged folders are not numbers)."""
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def sha256_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path."""
     return {
         str(path.relative_to(root)): sha256_file(path)
         for path in sorted(p for p in root.rglob("*") if p.is_file())
@@ -171,6 +173,11 @@ def publish_version(
 
 
 def read_manifest(model_dir: Path, version: int) -> dict[str, Any]:
+    """A version's ``manifest.json``.
+
+    Raises:
+        RepositoryError: missing or not JSON, naming the file.
+    """
     path = model_dir / str(version) / MANIFEST
     try:
         return dict(json.loads(path.read_text()))

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 from fastapi import FastAPI, Request
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def problem(error: GatewayError, request: Request) -> JSONResponse:
+    """``error`` as an RFC 9457 problem answer carrying the request's id."""
     return JSONResponse(
         problem_body(error, request_id(request)),
         status_code=error.status,
@@ -47,9 +48,37 @@ def create_app(
     settings: GatewaySettings | None = None,
     backend_factory: Callable[[GatewaySettings], Backend] | None = None,
 ) -> FastAPI:
+    """The gateway: its lifespan (backend, state), middleware, error handlers and routes.
+
+    Args:
+        settings: the gateway's settings (default: from the environment, ``get_settings``).
+        backend_factory: builds the Triton backend at start-up (default: ``ReplicaSet``);
+            tests pass a fake one.
+    """
     settings = settings or get_settings()
-    factory = backend_factory or ReplicaSet
     metrics = Metrics()
+    app = FastAPI(
+        title="covidct gateway",
+        version="1",
+        lifespan=_lifespan(settings, backend_factory or ReplicaSet, metrics),
+        description="COVID-19 chest CT slice classification. Not a medical device.",
+        responses=ANY_ROUTE,
+    )
+    _add_middleware(app, settings, metrics)
+    _add_error_handlers(app)
+    for router in (predict.router, study.router, page.router, health.router, admin.router):
+        app.include_router(router)
+    return app
+
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def _lifespan(
+    settings: GatewaySettings, factory: Callable[[GatewaySettings], Backend], metrics: Metrics
+) -> Lifespan:
+    """Start-up and shut-down: the backend and the state every route reads, the replicas'
+    metrics, the shared serving record's follower; the model spec read once if Triton is up."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,14 +96,7 @@ def create_app(
         if state.shared is not None:
             await state.shared.start()
             follower = asyncio.get_running_loop().create_task(state.shared.run())
-        try:
-            version = await state.serving.current()
-            spec = await state.serving.spec(version)
-            log.info("serving model %s version %s (S=%d)", spec.name, version, spec.image_size)
-            if state.shared is not None:
-                await state.shared.follow()  # writes the first record if there is none
-        except GatewayError as e:  # Triton may come up after the gateway: retried per request
-            log.warning("model spec not available yet: %s", e)
+        await _announce_model(state)
         yield
         if follower is not None:
             follower.cancel()
@@ -84,20 +106,43 @@ def create_app(
             metrics.registry.unregister(collector)
         await backend.close()
 
-    app = FastAPI(
-        title="covidct gateway",
-        version="1",
-        lifespan=lifespan,
-        description="COVID-19 chest CT slice classification. Not a medical device.",
-        responses=ANY_ROUTE,
-    )
+    return lifespan
 
+
+async def _announce_model(state: GatewayState) -> None:
+    """Log the model served at start (and write the first shared serving record)."""
+    try:
+        version = await state.serving.current()
+        spec = await state.serving.spec(version)
+        log.info("serving model %s version %s (S=%d)", spec.name, version, spec.image_size)
+        if state.shared is not None:
+            await state.shared.follow()  # writes the first record if there is none
+    except GatewayError as e:  # Triton may come up after the gateway: retried per request
+        log.warning("model spec not available yet: %s", e)
+
+
+def _add_middleware(app: FastAPI, settings: GatewaySettings, metrics: Metrics) -> None:
+    """The envelope, the body cap and, when origins are configured, CORS."""
     # The envelope (request id, API key, saturation, metrics, log) wraps the body cap: 401
     # comes before 413. Both are plain ASGI: no per-request task, no body copy.
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(
         Envelope, settings=settings, metrics=metrics, state=lambda: getattr(app.state, "gw", None)
     )
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answered as a problem body: the gateway's own, the framework's, a client
+    gone mid-body, and request validation."""
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -122,17 +167,3 @@ def create_app(
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return problem(BadRequest(f"{where}: {first.get('msg', 'invalid request')}"), request)
-
-    if settings.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["*"],
-        )
-
-    for router in (predict.router, study.router, page.router, health.router, admin.router):
-        app.include_router(router)
-    return app

@@ -10,8 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from covidct.addresses import DEFAULT_TRITON_URL, GATEWAY_PORT, LOCALHOST
 
 MiB = 1024 * 1024
-#: Peak working memory of decoding the largest slice the decoder takes (4096² pixels, 16-bit
-#: DICOM: raw, HU float32, windowed, resized; 144 MiB measured, rounded up).
+#: Working memory allowed for decoding the largest slice the decoder takes (4096² pixels,
+#: 16-bit DICOM: raw, HU float32, windowed, resized), with room to spare so the budget holds
+#: on another library version; SECURITY.md (memory budget) gives its measured peak, and
+#: ``covidct bench overload`` checks the gateway's RSS against ``memory_budget``.
 DECODE_BYTES = 256 * MiB
 #: The decoded grey slice a request keeps for its heatmap (4096² x uint8).
 KEPT_SLICE_BYTES = 16 * MiB
@@ -46,8 +48,9 @@ class GatewaySettings(BaseSettings):
     max_upload_bytes: int = 64 * 1024 * 1024  # one slice (a 512x512 DICOM is about 0.5 MB)
     preprocess_workers: int = 2
     # An 8-bit grey PNG of at most this many pixels (a CT slice: 512 x 512) is preprocessed on
-    # the event loop, about 2 ms with the compiled kernels: handing it to a worker thread costs
-    # more CPU than that under load (BENCHMARKS.md, bench capacity). Anything else (DICOM,
+    # the event loop: with the compiled kernels that job is so short that handing it to a
+    # worker thread costs more CPU than the job itself under load (`covidct bench capacity`,
+    # BENCHMARKS.md: event loop vs worker threads per gateway core). Anything else (DICOM,
     # JPEG, larger or other PNGs), and every upload while the gateway is shedding load (a 503
     # for saturation in the last second: the loop then answers those first), goes to the
     # preprocess_workers threads. 0: always threads.
@@ -75,4 +78,5 @@ class GatewaySettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> GatewaySettings:
+    """The settings from the environment, read once per process."""
     return GatewaySettings()

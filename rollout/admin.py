@@ -35,9 +35,11 @@ class GatewayAdmin:
         return dict(r.json())
 
     def status(self) -> dict[str, Any]:
+        """The serving version, requests in flight and counts since the last switch."""
         return self._call("GET")
 
     def switch(self, version: int) -> dict[str, Any]:
+        """Serve ``version`` from the next request (every process of a shared deployment)."""
         return self._call("POST", {"version": str(version)})
 
     def drain(self, version: int, timeout_s: float) -> float:
@@ -55,4 +57,5 @@ class GatewayAdmin:
             time.sleep(0.1)
 
     def close(self) -> None:
+        """Close the HTTP connection."""
         self.client.close()

@@ -35,7 +35,13 @@ T = TypeVar("T")
 
 
 class DeployError(CovidctError, RuntimeError):
-    """A redeploy or rollback step failed; the message says which and why."""
+    """A redeploy or rollback failed; the message says which step and why.
+
+    The command line exits 1 on it, as on a gate rejection: a deployment that did not happen
+    (whatever the cause, the old version still serves), apart from a mistyped command (2).
+    """
+
+    exit_code = 1
 
 
 class TritonControl:
@@ -86,6 +92,7 @@ class TritonControl:
         log.info("Triton %s serves versions %s (%.1f s)", self.url, versions, seconds)
 
     def infer(self, version: int, images: np.ndarray, spec_input: str, output: str) -> np.ndarray:
+        """``output`` for a uint8 batch, from exactly ``version`` (else DeployError)."""
         grpc = self._grpc
         inp = grpc.InferInput(spec_input, list(images.shape), "UINT8")
         inp.set_data_from_numpy(images)

@@ -28,6 +28,7 @@ def who() -> str:
 
 
 def now_iso() -> str:
+    """Local time with its UTC offset, as the log writes it."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -38,6 +39,7 @@ class DeploymentLog:
         self.path = path
 
     def append(self, entry: dict[str, Any]) -> None:
+        """Add one attempt's line."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(entry, sort_keys=True) + "\n"
         if self.path.is_file() and self.path.stat().st_size:
@@ -121,6 +123,7 @@ class Journal:
         self.path = path
 
     def load(self) -> dict[str, Any] | None:
+        """The interrupted deployment's state, or None when none is in progress."""
         if not self.path.is_file():
             return None
         try:
@@ -129,8 +132,10 @@ class Journal:
             return None  # never happens with atomic writes; treat as no journal
 
     def save(self, state: dict[str, Any]) -> None:
+        """Replace the state in one step (a kill leaves the old one or the new one)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
     def clear(self) -> None:
+        """The deployment ended: nothing left to recover."""
         self.path.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""What redeploy and rollback share: options, step reporting, the journal, the switch.
+"""What redeploy and rollback share: step reporting, the journal, the switch.
 
 A deployment moves the gateway from ``old_version`` to ``new_version`` with the protocol of
 ``rollout.control`` (Triton) and ``rollout.admin`` (gateway). Its state (versions, steps done,
@@ -14,11 +14,10 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from covidct.addresses import DEFAULT_GATEWAY_URL, DEFAULT_TRITON_URL
 from covidct.config import ModelSpec
 from export.repository import (
     pinned_config,
@@ -29,51 +28,17 @@ from export.repository import (
 )
 from rollout.admin import GatewayAdmin
 from rollout.control import DeployError, TritonFleet
-from rollout.deploylog import LOG_NAME, DeploymentLog, Journal, now_iso, who
-from rollout.gate import GateTolerances
+from rollout.deploylog import now_iso, who
+from rollout.options import DeployOptions
 from rollout.smoke import smoke_slices, smoke_test
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DeployOptions:
-    """Everything ``covidct redeploy`` / ``covidct rollback`` were asked to do."""
-
-    repository: Path
-    data: Path | None = None
-    run: Path | None = None
-    train_config: Path | None = None
-    runs_dir: Path = Path("runs")
-    model: str = "covidct"
-    gateway_url: str = DEFAULT_GATEWAY_URL
-    triton_url: str = DEFAULT_TRITON_URL
-    admin_key: str | None = None
-    tolerances: GateTolerances = field(default_factory=GateTolerances)
-    dry_run: bool = False
-    smoke_slices: Path | None = None
-    smoke_max_latency_ms: float = 5000.0
-    watch_seconds: float = 120.0
-    max_error_rate: float = 0.05
-    drain_timeout_s: float = 120.0
-    log_path: Path | None = None
-    cache_root: Path | None = None
-
-    @property
-    def model_dir(self) -> Path:
-        return self.repository / self.model
-
-    @property
-    def deployment_log(self) -> DeploymentLog:
-        return DeploymentLog(self.log_path or self.repository / LOG_NAME)
-
-    @property
-    def journal(self) -> Journal:
-        return Journal(self.repository / f".deploy-{self.model}.json")
-
-
-@dataclass(frozen=True)
 class StepEvent:
+    """One step's progress, as the command line shows it."""
+
     step: str
     status: str  # start, ok, skip (done before an interruption), fail
     detail: str = ""
@@ -97,6 +62,7 @@ class Deployment:
 
     @staticmethod
     def new_state(action: str, **fields: Any) -> dict[str, Any]:
+        """A fresh journal state for ``action`` (redeploy or rollback) with ``fields``."""
         return {
             "id": uuid.uuid4().hex[:12],
             "action": action,
@@ -132,10 +98,12 @@ class Deployment:
 
     @property
     def old(self) -> int:
+        """The version serving when the deployment started."""
         return int(self.state["from_version"])
 
     @property
     def new(self) -> int:
+        """The version the deployment moves to."""
         return int(self.state["to_version"])
 
     def load_pair(self) -> str:
@@ -149,6 +117,7 @@ class Deployment:
         return {1: "Triton", 2: "both Tritons"}.get(n, f"all {n} Tritons")
 
     def smoke(self) -> str:
+        """Real slices through every Triton on the new version (``rollout.smoke``)."""
         spec = ModelSpec.from_dict(read_manifest(self.opts.model_dir, self.new)["model_spec"])
         files = smoke_slices(self.opts.smoke_slices)
         figures = smoke_test(
@@ -167,12 +136,14 @@ class Deployment:
         )
 
     def switch(self) -> str:
+        """Every gateway process serves the new version from its next request."""
         answer = self.gateway.switch(self.new)
         n = len(answer.get("gateways") or [None])
         who = "the gateway serves" if n == 1 else f"{n} gateway processes serve"
         return f"{who} version {self.new}"
 
     def drain(self) -> str:
+        """Wait until no request is left on the old version."""
         waited = self.gateway.drain(self.old, self.opts.drain_timeout_s)
         return f"no request left on version {self.old} ({waited:.1f} s)"
 
@@ -194,6 +165,7 @@ class Deployment:
         return f"{requests} requests, {errors} errors in {self.opts.watch_seconds:g} s"
 
     def retire_old(self) -> str:
+        """Unload the old version; the new one serves alone."""
         self.triton.load_versions(self.opts.model_dir, [self.new], self.new)
         return f"version {self.old} unloaded; {self._tritons} serve {self.new} only"
 

@@ -18,15 +18,21 @@ from typing import Any
 from covidct.config import ModelSpec
 from covidct.dataset import label_file
 from export.repository import read_manifest
+from rollout.control import DeployError
 from rollout.gate import headline
 
 log = logging.getLogger(__name__)
 
 
 def data_test_sha(data: Path) -> str:
+    """sha256 of ``data``'s test label file: the split the gate compares figures on.
+
+    Raises:
+        DeployError: ``data`` has no test split.
+    """
     path = label_file(data, "test")
     if not path.is_file():
-        raise FileNotFoundError(f"{data} has no test split ({path.name}): the gate needs one")
+        raise DeployError(f"{data} has no test split ({path.name}): the gate needs one")
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -10,29 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rollout.options import GateTolerances
+
 COVID = "COVID-19"
 
 
 @dataclass(frozen=True)
-class GateTolerances:
-    """How much each figure may drop (absolute, as a fraction: 0.01 is one point)."""
-
-    macro_f1: float = 0.01
-    covid_sensitivity: float = 0.02
-    covid_ppv: float = 0.02
-
-    def __post_init__(self) -> None:
-        for name in ("macro_f1", "covid_sensitivity", "covid_ppv"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"tolerance {name}={getattr(self, name)} must be in [0, 1]")
-
-
-@dataclass(frozen=True)
 class GateDecision:
+    """Promote or not, and the reason of every check."""
+
     promote: bool
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """As written in the deployment log."""
         return {"promote": self.promote, "reasons": list(self.reasons)}
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from covidct.config import TrainConfig
+from covidct.errors import CovidctError
 from export.repository import (
     RepositoryBusy,
     TritonOptions,
@@ -30,7 +31,6 @@ from export.repository import (
 from rollout.control import DeployError
 from rollout.deployment import (
     Deployment,
-    DeployOptions,
     Reporter,
     StepEvent,
     WatchFailed,
@@ -45,6 +45,7 @@ from rollout.figures import (
     run_test_sha,
 )
 from rollout.gate import decide
+from rollout.options import DeployOptions
 from rollout.smoke import SmokeError
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,14 @@ def _serving_version(d: Deployment) -> int:
 
 
 def _train(opts: DeployOptions) -> Path:
+    """A new run trained with ``--train-config`` on ``--data``, under ``--runs-dir``."""
     from training.train import train
 
     assert opts.train_config is not None and opts.data is not None
-    cfg = TrainConfig.from_json(opts.train_config.read_text())
+    try:
+        cfg = TrainConfig.from_json(opts.train_config.read_text())
+    except (OSError, ValueError) as e:
+        raise DeployError(f"{opts.train_config}: not a usable train config: {e}") from e
     out = opts.runs_dir / time.strftime("redeploy-%Y%m%d-%H%M%S")
     train(opts.data, out, cfg, cache_root=opts.cache_root, verbose=2)
     return out
@@ -87,6 +92,19 @@ def _holding(opts: DeployOptions, what: str) -> Iterator[None]:
         raise DeployError(str(e)) from e
 
 
+@contextmanager
+def _as_deploy_error() -> Iterator[None]:
+    """Whatever ends a deployment ends it as a DeployError (the command line exits 1): the
+    project's errors from the code it drives (training, evaluation, export) and a file that
+    cannot be read or parsed, each with its own message."""
+    try:
+        yield
+    except DeployError:
+        raise
+    except (CovidctError, ValueError, OSError) as e:
+        raise DeployError(str(e)) from e
+
+
 def redeploy(
     opts: DeployOptions, report: Reporter, exporter: Exporter = _default_exporter
 ) -> dict[str, Any]:
@@ -98,93 +116,122 @@ def redeploy(
     """
     if opts.data is None or (opts.run is None) == (opts.train_config is None):
         raise DeployError("give --data and exactly one of --from-run or --train-config")
-    if opts.dry_run:
-        return _redeploy(opts, report, exporter)
-    with _holding(opts, "covidct redeploy"):
-        return _redeploy(opts, report, exporter)
+    with _as_deploy_error():
+        if opts.dry_run:
+            return _redeploy(opts, report, exporter)
+        with _holding(opts, "covidct redeploy"):
+            return _redeploy(opts, report, exporter)
 
 
 def _redeploy(opts: DeployOptions, report: Reporter, exporter: Exporter) -> dict[str, Any]:
+    """The redeploy's phases: recover, train, evaluate, gate, export-load-smoke, switch."""
     assert opts.data is not None  # checked by redeploy()
     recovered = None if opts.dry_run else recover(opts, report)
     if recovered and recovered["outcome"].startswith("interrupted after the switch"):
         same = opts.run is not None and recovered.get("source_run") == str(opts.run.resolve())
         if same:
             return recovered  # the interrupted redeploy of this run is now complete
-    model_dir = opts.model_dir
-    state = Deployment.new_state(
-        "redeploy", data=str(opts.data.resolve()), newest_before=max(versions(model_dir) or [0])
-    )
+    newest = max(versions(opts.model_dir) or [0])
+    state = Deployment.new_state("redeploy", data=str(opts.data.resolve()), newest_before=newest)
     d = Deployment(opts, report, state)
-    run: Path | None = opts.run
+    candidate = _train_step(d)
+    state["source_run"] = str(candidate.resolve())
+    state["from_version"] = _serving_version(d)
+    sha = data_test_sha(opts.data)
+    state["test_split_sha256"] = sha
+    _evaluate_step(d, candidate, opts.data, sha)
+    if not _gate_step(d, candidate, sha):
+        return d.finish("rejected")
+    if opts.dry_run:
+        return d.finish("dry-run: would promote")
+    _export_load_smoke(d, candidate, exporter)
+    return _switch_and_settle(d)
+
+
+def _logged_step(d: Deployment, name: str, fn: Callable[[], str]) -> None:
+    """``d.step``, for a step before anything changed: a failure ends the log entry."""
+    try:
+        d.step(name, fn)
+    except Exception as e:  # logged, then reported by the caller
+        d.finish(f"failed: {e}")
+        raise
+
+
+def _train_step(d: Deployment) -> Path:
+    """Step ``train``: the candidate run, trained now (``--train-config``) or a finished one."""
+    run = d.opts.run
 
     def train_step() -> str:
         nonlocal run
         if run is None:
-            run = _train(opts)
+            run = _train(d.opts)
             return f"trained {run}"
         if not (run / "saved_model" / "saved_model.pb").is_file():
             raise DeployError(f"{run} has no SavedModel: not a finished run")
         return f"finished run {run}"
 
-    try:
-        d.step("train", train_step)
-    except Exception as e:  # logged, then reported by the caller
-        d.finish(f"failed: {e}")
-        raise
+    _logged_step(d, "train", train_step)
     assert run is not None
-    candidate, data = run, opts.data
-    state["source_run"] = str(candidate.resolve())
-    state["from_version"] = _serving_version(d)
-    sha = data_test_sha(data)
-    state["test_split_sha256"] = sha
+    return run
+
+
+def _evaluate_step(d: Deployment, candidate: Path, data: Path, sha: str) -> None:
+    """Step ``evaluate``: candidate's and production's figures on the test split ``sha``."""
+    opts = d.opts
 
     def evaluate_step() -> str:
         cand, cand_src = candidate_figures(candidate, data, sha, opts.cache_root)
         history = opts.deployment_log.read()
-        prod, prod_src = production_figures(model_dir, d.old, data, sha, history, opts.cache_root)
-        state["metrics"] = {"candidate": cand, "production": prod}
+        prod, prod_src = production_figures(
+            opts.model_dir, d.old, data, sha, history, opts.cache_root
+        )
+        d.state["metrics"] = {"candidate": cand, "production": prod}
         return f"candidate: {cand_src}; production v{d.old}: {prod_src}"
 
-    try:
-        d.step("evaluate", evaluate_step)
-    except Exception as e:
-        d.finish(f"failed: {e}")
-        raise
+    _logged_step(d, "evaluate", evaluate_step)
+
+
+def _gate_step(d: Deployment, candidate: Path, sha: str) -> bool:
+    """Step ``gate``: whether the candidate may replace production (every reason logged)."""
     decision = decide(
-        state["metrics"]["candidate"],
-        state["metrics"]["production"],
-        opts.tolerances,
+        d.state["metrics"]["candidate"],
+        d.state["metrics"]["production"],
+        d.opts.tolerances,
         sha,
-        production_test_sha(model_dir, d.old),
+        production_test_sha(d.opts.model_dir, d.old),
         run_test_sha(candidate),
     )
-    state["gate"] = decision.to_dict()
+    d.state["gate"] = decision.to_dict()
 
     def gate_step() -> str:
         if not decision.promote:
-            raise DeployError(
-                "gate rejected the candidate: "
-                + "; ".join(
-                    r for r in decision.reasons if not r.endswith(": ok") and "matches" not in r
-                )
-            )
+            failed = [r for r in decision.reasons if not r.endswith(": ok") and "matches" not in r]
+            raise DeployError("gate rejected the candidate: " + "; ".join(failed))
         return "promote: no figure worse beyond its tolerance"
 
     try:
         d.step("gate", gate_step)
     except DeployError:
-        return d.finish("rejected")
-    if opts.dry_run:
-        return d.finish("dry-run: would promote")
+        return False
+    return True
+
+
+def _export_load_smoke(d: Deployment, candidate: Path, exporter: Exporter) -> None:
+    """Steps ``export``, ``load`` and ``smoke``: the candidate as the next version, served
+    beside the old one and checked through Triton. On a failure the new version is unloaded
+    and removed, and the old one serves alone as before."""
+    opts, state = d.opts, d.state
 
     def export_step() -> str:
-        remove_orphans(model_dir, state["newest_before"])
-        serving = TritonOptions(**read_manifest(model_dir, d.old).get("serving", {}))
-        manifest = exporter(candidate, opts.repository, serving)
+        remove_orphans(opts.model_dir, state["newest_before"])
+        serving = TritonOptions(**read_manifest(opts.model_dir, d.old).get("serving", {}))
+        try:
+            manifest = exporter(candidate, opts.repository, serving)
+        except CovidctError as e:  # the export's own refusal: the repository is untouched
+            raise DeployError(f"export failed: {e}") from e
         state["to_version"] = int(manifest["version"])
         state["created_version"] = True
-        return f"version {manifest['version']} written to {model_dir}"
+        return f"version {manifest['version']} written to {opts.model_dir}"
 
     try:
         d.step("export", export_step)
@@ -196,7 +243,6 @@ def _redeploy(opts: DeployOptions, report: Reporter, exporter: Exporter) -> dict
         outcome = "rolled back: smoke test failed" if isinstance(e, SmokeError) else "failed"
         d.finish(f"{outcome}: {e}")
         raise
-    return _switch_and_settle(d)
 
 
 def _switch_and_settle(d: Deployment) -> dict[str, Any]:
@@ -225,12 +271,18 @@ def previous_version(opts: DeployOptions, current: int) -> int:
 
 
 def rollback(opts: DeployOptions, report: Reporter, to: int | None = None) -> dict[str, Any]:
-    """Switch back to ``to`` (default: the version the last redeploy replaced)."""
-    with _holding(opts, "covidct rollback"):
+    """Switch back to ``to`` (default: the version the last redeploy replaced).
+
+    Raises:
+        DeployError: a step failed (the entry was logged and the serving version still
+            serves), or another export, redeploy or rollback holds the repository.
+    """
+    with _as_deploy_error(), _holding(opts, "covidct rollback"):
         return _rollback(opts, report, to)
 
 
 def _rollback(opts: DeployOptions, report: Reporter, to: int | None) -> dict[str, Any]:
+    """The rollback's phases: recover, choose the version, load, smoke, switch."""
     recover(opts, report)
     state = Deployment.new_state("rollback")
     d = Deployment(opts, report, state)

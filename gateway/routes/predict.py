@@ -47,8 +47,8 @@ def _inline(gw: GatewayState, data: bytes) -> bool:
     """Whether to preprocess on the event loop: a small 8-bit grey PNG with the compiled
     kernels (see ``GatewaySettings.preprocess_inline_pixels``), unless the gateway is shedding
     load. While it answers 503s for saturation, the loop's time goes to answering them at once
-    and the worker threads take the decoding (under 10x overload, decoding on the loop held
-    the 503s' median near 40 ms; with the threads, about 5: RELIABILITY.md)."""
+    and the worker threads take the decoding: decoding on the loop would delay every 503
+    behind it (``covidct bench overload``; RELIABILITY.md, Overload, has both figures)."""
     max_pixels = gw.settings.preprocess_inline_pixels
     if not (NATIVE and max_pixels) or gw.shedding():
         return False

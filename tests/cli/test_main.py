@@ -47,11 +47,16 @@ def test_commands_are_mounted_in_order() -> None:
 
 
 def test_importing_the_cli_stays_light() -> None:
-    """`covidct --help` and `covidct preprocess` load no engine, server or training code."""
+    """`covidct --help` and `covidct preprocess` load no engine, server or training code.
+
+    Of rollout, only the options the commands take their defaults from (standard library
+    dataclasses and the deployment log's names)."""
     heavy = ("tensorflow", "keras", "training", "bench", "gateway", "serving", "rollout", "httpx")
+    light = ("rollout", "rollout.options", "rollout.deploylog")
     code = (
         "import sys, cli.main; "
-        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}); "
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} "
+        f"and m not in {light!r}); "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
