@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.common import err, fail
-from covidct.config import ModelSpec, SpecError
+from covidct.config import DEFAULT_IMAGE_SIZE, ModelSpec
 from covidct.preprocessing import Box, PreprocessingError, preprocess_bytes
 
 app = typer.Typer()
@@ -40,7 +40,9 @@ def preprocess(
             "default: the automatic body box, as at serving."
         ),
     ] = None,
-    size: Annotated[int | None, typer.Option(help="Output size S (default: 224).")] = None,
+    size: Annotated[
+        int | None, typer.Option(help=f"Output size S (default: {DEFAULT_IMAGE_SIZE}).")
+    ] = None,
     spec: Annotated[Path | None, typer.Option(help="Take S from this model_spec.json.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Write the S x S model input here (PNG).")
@@ -50,17 +52,14 @@ def preprocess(
     """Show what the model will see for FILE: decode, window, crop, resize."""
     if size is not None and spec is not None:
         fail("give --size or --spec, not both")
-    try:
-        model_spec = ModelSpec.load(spec) if spec else ModelSpec(image_size=size or 224)
-    except SpecError as e:
-        fail(str(e))
+    model_spec = ModelSpec.load(spec) if spec else ModelSpec(image_size=size or DEFAULT_IMAGE_SIZE)
     try:
         data = file.read_bytes()
     except OSError as e:
         fail(f"{file}: cannot read: {e.strerror}")
     try:
         result = preprocess_bytes(data, model_spec.image_size, box=parse_box(box) if box else None)
-    except PreprocessingError as e:
+    except PreprocessingError as e:  # the library does not know the file's name
         cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""
         fail(f"{file}: {e}{cause}")
     if out is not None:
@@ -146,32 +145,26 @@ def data_prepare(
             "workers mount read-only."
         ),
     ] = None,
-    size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
+    size: Annotated[int, typer.Option(help="Model input size S.")] = DEFAULT_IMAGE_SIZE,
     workers: Annotated[int, typer.Option(min=1, help="Processes.")] = os.cpu_count() or 1,
 ) -> None:
     """Preprocess every slice once into memory-mapped uint8 shards (resumable)."""
     from rich.progress import Progress
 
-    from covidct.dataset import SPLITS, DatasetError, read_covidx
-    from training.cache import CacheError, prepare_cache
+    from covidct.dataset import SPLITS
+    from training.cache import prepare_cache, read_checked
     from training.run import cache_folder
 
     if (out is None) == (cache_dir is None):
         fail("give one of --out (a cache folder) or --cache-dir (training's cache root)")
-    try:
-        if out is None:
-            ds = read_covidx(data, check_images=False)
-            if ds.problems:
-                raise DatasetError(ds.root, ds.problems)
-            out = cache_folder(ds, size, cache_dir)
-        with Progress(console=err, transient=True) as progress:
-            task = progress.add_task("preprocessing slices", total=None)
+    if out is None:
+        out = cache_folder(read_checked(data, check_images=False), size, cache_dir)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("preprocessing slices", total=None)
 
-            def report(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
 
-            manifest = prepare_cache(data, out, size, workers=workers, progress=report)
-    except (DatasetError, CacheError) as e:
-        fail(str(e))
+        manifest = prepare_cache(data, out, size, workers=workers, progress=report)
     counts = {k: manifest["splits"][k]["count"] for k in SPLITS if k in manifest["splits"]}
     print(f"cache {out} ready (S={size}): " + ", ".join(f"{k}={v}" for k, v in counts.items()))

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from cli.common import fail
-from covidct.config import SpecError, TrainConfig
+from covidct.config import TrainConfig
 
+#: Every option of ``covidct train`` that is a TrainConfig field takes its default from here.
 TRAIN_DEFAULTS = TrainConfig()
 
 app = typer.Typer()
@@ -25,17 +26,21 @@ def train(
         typer.Option(
             help="densenet201, densenet121, densenet169, vgg16, vgg19, resnet101 or resnet152."
         ),
-    ] = "densenet201",
-    image_size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (from scratch: all epochs).")] = 3,
+    ] = TRAIN_DEFAULTS.backbone,
+    image_size: Annotated[
+        int, typer.Option(help="Model input size S.")
+    ] = TRAIN_DEFAULTS.image_size,
+    epochs: Annotated[
+        int, typer.Option(help="Fine-tuning epochs (from scratch: all epochs).")
+    ] = TRAIN_DEFAULTS.epochs,
     head_epochs: Annotated[
         int, typer.Option(help="Head-only epochs before fine-tuning (pretrained weights only).")
-    ] = 1,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 16,
+    ] = TRAIN_DEFAULTS.head_epochs,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = TRAIN_DEFAULTS.batch_size,
     weights: Annotated[
         str,
         typer.Option(help="imagenet, none (from scratch) or a .weights.h5 file for the backbone."),
-    ] = "imagenet",
+    ] = TRAIN_DEFAULTS.weights,
     unfreeze: Annotated[
         int,
         typer.Option(
@@ -46,12 +51,22 @@ def train(
                 "-1: the whole backbone. Ignored with --weights none (everything trains)."
             )
         ),
-    ] = 30,
-    learning_rate: Annotated[float, typer.Option(help="Head / from-scratch learning rate.")] = 1e-3,
-    fine_tune_learning_rate: Annotated[float, typer.Option(help="Fine-tuning rate.")] = 1e-4,
-    dropout: Annotated[float, typer.Option(help="Dropout on pooled features.")] = 0.3,
-    augment: Annotated[bool, typer.Option(help="Augment the training split.")] = True,
-    flip: Annotated[bool, typer.Option(help="Random horizontal flips (with --augment).")] = True,
+    ] = TRAIN_DEFAULTS.unfreeze,
+    learning_rate: Annotated[
+        float, typer.Option(help="Head / from-scratch learning rate.")
+    ] = TRAIN_DEFAULTS.learning_rate,
+    fine_tune_learning_rate: Annotated[
+        float, typer.Option(help="Fine-tuning rate.")
+    ] = TRAIN_DEFAULTS.fine_tune_learning_rate,
+    dropout: Annotated[
+        float, typer.Option(help="Dropout on pooled features.")
+    ] = TRAIN_DEFAULTS.dropout,
+    augment: Annotated[bool, typer.Option(help="Augment the training split.")] = (
+        TRAIN_DEFAULTS.augment
+    ),
+    flip: Annotated[bool, typer.Option(help="Random horizontal flips (with --augment).")] = (
+        TRAIN_DEFAULTS.flip
+    ),
     rotation: Annotated[
         float, typer.Option(help="Random rotation up to +-degrees (with --augment; 0: off).")
     ] = TRAIN_DEFAULTS.rotation_degrees,
@@ -69,15 +84,17 @@ def train(
     ] = TRAIN_DEFAULTS.contrast,
     balance: Annotated[
         str, typer.Option(help="class-weights, sampling (balanced batches) or none.")
-    ] = "class-weights",
-    mixed_precision: Annotated[bool, typer.Option(help="float16 compute (GPUs).")] = False,
+    ] = TRAIN_DEFAULTS.balance,
+    mixed_precision: Annotated[bool, typer.Option(help="float16 compute (GPUs).")] = (
+        TRAIN_DEFAULTS.mixed_precision
+    ),
     strategy: Annotated[
         str,
         typer.Option(
             help="default, mirrored (all local GPUs) or multiworker (TF_CONFIG, or an Indexed "
             "Job's index: training/cluster.py; --batch-size is then per worker)."
         ),
-    ] = "default",
+    ] = TRAIN_DEFAULTS.strategy,
     launch_local: Annotated[
         int,
         typer.Option(
@@ -88,9 +105,13 @@ def train(
     max_restarts: Annotated[
         int, typer.Option(help="With --launch-local: restarts of the worker group.")
     ] = 3,
-    seed: Annotated[int, typer.Option(help="Seed (deterministic on CPU).")] = 0,
-    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 3,
-    calibrate: Annotated[bool, typer.Option(help="Fit a temperature on val.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed (deterministic on CPU).")] = TRAIN_DEFAULTS.seed,
+    patience: Annotated[
+        int, typer.Option(help="Early stopping patience (epochs).")
+    ] = TRAIN_DEFAULTS.patience,
+    calibrate: Annotated[bool, typer.Option(help="Fit a temperature on val.")] = (
+        TRAIN_DEFAULTS.calibrate
+    ),
     auto_split: Annotated[
         str,
         typer.Option(
@@ -99,8 +120,10 @@ def train(
                 "70/15/15) or slice (smoke tests only: leaks patients)."
             )
         ),
-    ] = "none",
-    name: Annotated[str, typer.Option(help="Model name (Triton model name).")] = "covidct",
+    ] = TRAIN_DEFAULTS.auto_split,
+    name: Annotated[
+        str, typer.Option(help="Model name (Triton model name).")
+    ] = TRAIN_DEFAULTS.model_name,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     cache_dir: Annotated[
         Path | None,
@@ -108,60 +131,45 @@ def train(
     ] = None,
 ) -> None:
     """Fine-tune a Keras backbone on a COVIDx-CT folder into a servable run directory."""
-    from covidct.dataset import DatasetError
-    from training.cache import CacheError
-    from training.data import SplitError
-    from training.model import ModelError
-    from training.run import TrainError
-    from training.train import train as run_training
-
-    try:
-        cfg = TrainConfig(
-            backbone=backbone,
-            image_size=image_size,
-            weights=weights,
-            unfreeze=unfreeze,
-            head_epochs=head_epochs,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            fine_tune_learning_rate=fine_tune_learning_rate,
-            dropout=dropout,
-            augment=augment,
-            flip=flip,
-            rotation_degrees=rotation,
-            zoom=zoom,
-            shift=shift,
-            brightness=brightness,
-            contrast=contrast,
-            balance=balance,
-            mixed_precision=mixed_precision,
-            strategy=strategy,
-            seed=seed,
-            patience=patience,
-            calibrate=calibrate,
-            auto_split=auto_split,
-            model_name=name,
-        )
-    except SpecError as e:  # refused once here, not once per launched worker
-        fail(str(e))
+    # Options are checked here, once, not once per launched worker.
+    cfg = TrainConfig(
+        backbone=backbone,
+        image_size=image_size,
+        weights=weights,
+        unfreeze=unfreeze,
+        head_epochs=head_epochs,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        fine_tune_learning_rate=fine_tune_learning_rate,
+        dropout=dropout,
+        augment=augment,
+        flip=flip,
+        rotation_degrees=rotation,
+        zoom=zoom,
+        shift=shift,
+        brightness=brightness,
+        contrast=contrast,
+        balance=balance,
+        mixed_precision=mixed_precision,
+        strategy=strategy,
+        seed=seed,
+        patience=patience,
+        calibrate=calibrate,
+        auto_split=auto_split,
+        model_name=name,
+    )
     if launch_local:
-        from training.cluster import ClusterError
         from training.cluster import launch_local as launch
 
         if not data.is_dir():
             fail(f"--data {data}: no such folder")
-        try:
-            code = launch(_worker_args(sys.argv), launch_local, out, max_restarts)
-        except ClusterError as e:
-            fail(str(e))
-        raise typer.Exit(code)
-    try:
-        # Progress bars on a terminal; one line per epoch in logs and CI.
-        verbose = "auto" if sys.stdout.isatty() else 2
-        results = run_training(data, out, cfg, resume=resume, cache_root=cache_dir, verbose=verbose)
-    except (SpecError, DatasetError, CacheError, SplitError, ModelError, TrainError) as e:
-        fail(str(e))
+        raise typer.Exit(launch(_worker_args(sys.argv), launch_local, out, max_restarts))
+    from training.train import train as run_training
+
+    # Progress bars on a terminal; one line per epoch in logs and CI.
+    verbose = "auto" if sys.stdout.isatty() else 2
+    results = run_training(data, out, cfg, resume=resume, cache_root=cache_dir, verbose=verbose)
     if "worker" in results:  # a non-chief worker of a multi-worker run
         print(f"worker {results['worker']} of {results['workers']} done; the chief writes {out}")
         return
@@ -198,14 +206,12 @@ def evaluate(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache root.")] = None,
 ) -> None:
     """Evaluate a run's SavedModel: accuracy, per-class sensitivity/PPV/specificity/F1, AUC."""
-    from covidct.dataset import DatasetError
-    from training.cache import CacheError
+    from covidct.dataset import SPLITS
     from training.report import evaluate_run
-    from training.run import TrainError
 
-    if split not in ("train", "val", "test"):
-        fail(f"--split {split!r}: choose train, val or test")
+    if split not in SPLITS:
+        fail(f"--split {split!r}: choose {', '.join(SPLITS[:-1])} or {SPLITS[-1]}")
     try:
         print(evaluate_run(run, data, split, out, cache_dir))
-    except (DatasetError, CacheError, TrainError, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # an empty split, an unreadable run file: named
         fail(str(e))

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from covidct.config import CLASS_NAMES, INTERPOLATION, WINDOW_CENTRE_HU, WINDOW_WIDTH_HU
-from covidct.dataset import DatasetError, Sample, read_covidx
+from covidct.dataset import Dataset, DatasetError, Sample, read_covidx
 from covidct.errors import CovidctError
 from covidct.files import atomic_write_text, sha256_file
 from covidct.preprocessing import PreprocessingError, preprocess_bytes
@@ -130,12 +130,63 @@ def prepare_cache(
         CacheError: ``out`` holds a cache built differently, or slices failed to preprocess.
     """
     # The label files alone decide whether a finished cache can be reused; the image
-    # headers (slow for 425,000 files) are checked only when something must be built.
-    ds = read_covidx(data_dir, check_images=False)
+    # headers (slow for a full COVIDx-CT folder) are checked only when something must be built.
+    ds = read_checked(data_dir, check_images=False)
+    out = Path(out)
+    params = _params(ds, size)
+    finished = _reusable(out, params)
+    if finished is not None:
+        return finished
+    ds = read_checked(data_dir, check_images=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / PARAMS).is_file():
+        _write_json(out / PARAMS, params)
+    for stale in out.glob(".tmp-*"):
+        stale.unlink()  # a half-written shard from an interrupted run is never used
+
+    started = time.perf_counter()
+    plan = _plan_shards(ds, out, size, shard_size)
+    total = sum(len(v) for v in ds.splits.values())
+    shard_meta = _build_shards(plan, workers, total, progress)
+    splits = _write_indexes(out, plan.shards, shard_meta)
+    elapsed = time.perf_counter() - started
+    reused = plan.reused
+    built = total - reused
+    manifest = {
+        **params,
+        "source": str(Path(data_dir).resolve()),
+        "splits": splits,
+        "build": {
+            "workers": workers,
+            "seconds": round(elapsed, 3),
+            "slices_built": built,
+            "slices_reused": reused,
+            "slices_per_second": round(built / elapsed, 2) if built else None,
+        },
+    }
+    _write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def read_checked(data_dir: str | Path, check_images: bool = True) -> Dataset:
+    """Read a COVIDx-CT folder that must have no problems.
+
+    Args:
+        data_dir: the folder.
+        check_images: also open every image's header (slow); the label files alone otherwise.
+
+    Raises:
+        DatasetError: the folder has problems (all listed).
+    """
+    ds = read_covidx(data_dir, check_images=check_images)
     if ds.problems:
         raise DatasetError(ds.root, ds.problems)
-    out = Path(out)
-    params = {
+    return ds
+
+
+def _params(ds: Dataset, size: int) -> dict[str, Any]:
+    """What a cache is built from: a cache built from other parameters is never reused."""
+    return {
         "cache_version": CACHE_VERSION,
         "size": size,
         "window": [WINDOW_CENTRE_HU, WINDOW_WIDTH_HU],
@@ -144,51 +195,77 @@ def prepare_cache(
         "label_files": ds.label_file_checksums(),
         "data_fingerprint": ds.fingerprint(),
     }
-    manifest_path, params_path = out / MANIFEST, out / PARAMS
-    if params_path.is_file():
-        old = json.loads(params_path.read_text(encoding="utf-8"))
-        if old != params:
-            changed = sorted(k for k in params if old.get(k) != params[k])
-            raise CacheError(
-                f"{out} holds a cache built with different {', '.join(changed)}; "
-                "use another --out or delete that folder"
-            )
-        if manifest_path.is_file():
-            return dict(json.loads(manifest_path.read_text(encoding="utf-8")))
-    ds = read_covidx(data_dir)
-    if ds.problems:
-        raise DatasetError(ds.root, ds.problems)
-    out.mkdir(parents=True, exist_ok=True)
-    if not params_path.is_file():
-        _write_json(params_path, params)
-    for stale in out.glob(".tmp-*"):
-        stale.unlink()  # a half-written shard from an interrupted run is never used
 
-    started = time.perf_counter()
-    total = sum(len(v) for v in ds.splits.values())
-    plan: dict[str, list[tuple[str, list[Sample]]]] = {}
-    jobs, done = [], 0
-    shard_meta: dict[str, dict[str, Any]] = {}
+
+def _reusable(out: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of a finished cache built from ``params`` in ``out``, else None.
+
+    Raises:
+        CacheError: ``out`` holds a cache built from other parameters.
+    """
+    params_path, manifest_path = out / PARAMS, out / MANIFEST
+    if not params_path.is_file():
+        return None
+    old = json.loads(params_path.read_text(encoding="utf-8"))
+    if old != params:
+        changed = sorted(k for k in params if old.get(k) != params[k])
+        raise CacheError(
+            f"{out} holds a cache built with different {', '.join(changed)}; "
+            "use another --out or delete that folder"
+        )
+    if manifest_path.is_file():
+        return dict(json.loads(manifest_path.read_text(encoding="utf-8")))
+    return None
+
+
+@dataclass
+class _Plan:
+    """The shards of every split, which of them are already committed, and what to build."""
+
+    shards: dict[str, list[tuple[str, list[Sample]]]]
+    committed: dict[str, dict[str, Any]]
+    jobs: list[_ShardJob]
+    reused: int = 0  # slices in committed shards
+
+
+def _plan_shards(ds: Dataset, out: Path, size: int, shard_size: int) -> _Plan:
+    """Cut every split into shards; keep the committed ones whose content still matches."""
+    plan = _Plan({}, {}, [])
     for split, samples in ds.splits.items():
-        plan[split] = []
+        plan.shards[split] = []
         for k in range(0, max(len(samples), 1), shard_size):
             chunk = samples[k : k + shard_size]
             if not chunk:
                 continue
             name = f"{split}-{k // shard_size:05d}"
-            plan[split].append((name, chunk))
+            plan.shards[split].append((name, chunk))
             content = _content_hash(chunk, size)
             meta = _committed(out, name, content)
             if meta is not None:
-                shard_meta[name] = meta
-                done += len(chunk)
+                plan.committed[name] = meta
+                plan.reused += len(chunk)
                 continue
             paths = tuple(str(ds.image_path(s)) for s in chunk)
-            jobs.append(_ShardJob(out, name, paths, tuple(s.box for s in chunk), size, content))
-    reused = done
+            boxes = tuple(s.box for s in chunk)
+            plan.jobs.append(_ShardJob(out, name, paths, boxes, size, content))
+    return plan
+
+
+def _build_shards(
+    plan: _Plan,
+    workers: int,
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, dict[str, Any]]:
+    """Build the planned shards (in ``workers`` processes); returns every shard's metadata.
+
+    Raises:
+        CacheError: slices failed to preprocess (every finished shard is kept).
+    """
+    shard_meta = dict(plan.committed)
+    done = plan.reused
     if progress:
         progress(done, total)
-
     errors: list[str] = []
 
     def collect(results: Iterable[tuple[str, int, str, list[str]]]) -> None:
@@ -201,6 +278,7 @@ def prepare_cache(
             if progress:
                 progress(done, total)
 
+    jobs = plan.jobs
     if workers > 1 and len(jobs) > 1:
         # spawn, not fork: the caller may have TensorFlow's threads running.
         with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
@@ -212,10 +290,18 @@ def prepare_cache(
             f"{len(errors)} slice(s) failed to preprocess (finished shards are kept):\n  "
             + "\n  ".join(errors[:50])
         )
+    return shard_meta
 
+
+def _write_indexes(
+    out: Path,
+    shards: dict[str, list[tuple[str, list[Sample]]]],
+    shard_meta: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Write each split's index (atomically); returns the manifest's "splits"."""
     splits: dict[str, Any] = {}
-    for split, shards in plan.items():
-        samples = [s for _, chunk in shards for s in chunk]
+    for split, chunks in shards.items():
+        samples = [s for _, chunk in chunks for s in chunk]
         np.savez(
             out / f".tmp-{split}-index.npz",
             filenames=np.array([s.filename for s in samples], dtype=str),
@@ -230,25 +316,10 @@ def prepare_cache(
             "class_counts": dict(zip(CLASS_NAMES, map(int, counts), strict=True)),
             "shards": [
                 {"name": name, "count": len(chunk), "sha256": shard_meta[name]["sha256"]}
-                for name, chunk in shards
+                for name, chunk in chunks
             ],
         }
-    elapsed = time.perf_counter() - started
-    built = total - reused
-    manifest = {
-        **params,
-        "source": str(Path(data_dir).resolve()),
-        "splits": splits,
-        "build": {
-            "workers": workers,
-            "seconds": round(elapsed, 3),
-            "slices_built": built,
-            "slices_reused": reused,
-            "slices_per_second": round(built / elapsed, 2) if built else None,
-        },
-    }
-    _write_json(manifest_path, manifest)
-    return manifest
+    return splits
 
 
 class PreparedCache:

@@ -23,6 +23,9 @@ from training.cache import PreparedCache
 
 log = logging.getLogger(__name__)
 
+#: train, val and test shares of an automatic split (``--auto-split``), per class.
+AUTO_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+
 
 class SplitError(CovidctError, ValueError):
     """The folder's splits cannot be used for training; the message says what to do."""
@@ -101,8 +104,8 @@ class SlicePool:
                     )
                 units = [members[self.patients[members] == p] for p in rng.permutation(pts)]
             n = len(units)
-            n_val = max(1, round(n * 0.15)) if n >= 3 else 0
-            n_test = max(1, round(n * 0.15)) if n >= 3 else 0
+            n_val = max(1, round(n * AUTO_SPLIT_FRACTIONS[1])) if n >= 3 else 0
+            n_test = max(1, round(n * AUTO_SPLIT_FRACTIONS[2])) if n >= 3 else 0
             for k, unit in enumerate(units):
                 split = "val" if k < n_val else "test" if k < n_val + n_test else "train"
                 out[split].extend(unit.tolist())

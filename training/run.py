@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from covidct.config import ModelSpec, SpecError
-from covidct.dataset import Dataset, read_covidx
+from covidct.dataset import Dataset
 from covidct.errors import CovidctError
 
 SAVED_MODEL = "saved_model"
@@ -27,6 +27,7 @@ class TrainError(CovidctError, RuntimeError):
 
 
 def default_cache_root() -> Path:
+    """Where prepared caches live: ``$COVIDCT_CACHE_DIR``, else ``~/.cache/covidct``."""
     return Path(os.environ.get("COVIDCT_CACHE_DIR", Path.home() / ".cache" / "covidct"))
 
 
@@ -43,12 +44,9 @@ def prepare_for_training(
     Returns:
         The cache folder and the folder's labels (read once, images not opened).
     """
-    from covidct.dataset import DatasetError
-    from training.cache import prepare_cache
+    from training.cache import prepare_cache, read_checked
 
-    ds = read_covidx(data, check_images=False)
-    if ds.problems:
-        raise DatasetError(ds.root, ds.problems)
+    ds = read_checked(data, check_images=False)
     out = cache_folder(ds, size, cache_root)
     with contextlib.ExitStack() as stack:
         try:  # workers of one machine (--launch-local) prepare it once; the others reuse it
@@ -62,6 +60,11 @@ def prepare_for_training(
 
 
 def load_spec(run: Path) -> ModelSpec:
+    """The run's ``model_spec.json``.
+
+    Raises:
+        TrainError: the spec is missing or invalid (the message names the file).
+    """
     try:
         return ModelSpec.load(run / "model_spec.json")
     except SpecError as e:

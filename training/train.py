@@ -10,10 +10,11 @@ Run directory::
     RUN/saved_model/                    serving_default: image -> probabilities, cam
     RUN/metrics.json, RUN/confusion_matrix.png, RUN/roc.png, RUN/MODEL_CARD.md
 
-Phases: "head" (frozen backbone, ``head_epochs``) then "finetune" (last ``unfreeze``
-backbone layers, BatchNorm frozen, lower learning rate) when the weights are pretrained;
-one phase "scratch" (every layer) with ``--weights none``. Epochs are numbered across phases,
-so the CSV log reads as one run, and ``--resume`` continues from the last finished epoch.
+:func:`train` runs in named steps: check the output folder, seed, prepare the data and the
+spec, build the model, write the run's start, build the datasets, fit the phases
+(training/fit.py: "head" then "finetune", or "scratch"), then, on the chief, finish the run
+(training/report.py: calibrate, export, evaluate, write the card). ``--resume`` continues
+from the last finished epoch.
 
 Multi-worker (``--strategy multiworker``, training/cluster.py): every worker trains on its
 block of each global batch (training/data.py); only the chief (worker 0) writes RUN. The
@@ -34,22 +35,63 @@ from typing import Any
 import numpy as np
 
 from covidct.config import ModelSpec, Provenance, TrainConfig
-from covidct.dataset import is_synthetic
+from covidct.dataset import Dataset, is_synthetic
 from training.cluster import ClusterError, Worker, ensure_tf_config
-from training.multiworker import barrier, patch_keras
+from training.fit import Feed, Job, fit_phases, read_state
+from training.multiworker import patch_keras
 from training.run import TrainError, prepare_for_training
 
 log = logging.getLogger(__name__)
 
-MONITOR = "val_macro_f1"  # best checkpoint (ties: the later epoch) and early stopping
 
+def train(
+    data: str | Path,
+    run: str | Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    cache_root: Path | None = None,
+    verbose: int | str = "auto",
+) -> dict[str, Any]:
+    """Train, calibrate, export and evaluate.
 
-def _phases(cfg: TrainConfig) -> list[tuple[str, int, float, int]]:
-    """(name, epochs, learning rate, unfreeze) per phase."""
-    if not cfg.pretrained:
-        return [("scratch", cfg.epochs, cfg.learning_rate, -1)]
-    phases = [("head", cfg.head_epochs, cfg.learning_rate, 0)] if cfg.head_epochs else []
-    return [*phases, ("finetune", cfg.epochs, cfg.fine_tune_learning_rate, cfg.unfreeze)]
+    Args:
+        data: COVIDx-CT folder (its cache is prepared or reused).
+        run: the run directory to write (the chief's; other workers only read it).
+        cfg: the options of ``covidct train``.
+        resume: continue an interrupted run in ``run`` with the same options.
+        cache_root: where prepared caches live (default: training.run.default_cache_root).
+        verbose: Keras ``fit`` verbosity.
+
+    Returns:
+        The metrics written to metrics.json, plus "tables": the printed evaluation tables;
+        on a non-chief worker, only its place ("worker", "workers") and no tables.
+    """
+    from training.model import check_backbone
+
+    data, run = Path(data), Path(run)
+    check_backbone(cfg.backbone)
+    strategy, worker = _strategy(cfg.strategy)
+    job = Job(run, dataclasses.replace(cfg, workers=worker.workers), strategy, worker, verbose)
+    _check_out(job, resume)
+    _seed(job.cfg)
+    # Everything that can fail on bad input or options happens before RUN is written.
+    started = time.perf_counter()
+    pool, splits, ds = _prepare_data(data, job.cfg, cache_root)
+    spec = _spec(job, data, ds)
+    clf = _build_model(job, spec)
+    if worker.is_chief:
+        _write_start(job, ds)
+    feed = _feed(job, pool, splits)
+    fit_phases(job, clf, feed, read_state(run) if resume else {"done": [], "best": None})
+    train_seconds = time.perf_counter() - started
+
+    if not worker.is_chief:
+        log.info("worker %d of %d done; the chief writes the run", worker.index, worker.workers)
+        return {"worker": worker.index, "workers": worker.workers, "tables": []}
+    from training.report import finish_run
+
+    clf = _trained_model(job, clf, spec)
+    return finish_run(run, clf, spec, job.cfg, pool, splits, train_seconds)
 
 
 def _strategy(name: str) -> tuple[Any, Worker]:
@@ -69,41 +111,14 @@ def _strategy(name: str) -> tuple[Any, Worker]:
     return tf.distribute.get_strategy(), Worker()
 
 
-def _read_state(run: Path) -> dict[str, Any]:
-    path = run / "checkpoints" / "state.json"
-    return json.loads(path.read_text()) if path.is_file() else {"done": [], "best": None}
+def _check_out(job: Job, resume: bool) -> None:
+    """Refuse to overwrite a run, or to resume one with other options.
 
-
-def _write_state(run: Path, state: dict[str, Any]) -> None:
-    path = run / "checkpoints" / "state.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(path)
-
-
-def train(
-    data: str | Path,
-    run: str | Path,
-    cfg: TrainConfig,
-    resume: bool = False,
-    cache_root: Path | None = None,
-    verbose: int | str = "auto",
-) -> dict[str, Any]:
-    """Train, calibrate, export and evaluate.
-
-    Returns:
-        The metrics written to metrics.json, plus "tables": the printed evaluation tables.
+    Raises:
+        TrainError: ``--resume`` without a saved config or with other options, or a
+            non-empty run directory without ``--resume``.
     """
-    import keras
-    import tensorflow as tf
-
-    from training.data import SlicePool, class_weights
-    from training.model import build_classifier, check_backbone, set_trainable
-
-    data, run = Path(data), Path(run)
-    check_backbone(cfg.backbone)
-    strategy, worker = _strategy(cfg.strategy)
-    cfg = dataclasses.replace(cfg, workers=worker.workers)
+    run, cfg = job.run, job.cfg
     config_path = run / "train_config.json"
     if resume:
         if not config_path.is_file():
@@ -115,37 +130,68 @@ def train(
                 f"--resume: options differ from the interrupted run ({', '.join(diff)})"
                 f"; resume with the same options as {config_path}"
             )
-    elif worker.is_chief and run.exists() and any(run.iterdir()):
+    elif job.worker.is_chief and run.exists() and any(run.iterdir()):
         raise TrainError(f"{run} is not empty; choose a new --out, or pass --resume")
+
+
+def _seed(cfg: TrainConfig) -> None:
+    """Seed every generator and ask for deterministic kernels (same seed, same model on CPU)."""
+    import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
-    # Everything that can fail on bad input or options happens before RUN is written.
-    started = time.perf_counter()
-    cache_dir, ds = prepare_for_training(data, cfg.image_size, cache_root)
-    from training.cache import PreparedCache
 
+def _prepare_data(
+    data: Path, cfg: TrainConfig, cache_root: Path | None
+) -> tuple[Any, dict[str, np.ndarray], Dataset]:
+    """The prepared cache's slices, the train/val/test indices and the folder's labels.
+
+    Raises:
+        TrainError: the train or val split is empty.
+    """
+    from training.cache import PreparedCache
+    from training.data import SlicePool
+
+    cache_dir, ds = prepare_for_training(data, cfg.image_size, cache_root)
     pool = SlicePool.open(PreparedCache(cache_dir))
     splits = pool.splits(cfg.auto_split, cfg.seed)
     for name in ("train", "val"):
         if len(splits[name]) == 0:
             raise TrainError(f"the {name} split is empty")
-    spec = ModelSpec(
+    return pool, splits, ds
+
+
+def _spec(job: Job, data: Path, ds: Dataset) -> ModelSpec:
+    """The run's ModelSpec, with where its data and the run came from."""
+    cfg = job.cfg
+    return ModelSpec(
         name=cfg.model_name,
         image_size=cfg.image_size,
         backbone=cfg.backbone,
         provenance=Provenance(
             data_fingerprint=ds.fingerprint(),
             synthetic=is_synthetic(data),
-            source_run=str(run.resolve()),
+            source_run=str(job.run.resolve()),
         ),
     )
-    with strategy.scope():
+
+
+def _build_model(job: Job, spec: ModelSpec) -> Any:
+    """The classifier under the job's strategy.
+
+    Raises:
+        TrainError: the ImageNet weights could not be loaded (no internet, most often).
+    """
+    from training.model import build_classifier
+
+    cfg = job.cfg
+    with job.strategy.scope():
         try:
-            clf = build_classifier(spec, cfg.weights, cfg.dropout)
+            return build_classifier(spec, cfg.weights, cfg.dropout)
         except Exception as e:  # a failed ImageNet download surfaces as assorted errors
             if cfg.weights == "imagenet":
                 raise TrainError(
@@ -154,98 +200,40 @@ def train(
                 ) from e
             raise
 
-    if worker.is_chief:
-        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-        config_path.write_text(cfg.to_json())
-        (run / "data_fingerprint.json").write_text(json.dumps(ds.label_file_checksums(), indent=2))
+
+def _write_start(job: Job, ds: Dataset) -> None:
+    """The chief's first files in RUN: the options and the label files' checksums."""
+    run = job.run
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run / "train_config.json").write_text(job.cfg.to_json())
+    (run / "data_fingerprint.json").write_text(json.dumps(ds.label_file_checksums(), indent=2))
+
+
+def _feed(job: Job, pool: Any, splits: dict[str, np.ndarray]) -> Feed:
+    """This process's training and validation datasets (class weights when asked for)."""
+    from training.data import class_weights
+
+    cfg = job.cfg
     weights = (
         class_weights(pool.labels[splits["train"]]) if cfg.balance == "class-weights" else None
     )
-    train_ds, train_steps = _worker_data(strategy, pool, splits["train"], cfg, True, weights)
-    val_ds, _ = _worker_data(strategy, pool, splits["val"], cfg, False)
+    train_ds, train_steps = _worker_data(job, pool, splits["train"], True, weights)
+    val_ds, _ = _worker_data(job, pool, splits["val"], False)
     log.info(
         "worker %d of %d: %d steps x %d slices per epoch (global batch %d)",
-        worker.index,
+        job.worker.index,
         cfg.workers,
         train_steps,
         cfg.batch_size,
         cfg.global_batch_size,
     )
-
-    state = _read_state(run) if resume else {"done": [], "best": None}
-    best_path = run / "checkpoints" / "best.weights.h5"
-    first_epoch = 0
-    for name, epochs, lr, unfreeze in _phases(cfg):
-        end_epoch = first_epoch + epochs
-        if name in state["done"]:
-            first_epoch = end_epoch
-            continue
-        if state["done"] and best_path.is_file():
-            clf.train_model.load_weights(best_path)  # next phase starts from the best so far
-        with strategy.scope():
-            if unfreeze == -1:
-                clf.backbone.trainable = True
-            else:
-                set_trainable(clf, unfreeze)
-            clf.train_model.compile(
-                # Cosine decay over the phase: late epochs settle instead of swinging.
-                optimizer=keras.optimizers.Adam(
-                    keras.optimizers.schedules.CosineDecay(lr, max(1, train_steps * epochs))
-                ),
-                loss=keras.losses.CategoricalCrossentropy(),
-                metrics=["accuracy", keras.metrics.F1Score(average="macro", name="macro_f1")],
-            )
-        backup = str(run / "checkpoints" / f"backup-{name}")
-        stopping = keras.callbacks.EarlyStopping(MONITOR, mode="max", patience=cfg.patience)
-        callbacks = (
-            [
-                # First, so that a kill after an epoch's log line always finds its backup.
-                keras.callbacks.BackupAndRestore(backup),
-                _best_checkpoint(best_path, run, state),
-                stopping,
-                keras.callbacks.CSVLogger(str(run / "train_log.csv"), append=True),
-                keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False),
-            ]
-            if worker.is_chief
-            else [_restore_only(backup), stopping]
-        )
-        log.info("phase %s: epochs %d-%d, learning rate %g", name, first_epoch + 1, end_epoch, lr)
-        clf.train_model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=end_epoch,
-            initial_epoch=first_epoch,
-            steps_per_epoch=train_steps,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-        state["done"].append(name)
-        if worker.is_chief:
-            _write_state(run, state)
-        if cfg.workers > 1:
-            barrier(strategy)  # the chief's best checkpoint is written before anyone reads it
-        first_epoch = end_epoch
-    train_seconds = time.perf_counter() - started
-
-    if not worker.is_chief:
-        log.info("worker %d of %d done; the chief writes the run", worker.index, cfg.workers)
-        return {"worker": worker.index, "workers": cfg.workers, "tables": []}
-    if cfg.workers > 1:  # evaluation and export on this process alone, outside the strategy
-        trained = clf.train_model.get_weights()
-        clf = build_classifier(spec, "none", cfg.dropout)
-        clf.train_model.set_weights(trained)
-    if best_path.is_file():
-        clf.train_model.load_weights(best_path)
-    from training.report import finish_run
-
-    return finish_run(run, clf, spec, cfg, pool, splits, train_seconds)
+    return Feed(train_ds, train_steps, val_ds)
 
 
 def _worker_data(
-    strategy: Any,
+    job: Job,
     pool: Any,
     indices: np.ndarray,
-    cfg: TrainConfig,
     training: bool,
     weights: dict[int, float] | None = None,
 ) -> tuple[Any, int]:
@@ -253,6 +241,7 @@ def _worker_data(
     metrics are summed over workers; the last partial global batch is left out)."""
     from training.data import make_dataset, steps_per_epoch
 
+    cfg = job.cfg
     if cfg.workers == 1:
         return make_dataset(pool, indices, cfg, training=training, weights=weights)
     steps = steps_per_epoch(len(indices), cfg.batch_size, cfg.workers)
@@ -261,40 +250,18 @@ def _worker_data(
         shard = (context.input_pipeline_id, context.num_input_pipelines)
         return make_dataset(pool, indices, cfg, training, weights=weights, shard=shard)[0]
 
-    return strategy.distribute_datasets_from_function(per_worker), steps
+    return job.strategy.distribute_datasets_from_function(per_worker), steps
 
 
-def _restore_only(backup: str) -> Any:
-    """A non-chief worker's BackupAndRestore: restores the chief's state, never writes."""
-    import keras
+def _trained_model(job: Job, clf: Any, spec: ModelSpec) -> Any:
+    """The chief's model to evaluate and export: the best epoch's weights, and after a
+    multi-worker run a fresh single-process copy outside the strategy."""
+    from training.model import build_classifier
 
-    class RestoreOnly(keras.callbacks.BackupAndRestore):
-        def _save_model(self) -> None:
-            pass
-
-        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-            pass  # the chief removes the backup
-
-    return RestoreOnly(backup)
-
-
-def _best_checkpoint(path: Path, run: Path, state: dict[str, Any]) -> Any:
-    """A callback keeping the best epoch on MONITOR across phases and resumes."""
-    import keras
-
-    class BestCheckpoint(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            value = float((logs or {}).get(MONITOR, float("nan")))
-            # Ties go to the later epoch: a small validation split often scores several
-            # epochs alike (seen: three at macro-F1 1.0), and under cosine decay the later
-            # one has trained further; keeping the first chose an under-trained model that
-            # lost 8 points on the test split.
-            if np.isnan(value) or (state["best"] is not None and value < state["best"]):
-                return
-            tmp = path.with_name("best.tmp.weights.h5")
-            self.model.save_weights(tmp)
-            tmp.replace(path)
-            state["best"], state["best_epoch"] = value, epoch + 1
-            _write_state(run, state)
-
-    return BestCheckpoint()
+    if job.cfg.workers > 1:
+        trained = clf.train_model.get_weights()
+        clf = build_classifier(spec, "none", job.cfg.dropout)
+        clf.train_model.set_weights(trained)
+    if job.best_path.is_file():
+        clf.train_model.load_weights(job.best_path)
+    return clf

@@ -296,7 +296,7 @@ def test_bad_weights_fail_before_the_run_directory_is_written(
 def test_best_checkpoint_prefers_the_later_epoch_on_a_tie(tmp_path: Path) -> None:
     import keras
 
-    from training.train import MONITOR, _best_checkpoint
+    from training.fit import MONITOR, _best_checkpoint
 
     (tmp_path / "checkpoints").mkdir()
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
