@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.perfanalyzer import Served, sweep
 from bench.sweep import BenchError, Row, plot, rel, save
-from covidct.config import ModelSpec
+from covidct.config import DEFAULT_MODEL_NAME, ModelSpec
 from export.repository import read_manifest, version_cam_hw, versions
 from export.tritonconfig import RepositoryError, TritonOptions, render_config
 
@@ -89,7 +89,7 @@ def run_settings_bench(
     repository: Path,
     out: Path,
     levels: Sequence[int],
-    model: str = "covidct",
+    model: str = DEFAULT_MODEL_NAME,
     version: int | None = None,
     measurement_ms: int = 4000,
     stability: float = 50.0,

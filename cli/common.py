@@ -14,6 +14,8 @@ from rich.markup import escape
 err = Console(stderr=True, highlight=False, emoji=False)
 
 RepositoryOpt = Annotated[Path, typer.Option(help="Triton model repository.")]
+#: Where every command finds the Triton model repository unless told otherwise.
+DEFAULT_REPOSITORY = Path("model_repository")
 ModelOpt = Annotated[str, typer.Option(help="Model name.")]
 
 

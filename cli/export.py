@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import RepositoryOpt, err
+from cli.common import DEFAULT_REPOSITORY, RepositoryOpt, err
 from export.tritonconfig import TritonOptions
 
 TRITON_DEFAULTS = TritonOptions()
@@ -19,7 +19,7 @@ app = typer.Typer()
 @app.command("export")
 def export_cmd(
     run: Annotated[Path, typer.Option(help="Run directory from covidct train.")],
-    repository: RepositoryOpt = Path("model_repository"),
+    repository: RepositoryOpt = DEFAULT_REPOSITORY,
     target: Annotated[
         str,
         typer.Option(

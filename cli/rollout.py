@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from cli.common import ModelOpt, RepositoryOpt, err
+from cli.common import DEFAULT_REPOSITORY, ModelOpt, RepositoryOpt, err
 from rollout.deploylog import LOG_NAME
 from rollout.options import ROLLBACK_WATCH_SECONDS, DeployOptions, GateTolerances
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 #: The defaults of both commands' options: rollout's own (``rollout.options``).
-DEFAULTS = DeployOptions(repository=Path("model_repository"))
+DEFAULTS = DeployOptions(repository=DEFAULT_REPOSITORY)
 
 GatewayOpt = Annotated[str, typer.Option("--gateway", help="Gateway URL.")]
 TritonOpt = Annotated[
@@ -83,7 +83,7 @@ def redeploy(
     from_run: Annotated[
         Path | None, typer.Option(help="A finished run to deploy instead of training.")
     ] = None,
-    repository: RepositoryOpt = Path("model_repository"),
+    repository: RepositoryOpt = DEFAULT_REPOSITORY,
     gateway: GatewayOpt = DEFAULTS.gateway_url,
     triton: TritonOpt = DEFAULTS.triton_url,
     admin_key: AdminKeyOpt = None,
@@ -149,7 +149,7 @@ def rollback(
     to: Annotated[
         int | None, typer.Option(help="Version to serve (default: the one replaced last).")
     ] = None,
-    repository: RepositoryOpt = Path("model_repository"),
+    repository: RepositoryOpt = DEFAULT_REPOSITORY,
     gateway: GatewayOpt = DEFAULTS.gateway_url,
     triton: TritonOpt = DEFAULTS.triton_url,
     admin_key: AdminKeyOpt = None,
@@ -180,7 +180,7 @@ def rollback(
 
 @app.command()
 def deployments(
-    repository: RepositoryOpt = Path("model_repository"),
+    repository: RepositoryOpt = DEFAULT_REPOSITORY,
     log: LogOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON lines.")] = False,
 ) -> None:

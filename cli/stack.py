@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import RepositoryOpt, err, fail
+from cli.common import DEFAULT_REPOSITORY, RepositoryOpt, err, fail
 from covidct.addresses import (
     DEFAULT_GATEWAY_URL,
     GATEWAY_PORT,
@@ -23,7 +23,7 @@ app = typer.Typer()
 
 @app.command()
 def triton(
-    repository: RepositoryOpt = Path("model_repository"),
+    repository: RepositoryOpt = DEFAULT_REPOSITORY,
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = TRITON_GRPC_PORT,
     http_port: Annotated[int, typer.Option(help="HTTP port.")] = TRITON_HTTP_PORT,
     metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = TRITON_METRICS_PORT,
@@ -56,7 +56,7 @@ def triton(
 
 @app.command()
 def serve(
-    repository: RepositoryOpt = Path("model_repository"),
+    repository: RepositoryOpt = DEFAULT_REPOSITORY,
     host: Annotated[str, typer.Option(help="Gateway address.")] = LOCALHOST,
     port: Annotated[int, typer.Option(help="Gateway port.")] = GATEWAY_PORT,
     grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = TRITON_GRPC_PORT,

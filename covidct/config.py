@@ -27,6 +27,9 @@ CROP_POLICIES = ("label-box-or-auto-body",)
 #: Resize interpolation used by covidct.preprocessing; recorded so a client can check it.
 INTERPOLATION = "bilinear-antialiased"
 
+#: The Triton model name a trained model is exported and served under unless told otherwise.
+DEFAULT_MODEL_NAME = "covidct"
+
 #: The model input size S of a ModelSpec and of ``covidct train`` unless told otherwise: the
 #: one definition every default of the project refers to.
 DEFAULT_IMAGE_SIZE = 224
@@ -81,7 +84,7 @@ class ModelSpec:
         provenance: data fingerprint and synthetic flag.
     """
 
-    name: str = "covidct"
+    name: str = DEFAULT_MODEL_NAME
     class_names: tuple[str, ...] = CLASS_NAMES
     image_size: int = DEFAULT_IMAGE_SIZE
     input_name: str = "image"
@@ -260,7 +263,7 @@ class TrainConfig:
     patience: int = 3
     calibrate: bool = True
     auto_split: str = "none"
-    model_name: str = "covidct"
+    model_name: str = DEFAULT_MODEL_NAME
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCE_MODES:

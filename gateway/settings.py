@@ -8,6 +8,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from covidct.addresses import DEFAULT_TRITON_URL, GATEWAY_PORT, LOCALHOST
+from covidct.config import DEFAULT_MODEL_NAME
 
 MiB = 1024 * 1024
 #: Working memory allowed for decoding the largest slice the decoder takes (4096² pixels,
@@ -37,7 +38,7 @@ class GatewaySettings(BaseSettings):
     # resolves to, re-resolved at each probe): gateway/replicas.py balances over them.
     triton_url: str = DEFAULT_TRITON_URL
     triton_probe_s: float = 1.0  # readiness probe of every replica (readmits ejected ones)
-    model_name: str = "covidct"
+    model_name: str = DEFAULT_MODEL_NAME
     model_version: str = ""  # version served at start; empty: the newest ready one
     # A folder shared by every gateway process of one deployment (workers, pods): the serving
     # record and heartbeats of gateway/fleet.py, so all switch together; it overrides

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from covidct.addresses import DEFAULT_GATEWAY_URL, DEFAULT_TRITON_URL
+from covidct.config import DEFAULT_MODEL_NAME
 from rollout.deploylog import LOG_NAME, DeploymentLog, Journal
 
 #: ``covidct rollback``'s watch window: it returns to a version that served before, so a short
@@ -42,7 +43,7 @@ class DeployOptions:
     run: Path | None = None
     train_config: Path | None = None
     runs_dir: Path = Path("runs")
-    model: str = "covidct"
+    model: str = DEFAULT_MODEL_NAME
     gateway_url: str = DEFAULT_GATEWAY_URL
     triton_url: str = DEFAULT_TRITON_URL
     admin_key: str | None = None

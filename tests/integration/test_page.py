@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group
 
 
 def _chromium() -> tuple[Any, str]:
-    """Headless Debian Chromium (flags as docs/design.md, "Environment") and its throwaway profile."""
+    """Headless Debian Chromium (flags: docs/design.md, "Environment") and a throwaway profile."""
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         # make setup installs them (apt): their absence is a broken setup, not a reason to skip
         pytest.fail("Debian chromium and chromium-driver are not installed; run make setup")
