@@ -7,6 +7,7 @@ Nobody hard-codes the image size, class names or tensor names elsewhere: they re
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,10 @@ class ModelSpec:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON: names exactly this contract (results cite it)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:

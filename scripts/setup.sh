@@ -9,7 +9,9 @@ VENV=.venv
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 PERF_ANALYZER_WHEEL_VERSION=2.50.0
-DEB_PACKAGES=(libb64-0d chromium chromium-driver)
+# orthanc, orthanc-dicomweb, dcmtk and dicom3tools: the real PACS, scanner and validator the
+# DICOM node is tested against (tests/dicomnode).
+DEB_PACKAGES=(libb64-0d chromium chromium-driver orthanc orthanc-dicomweb dcmtk dicom3tools)
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -23,7 +25,7 @@ if ((${#missing[@]})); then
         log "installing Debian packages: ${missing[*]}"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        log "WARNING: Debian packages missing (perf_analyzer needs them): ${missing[*]}; install as root"
+        log "WARNING: Debian packages missing (perf_analyzer, the browser and DICOM tests need them): ${missing[*]}; install as root"
     fi
 fi
 

@@ -14,7 +14,17 @@ import pytest
 
 from covidct.errors import CovidctError
 
-PACKAGES = ("covidct", "training", "export", "serving", "rollout", "gateway", "bench", "cli")
+PACKAGES = (
+    "covidct",
+    "training",
+    "export",
+    "serving",
+    "rollout",
+    "gateway",
+    "dicomnode",
+    "bench",
+    "cli",
+)
 
 
 def _modules() -> list[ModuleType]:

@@ -82,3 +82,11 @@ def test_invalid_augmentation_is_rejected_with_the_field_named(change, message) 
     with pytest.raises(SpecError, match=message):
         TrainConfig(**change)
     assert TrainConfig(**dict.fromkeys(change, 0)).augment  # 0 turns that one step off
+
+
+def test_the_fingerprint_names_the_contract_and_survives_a_round_trip() -> None:
+    spec = ModelSpec(image_size=64)
+    assert spec.fingerprint() == ModelSpec.from_dict(spec.to_dict()).fingerprint()
+    assert len(spec.fingerprint()) == 64
+    assert spec.fingerprint() != ModelSpec(image_size=128).fingerprint()
+    assert spec.fingerprint() != ModelSpec(image_size=64, temperature=1.5).fingerprint()
