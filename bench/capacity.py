@@ -21,8 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.client import Upload, load_level
 from bench.corpus import real_data_dir, real_pngs
-from bench.load import Upload, load_level
 from bench.profiling import profile_summary, py_spy
 from bench.sweep import BenchError, save
 from covidct.addresses import LOCALHOST

@@ -1,216 +1,131 @@
-"""``covidct bench gateway``: a bounded async load generator against ``/v1/predict``.
+"""``covidct bench gateway``: a bounded async load against ``/v1/predict``, beside Triton.
 
 Real 512² PNG slices and real DICOM files are uploaded in turn by ``c`` concurrent
-clients; each level stops after a fixed number of requests or seconds, whichever comes
-first. With ``--triton`` the same levels are measured directly against Triton with
-perf_analyzer, level by level in the same run, and the report gives the ratio.
+clients (``bench.client``); each level stops after a fixed number of requests or seconds,
+whichever comes first. With ``--triton`` the same levels are measured directly against
+Triton with perf_analyzer, level by level in the same run, and the report gives the ratio;
+then the concurrency-1 overhead is measured in interleaved rounds (``bench.rounds``), and
+its median is the figure judged against the target.
+
+The phases, in order: :func:`probe_gateway`, :func:`triton_inputs`, :func:`sweep_levels`,
+:func:`c1_rounds`, :func:`write_results`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-from bench.corpus import real_data_dir, real_pngs
+from bench.client import (
+    Answer,
+    LevelResult,
+    Upload,
+    exchange,
+    load_level,
+    multipart_request,
+    real_uploads,
+)
 from bench.sweep import BenchError, Row, plot, rel, save, table, write_csv
+from covidct.config import ModelSpec
+
+if TYPE_CHECKING:
+    from bench.rounds import Round, Summary
+
+__all__ = [
+    "P50_OVERHEAD_TARGET_MS",
+    "Answer",
+    "GatewayBenchOptions",
+    "LevelResult",
+    "Upload",
+    "exchange",
+    "load_level",
+    "multipart_request",
+    "p50_overhead_c1_ms",
+    "real_uploads",
+    "run_gateway_bench",
+]
+
+
+#: What the gateway may add to Triton's median latency for one client (BENCHMARKS.md targets).
+P50_OVERHEAD_TARGET_MS = 10.0
 
 
 @dataclass(frozen=True)
-class Upload:
-    name: str
-    body: bytes
-    content_type: str
+class GatewayBenchOptions:
+    """How much ``covidct bench gateway`` measures (its options; the defaults are the CLI's).
 
+    Attributes:
+        requests / seconds: the most requests and seconds of each sweep level.
+        measurement_ms / stability: perf_analyzer's window and the agreement it asks of them.
+        rounds: interleaved concurrency-1 rounds (0: none; the figure wants at least 7).
+        round_requests: gateway requests (and direct gRPC calls) in each round.
+    """
 
-def real_uploads(limit: int = 16, dicom_every: int = 4) -> list[Upload]:
-    """Real slices to send: PNGs, with an uncompressed DICOM every ``dicom_every``-th."""
-    root = real_data_dir()
-    pngs = [Upload(p.name, p.read_bytes(), "image/png") for p in real_pngs(root)[:limit]]
-    dicoms = [
-        Upload(p.name, p.read_bytes(), "application/dicom")
-        for p in sorted((root / "dicom").glob("*_uncompressed.dcm"))
-    ]
-    if not pngs:
-        raise BenchError(f"no real PNG slices under {root}")
-    out = []
-    for i, png in enumerate(pngs):
-        out.append(png)
-        if dicoms and dicom_every and i % dicom_every == dicom_every - 1:
-            out.append(dicoms[(i // dicom_every) % len(dicoms)])
-    return out
+    requests: int
+    seconds: float
+    measurement_ms: int
+    stability: float
+    rounds: int
+    round_requests: int
 
 
 @dataclass
-class LevelResult:
-    row: Row
-    failures: int
-    statuses: dict[int, int]
+class Measured:
+    """What one ``covidct bench gateway`` run measured."""
 
+    spec: ModelSpec
+    version: str
+    uploads: list[Upload]
+    gateway: list[Row]
+    triton: list[Row]
+    failures: int = 0
+    rounds: list[Round] | None = None
+    summary: Summary | None = None
+    preprocess_here_ms: float | None = None
 
-def multipart_request(host: str, path: str, up: Upload, headers: dict[str, str]) -> bytes:
-    """One complete HTTP/1.1 POST of ``up`` as multipart field ``file``, encoded once."""
-    boundary = "covidct-bench-boundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{up.name}"\r\n'
-            f"Content-Type: {up.content_type}\r\n\r\n"
-        ).encode()
-        + up.body
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    head = [
-        f"POST {path} HTTP/1.1",
-        f"Host: {host}",
-        f"Content-Type: multipart/form-data; boundary={boundary}",
-        f"Content-Length: {len(body)}",
-        *(f"{k}: {v}" for k, v in headers.items()),
-    ]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What one exchange on a kept-alive connection got back (the body is read and dropped)."""
-
-    status: int
-    retry_after: bool  # a Retry-After header was sent
-    close: bool  # the server will close the connection
-
-
-async def exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> Answer:
-    """Send one request on a kept-alive connection and read the whole answer."""
-    writer.write(request)
-    await writer.drain()
-    status_line = await reader.readline()
-    length, close, retry_after = 0, False, False
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        name = name.lower()
-        if name == "content-length":
-            length = int(value)
-        elif name == "connection":
-            close = "close" in value.lower()
-        elif name == "retry-after":
-            retry_after = True
-    await reader.readexactly(length)
-    return Answer(int(status_line.split()[1]), retry_after, close)
-
-
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> int:
-    """The status of one exchange; a server closing the connection counts as a failure."""
-    answer = await exchange(reader, writer, request)
-    if answer.close:
-        raise ConnectionResetError("server closed the connection")
-    return answer.status
-
-
-async def _level(
-    url: str,
-    uploads: Sequence[Upload],
-    concurrency: int,
-    requests: int,
-    seconds: float,
-    path: str = "/v1/predict",
-    headers: dict[str, str] | None = None,
-) -> LevelResult:
-    """``concurrency`` kept-alive connections, each sending pre-encoded requests in turn.
-
-    A minimal HTTP/1.1 client on purpose: the load generator shares the cores with the
-    gateway, so it must cost far less per request than the server it measures.
-    """
-    parsed = urlsplit(url)
-    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
-    encoded = [multipart_request(f"{host}:{port}", path, u, headers or {}) for u in uploads]
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    issued = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal issued
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while issued < requests and time.perf_counter() < deadline:
-                request = encoded[issued % len(encoded)]
-                issued += 1
-                start = time.perf_counter()
-                try:
-                    status = await _exchange(reader, writer, request)
-                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-                    status = 0
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
-                latencies.append(time.perf_counter() - start)
-                statuses[status] = statuses.get(status, 0) + 1
-        finally:
-            writer.close()
-
-    try:
-        reader, writer = await asyncio.open_connection(host, port)
-        await _exchange(reader, writer, encoded[0])  # warm-up, not counted
-        writer.close()
-    except OSError as e:
-        raise BenchError(f"cannot reach {url}: {e}") from e
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    ok = statuses.get(200, 0)
-    if not latencies:
-        raise BenchError(f"no request completed at concurrency {concurrency}")
-    return LevelResult(
-        Row.from_latencies(concurrency, latencies, wall), len(latencies) - ok, statuses
-    )
-
-
-def load_level(
-    url: str,
-    uploads: Sequence[Upload],
-    concurrency: int,
-    requests: int,
-    seconds: float,
-    path: str = "/v1/predict",
-    headers: dict[str, str] | None = None,
-) -> LevelResult:
-    """One bounded level: ``concurrency`` clients until ``requests`` or ``seconds``."""
-    return asyncio.run(_level(url, uploads, concurrency, requests, seconds, path, headers))
+    @property
+    def overhead_ms(self) -> float | None:
+        """The c=1 overhead judged: the rounds' median, else the one sweep level."""
+        if self.summary is not None:
+            return self.summary.median_ms
+        return p50_overhead_c1_ms(self.gateway, self.triton)
 
 
 def run_gateway_bench(
     url: str,
     levels: Sequence[int],
     out: Path,
-    triton_url: str | None = None,
-    requests: int = 200,
-    seconds: float = 30.0,
-    measurement_ms: int = 4000,
+    triton_url: str | None,
+    options: GatewayBenchOptions,
     api_key: str | None = None,
-    stability: float = 50.0,
     label: str = "",
 ) -> str:
     """The whole ``covidct bench gateway`` command; returns its Markdown section."""
+    headers = {"X-API-Key": api_key} if api_key else {}
+    spec, version = probe_gateway(url, headers)
+    m = Measured(spec, version, real_uploads(), [], [])
+    with tempfile.TemporaryDirectory() as tmp:
+        input_data = Path(tmp) / "input.json"
+        images = triton_inputs(triton_url, m, input_data) if triton_url else None
+        sweep_levels(url, levels, out, triton_url, input_data, options, headers, m)
+        if triton_url and images is not None and options.rounds:
+            c1_rounds(url, triton_url, input_data, images, out, options, headers, m)
+    return write_results(out, m, options, label)
+
+
+def probe_gateway(url: str, headers: dict[str, str]) -> tuple[ModelSpec, str]:
+    """The served ModelSpec and the version that answers a real slice (Triton direct then
+    measures that same version)."""
     import httpx
 
-    from bench.perf import run_level, served_spec, write_input_data
-    from covidct.config import ModelSpec
-    from covidct.preprocessing import preprocess_bytes
-
-    headers = {"X-API-Key": api_key} if api_key else {}
     try:
         info = httpx.get(f"{url}/v1/models", headers=headers, timeout=10).json()
     except (httpx.HTTPError, ValueError) as e:
         raise BenchError(f"gateway at {url} does not answer /v1/models: {e}") from e
-    spec = ModelSpec.from_dict(info["model_spec"])
-    uploads = real_uploads()
-    first = uploads[0]
+    first = real_uploads()[0]
     answer = httpx.post(
         f"{url}/v1/predict",
         headers=headers,
@@ -219,107 +134,201 @@ def run_gateway_bench(
     )
     if answer.status_code != 200:
         raise BenchError(f"gateway at {url} answered {answer.status_code}: {answer.text[:300]}")
-    version = str(answer.json()["model"]["version"])  # Triton direct measures the same one
-    gateway_rows: list[Row] = []
-    triton_rows: list[Row] = []
-    failures = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        input_data = Path(tmp) / "input.json"
-        if triton_url:
-            import numpy as np
+    return ModelSpec.from_dict(info["model_spec"]), str(answer.json()["model"]["version"])
 
-            served_spec(triton_url, spec.name, version, "grpc")  # fails early if unreachable
-            images = np.stack([preprocess_bytes(u.body, spec.image_size).image for u in uploads])
-            write_input_data(input_data, spec, images)
-        for c in levels:
-            if triton_url:
-                raw = out / "raw" / f"triton-c{c}.csv"
-                raw.parent.mkdir(parents=True, exist_ok=True)
-                triton_rows.append(
-                    run_level(
-                        triton_url,
-                        spec.name,
-                        version,
-                        c,
-                        input_data,
-                        raw,
-                        measurement_ms=measurement_ms,
-                        stability=stability,
-                    )
-                )
-            result = load_level(url, uploads, c, requests, seconds, headers=headers)
-            failures += result.failures
-            gateway_rows.append(result.row)
-    write_csv(out / "gateway.csv", gateway_rows)
-    curves = {"gateway /v1/predict": gateway_rows}
-    if triton_rows:
-        write_csv(out / "triton.csv", triton_rows)
-        curves["Triton direct"] = triton_rows
-    plot(out / "gateway.png", curves, f"Gateway vs Triton, {spec.backbone} {spec.image_size}²")
-    n_png = sum(u.content_type == "image/png" for u in uploads)
+
+def triton_inputs(triton_url: str, m: Measured, input_data: Path) -> Any:
+    """The uploads preprocessed, as Triton direct is fed them (also written for perf_analyzer);
+    fails early when Triton is unreachable."""
+    import numpy as np
+
+    from bench.perfanalyzer import write_input_data
+    from bench.served import served_spec
+    from covidct.preprocessing import preprocess_bytes
+
+    served_spec(triton_url, m.spec.name, m.version, "grpc")
+    images = np.stack([preprocess_bytes(u.body, m.spec.image_size).image for u in m.uploads])
+    write_input_data(input_data, m.spec, images)
+    return images
+
+
+def sweep_levels(
+    url: str,
+    levels: Sequence[int],
+    out: Path,
+    triton_url: str | None,
+    input_data: Path,
+    o: GatewayBenchOptions,
+    headers: dict[str, str],
+    m: Measured,
+) -> None:
+    """Each level against Triton direct (perf_analyzer), then against the gateway."""
+    from bench.perfanalyzer import run_level
+
+    for c in levels:
+        if triton_url:
+            raw = out / "raw" / f"triton-c{c}.csv"
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            row = run_level(
+                triton_url,
+                m.spec.name,
+                m.version,
+                c,
+                input_data,
+                raw,
+                measurement_ms=o.measurement_ms,
+                stability=o.stability,
+            )
+            m.triton.append(row)
+        result = load_level(url, m.uploads, c, o.requests, o.seconds, headers=headers)
+        m.failures += result.failures
+        m.gateway.append(result.row)
+
+
+def c1_rounds(
+    url: str,
+    triton_url: str,
+    input_data: Path,
+    images: Any,
+    out: Path,
+    o: GatewayBenchOptions,
+    headers: dict[str, str],
+    m: Measured,
+) -> None:
+    """The interleaved concurrency-1 rounds (``bench.rounds``), Triton's statistics read
+    around each burst, and the in-process preprocessing cost of the same uploads."""
+    from bench.perfanalyzer import run_level
+    from bench.rounds import (
+        GATEWAY,
+        PYTHON_GRPC,
+        TRITON,
+        Burst,
+        Summary,
+        gateway_burst,
+        grpc_burst,
+        in_process_preprocess_ms,
+        perf_server_ms,
+        run_rounds,
+        triton_clock,
+    )
+    from bench.roundsreport import save_calls
+
+    def gateway(_: int) -> Burst:
+        calls = gateway_burst(url, m.uploads, o.round_requests, headers)
+        return Burst.of([c.latency_ms for c in calls], calls)
+
+    def triton(index: int) -> Burst:
+        raw = out / "raw" / "rounds" / f"triton-r{index + 1}.csv"
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        row = run_level(
+            triton_url,
+            m.spec.name,
+            m.version,
+            1,
+            input_data,
+            raw,
+            measurement_ms=o.measurement_ms,
+            stability=o.stability,
+        )
+        return Burst(row.p50 / 1000, row.avg / 1000, server_ms=perf_server_ms(raw))
+
+    def python(_: int) -> Burst:
+        return Burst.of(grpc_burst(triton_url, m.spec, m.version, images, o.round_requests))
+
+    arms = {GATEWAY: gateway, TRITON: triton, PYTHON_GRPC: python}
+    clock = triton_clock(triton_url, m.spec.name, m.version)
+    m.rounds = run_rounds(arms, o.rounds, clock)
+    m.summary = Summary.of(m.rounds)
+    m.preprocess_here_ms = in_process_preprocess_ms(m.uploads, m.spec.image_size)
+    save_calls(out / "raw" / "rounds" / "gateway-calls.csv", m.rounds)
+
+
+def write_results(out: Path, m: Measured, o: GatewayBenchOptions, label: str) -> str:
+    """CSV, plot, result.json and section.md of a run; returns the section."""
+    from bench.rounds import rounds_record
+
+    write_csv(out / "gateway.csv", m.gateway)
+    curves = {"gateway /v1/predict": m.gateway}
+    if m.triton:
+        write_csv(out / "triton.csv", m.triton)
+        curves["Triton direct"] = m.triton
+    title = f"Gateway vs Triton, {m.spec.backbone} {m.spec.image_size}²"
+    plot(out / "gateway.png", curves, title)
+    section = "\n".join(section_lines(out, m, o, label))
+    record: dict[str, Any] = {
+        "spec": m.spec.to_dict(),
+        "version": m.version,
+        "failures": m.failures,
+        "gateway": m.gateway,
+        "triton": m.triton,
+        "p50_overhead_c1_ms": m.overhead_ms,
+        "p50_overhead_target_ms": P50_OVERHEAD_TARGET_MS,
+    }
+    if m.rounds and m.summary:
+        extra = {
+            "requests_per_round": o.round_requests,
+            "preprocess_in_process_ms": m.preprocess_here_ms,
+        }
+        record["c1_rounds"] = rounds_record(m.rounds, m.summary, extra)
+    save(out, "gateway", section, record)
+    return section
+
+
+def section_lines(out: Path, m: Measured, o: GatewayBenchOptions, label: str) -> list[str]:
+    """The Markdown section: the sweep, gateway vs Triton per level, the c=1 rounds."""
+    from bench.roundsreport import rounds_markdown
+
+    n_png = sum(u.content_type == "image/png" for u in m.uploads)
     lines = [
-        f"## covidct bench gateway ({spec.backbone}, S={spec.image_size}, version {version}"
-        + (f"; {label})" if label else ")"),
+        f"## covidct bench gateway ({m.spec.backbone}, S={m.spec.image_size}, version "
+        f"{m.version}" + (f"; {label})" if label else ")"),
         "",
         "Bounded async client (pre-encoded HTTP/1.1 requests on kept-alive connections), "
-        f"{len(uploads)} real uploads in turn ({n_png} 512² PNG, "
-        f"{len(uploads) - n_png} DICOM), each level up to {requests} requests or {seconds:g} s; "
-        f"failed requests: {failures}."
+        f"{len(m.uploads)} real uploads in turn ({n_png} 512² PNG, "
+        f"{len(m.uploads) - n_png} DICOM), each level up to {o.requests} requests or "
+        f"{o.seconds:g} s; failed requests: {m.failures}."
         + (
             " Triton direct: perf_analyzer on the same slices preprocessed, gRPC, measured "
             "level by level in the same run."
-            if triton_rows
+            if m.triton
             else ""
         ),
         "",
         "**gateway**",
         "",
-        *table(gateway_rows),
+        *table(m.gateway),
         "",
     ]
-    if triton_rows:
+    if m.triton:
+        lines += versus_lines(m.gateway, m.triton)
+    if m.rounds and m.summary and m.preprocess_here_ms is not None:
+        lines += rounds_markdown(m.rounds, m.summary, P50_OVERHEAD_TARGET_MS, m.preprocess_here_ms)
+    elif m.triton and (overhead := m.overhead_ms) is not None:
+        met = "met" if overhead <= P50_OVERHEAD_TARGET_MS else "**not met**"
         lines += [
-            "**gateway vs Triton direct**",
+            f"p50 overhead of the gateway at concurrency 1, one level (no rounds): "
+            f"{overhead:+.1f} ms (target <= {P50_OVERHEAD_TARGET_MS:g} ms: {met}).",
             "",
-            "| concurrency | gateway inf/s | Triton inf/s | gateway / Triton | p50 overhead ms | "
-            "p99 overhead ms |",
-            "|---:|---:|---:|---:|---:|---:|",
         ]
-        for g, t in zip(gateway_rows, triton_rows, strict=True):
-            lines.append(
-                f"| {g.concurrency} | {g.throughput:.1f} | {t.throughput:.1f} | "
-                f"{g.throughput / t.throughput:.2f} | {(g.p50 - t.p50) / 1000:+.1f} | "
-                f"{(g.p99 - t.p99) / 1000:+.1f} |"
-            )
-        lines.append("")
-        overhead = p50_overhead_c1_ms(gateway_rows, triton_rows)
-        if overhead is not None:
-            met = "met" if overhead <= P50_OVERHEAD_TARGET_MS else "**not met**"
-            lines += [
-                f"p50 overhead of the gateway at concurrency 1: {overhead:+.1f} ms (target "
-                f"<= {P50_OVERHEAD_TARGET_MS:g} ms: {met}).",
-                "",
-            ]
-    lines += [f"![gateway vs Triton]({rel(out / 'gateway.png')})", ""]
-    section = "\n".join(lines)
-    save(
-        out,
-        "gateway",
-        section,
-        {
-            "spec": spec.to_dict(),
-            "version": version,
-            "failures": failures,
-            "gateway": gateway_rows,
-            "triton": triton_rows,
-            "p50_overhead_c1_ms": p50_overhead_c1_ms(gateway_rows, triton_rows),
-        },
-    )
-    return section
+    return [*lines, f"![gateway vs Triton]({rel(out / 'gateway.png')})", ""]
 
 
-#: What the gateway may add to Triton's median latency for one client (BENCHMARKS.md targets).
-P50_OVERHEAD_TARGET_MS = 10.0
+def versus_lines(gateway: Sequence[Row], triton: Sequence[Row]) -> list[str]:
+    """Gateway vs Triton direct, level by level (each level measured once each way)."""
+    lines = [
+        "**gateway vs Triton direct** (each level once each way)",
+        "",
+        "| concurrency | gateway inf/s | Triton inf/s | gateway / Triton | p50 overhead ms | "
+        "p99 overhead ms |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for g, t in zip(gateway, triton, strict=True):
+        lines.append(
+            f"| {g.concurrency} | {g.throughput:.1f} | {t.throughput:.1f} | "
+            f"{g.throughput / t.throughput:.2f} | {(g.p50 - t.p50) / 1000:+.1f} | "
+            f"{(g.p99 - t.p99) / 1000:+.1f} |"
+        )
+    return [*lines, ""]
 
 
 def p50_overhead_c1_ms(gateway: Sequence[Row], triton: Sequence[Row]) -> float | None:

@@ -29,9 +29,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.capacity import _wait_ready, gateway_process, identity_repository, running_triton
+from bench.client import Upload, exchange, load_level, multipart_request
 from bench.corpus import real_data_dir, real_pngs
-from bench.load import Upload, exchange, load_level, multipart_request
 from bench.sweep import BenchError, save
+from covidct.addresses import LOCALHOST, host_port
 from gateway.settings import GatewaySettings
 from serving.server import free_port
 
@@ -128,7 +129,7 @@ async def _phase(
     """``clients`` connections for ``seconds``; with ``rate``, together they send at most
     ``rate`` requests/s (each on its own schedule), else each sends again at once."""
     parsed = urlsplit(url)
-    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    host, port = parsed.hostname or LOCALHOST, parsed.port or 80
     phase = Phase(clients, seconds)
     began = time.perf_counter()
     deadline = began + seconds
@@ -209,7 +210,7 @@ def run_overload_bench(
         port = free_port()
         env = {"COVIDCT_MAX_IN_FLIGHT": str(in_flight)}  # the default, not the benches' 256
         proc = gateway_process(grpc, port, 1, Path(tmp) / "gateway.log", env)
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{host_port(LOCALHOST, port)}"
         try:
             _wait_ready(url, proc)
             load_level(url, uploads, in_flight, 400, 3)  # warm-up

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.capacity import identity_repository, running_gateway, running_triton
+from bench.client import LevelResult, Upload, load_level
 from bench.corpus import real_data_dir, real_pngs
-from bench.load import LevelResult, Upload, load_level
 from bench.sweep import BenchError, save
 from serving.server import TritonServer
 

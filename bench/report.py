@@ -67,7 +67,16 @@ def targets(results: Path) -> list[Target]:
     if gateway and gateway.get("triton"):
         g, t = _rows(gateway["gateway"]), _rows(gateway["triton"])
         ratios = {c: g[c]["throughput"] / t[c]["throughput"] for c in (4, 8) if c in g and c in t}
-        overhead = (g[1]["p50"] - t[1]["p50"]) / 1000 if 1 in g and 1 in t else None
+        # The median of the interleaved c=1 rounds (model time taken out) when the run has
+        # them; a single sweep level otherwise (older results).
+        overhead = gateway.get("p50_overhead_c1_ms")
+        if overhead is None and 1 in g and 1 in t:
+            overhead = (g[1]["p50"] - t[1]["p50"]) / 1000
+        rounds = len((gateway.get("c1_rounds") or {}).get("rounds", []))
+        what = "Gateway p50 overhead over Triton direct (c=1" + (
+            f", median of {rounds} interleaved rounds, model time taken out)" if rounds else ")"
+        )
+        goal_ms = gateway.get("p50_overhead_target_ms", P50_OVERHEAD_TARGET_MS)
         out.append(
             Target(
                 "Gateway /v1/predict vs Triton direct throughput, c=4 and c=8",
@@ -78,10 +87,10 @@ def targets(results: Path) -> list[Target]:
         )
         out.append(
             Target(
-                "Gateway p50 overhead over Triton direct (c=1)",
-                f"<= {P50_OVERHEAD_TARGET_MS:g} ms",
+                what,
+                f"<= {goal_ms:g} ms",
                 "-" if overhead is None else f"{overhead:+.1f} ms",
-                None if overhead is None else overhead <= P50_OVERHEAD_TARGET_MS,
+                None if overhead is None else overhead <= goal_ms,
             )
         )
     else:

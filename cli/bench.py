@@ -9,10 +9,17 @@ import typer
 
 from cli.common import ModelOpt, err, fail
 from covidct.addresses import DEFAULT_GATEWAY_URL
+from covidct.config import DEFAULT_IMAGE_SIZE
 
 bench_app = typer.Typer(
     help="Benchmarks whose output goes into BENCHMARKS.md.", no_args_is_help=True
 )
+
+#: Defaults several bench commands share (the cli stays light: no bench module is imported
+#: here, so these live with the options that use them).
+LEVELS = "1:16:x2"
+PERF_WINDOW_MS = 4000
+PERF_STABILITY = 50.0
 
 # Options several bench commands share.
 ResultFolder = Annotated[
@@ -32,12 +39,9 @@ def _bench_out(out: Path | None, name: str) -> Path:
 
 
 def _levels(text: str) -> list[int]:
-    from bench.sweep import BenchError, parse_levels
+    from bench.sweep import parse_levels
 
-    try:
-        return parse_levels(text)
-    except BenchError as e:
-        fail(str(e))
+    return parse_levels(text)
 
 
 @bench_app.command("data")
@@ -45,7 +49,7 @@ def bench_data(
     png: Annotated[int, typer.Option(help="PNG slices to time.")] = 200,
     synth_slices: Annotated[int, typer.Option(help="Synthetic slices to time.")] = 200,
     cache_slices: Annotated[int, typer.Option(help="Slices per cache build.")] = 1000,
-    size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
+    size: Annotated[int, typer.Option(help="Model input size S.")] = DEFAULT_IMAGE_SIZE,
     out: ResultFolder = None,
 ) -> None:
     """Decode+crop+resize speed per core (PNG, DICOM), synthesis and cache build speed."""
@@ -60,7 +64,7 @@ def bench_data(
 @bench_app.command("train")
 def bench_train(
     backbone: Annotated[str, typer.Option(help="Backbone.")] = "densenet201",
-    size: Annotated[int, typer.Option(help="Model input size S.")] = 224,
+    size: Annotated[int, typer.Option(help="Model input size S.")] = DEFAULT_IMAGE_SIZE,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
     steps: Annotated[int, typer.Option(help="Timed training steps.")] = 6,
     out: ResultFolder = None,
@@ -86,36 +90,32 @@ def bench_triton(
     versions: Annotated[
         str, typer.Option(help="Comma-separated versions, measured interleaved (default: latest).")
     ] = "",
-    concurrency: Concurrency = "1:16:x2",
+    concurrency: Concurrency = LEVELS,
     protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
     batch: Annotated[int, typer.Option(help="Batch size per request.")] = 1,
-    measurement_ms: MeasurementMs = 4000,
-    stability: Stability = 50.0,
+    measurement_ms: MeasurementMs = PERF_WINDOW_MS,
+    stability: Stability = PERF_STABILITY,
     out: ResultFolder = None,
 ) -> None:
     """perf_analyzer sweep with real CT slices: CSV, throughput-latency PNG, report section."""
     from bench.perf import run_triton_bench
-    from bench.sweep import BenchError
 
     levels = _levels(concurrency)
     chosen = [v.strip() for v in versions.split(",") if v.strip()]
-    try:
-        print(
-            run_triton_bench(
-                repository,
-                url,
-                model,
-                chosen,
-                levels,
-                _bench_out(out, "triton"),
-                protocol,
-                batch,
-                measurement_ms,
-                stability,
-            )
+    print(
+        run_triton_bench(
+            repository,
+            url,
+            model,
+            chosen,
+            levels,
+            _bench_out(out, "triton"),
+            protocol,
+            batch,
+            measurement_ms,
+            stability,
         )
-    except BenchError as e:
-        fail(str(e))
+    )
 
 
 @bench_app.command("gateway")
@@ -124,11 +124,22 @@ def bench_gateway(
     triton: Annotated[
         str | None, typer.Option(help="Also measure Triton directly (gRPC HOST:PORT).")
     ] = None,
-    concurrency: Concurrency = "1:16:x2",
+    concurrency: Concurrency = LEVELS,
     requests: Annotated[int, typer.Option(help="Most requests per level.")] = 200,
     seconds: Annotated[float, typer.Option(help="Most seconds per level.")] = 30.0,
-    measurement_ms: MeasurementMs = 4000,
-    stability: Stability = 50.0,
+    measurement_ms: MeasurementMs = PERF_WINDOW_MS,
+    stability: Stability = PERF_STABILITY,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Interleaved concurrency-1 rounds against Triton direct (with --triton); "
+            "their median is the overhead judged.",
+        ),
+    ] = 7,
+    round_requests: Annotated[
+        int, typer.Option(min=1, help="Gateway requests (and direct gRPC calls) per round.")
+    ] = 40,
     api_key: Annotated[
         str | None,
         typer.Option(envvar="COVIDCT_API_KEY", help="X-API-Key, if the gateway has one."),
@@ -137,27 +148,14 @@ def bench_gateway(
     out: ResultFolder = None,
 ) -> None:
     """Load test of /v1/predict with real PNG and DICOM slices, beside Triton direct."""
-    from bench.load import run_gateway_bench
-    from bench.sweep import BenchError
+    from bench.load import GatewayBenchOptions, run_gateway_bench
 
+    options = GatewayBenchOptions(
+        requests, seconds, measurement_ms, stability, rounds, round_requests
+    )
+    out_dir = _bench_out(out, "gateway")
     levels = _levels(concurrency)
-    try:
-        print(
-            run_gateway_bench(
-                url,
-                levels,
-                _bench_out(out, "gateway"),
-                triton,
-                requests,
-                seconds,
-                measurement_ms,
-                api_key,
-                stability,
-                label,
-            )
-        )
-    except BenchError as e:
-        fail(str(e))
+    print(run_gateway_bench(url, levels, out_dir, triton, options, api_key, label))
 
 
 @bench_app.command("engines")
@@ -176,15 +174,9 @@ def bench_engines(
 ) -> None:
     """TF SavedModel, ONNX Runtime fp32, OpenVINO fp32, ONNX Runtime INT8: one run."""
     from bench.engines import run_engines_bench
-    from bench.sweep import BenchError
-    from export.onnx import ExportError
-    from training.run import TrainError
 
     sizes = _levels(batches)
-    try:
-        print(run_engines_bench(run, _bench_out(out, "engines"), sizes, rounds, calibration_data))
-    except (BenchError, ExportError, TrainError) as e:
-        fail(str(e))
+    print(run_engines_bench(run, _bench_out(out, "engines"), sizes, rounds, calibration_data))
 
 
 @bench_app.command("settings")
@@ -192,30 +184,26 @@ def bench_settings(
     repository: Annotated[Path, typer.Option(help="Repository with an exported cpu version.")],
     model: ModelOpt = "covidct",
     version: Annotated[int | None, typer.Option(help="Version (default: latest).")] = None,
-    concurrency: Concurrency = "1:16:x2",
-    measurement_ms: MeasurementMs = 4000,
-    stability: Stability = 50.0,
+    concurrency: Concurrency = LEVELS,
+    measurement_ms: MeasurementMs = PERF_WINDOW_MS,
+    stability: Stability = PERF_STABILITY,
     out: ResultFolder = None,
 ) -> None:
     """Dynamic batching off/on (two delays), one/two instances: which should export use?"""
     from bench.settings import run_settings_bench
-    from bench.sweep import BenchError
 
     levels = _levels(concurrency)
-    try:
-        print(
-            run_settings_bench(
-                repository,
-                _bench_out(out, "settings"),
-                levels,
-                model,
-                version,
-                measurement_ms,
-                stability,
-            )
+    print(
+        run_settings_bench(
+            repository,
+            _bench_out(out, "settings"),
+            levels,
+            model,
+            version,
+            measurement_ms,
+            stability,
         )
-    except BenchError as e:
-        fail(str(e))
+    )
 
 
 @bench_app.command("capacity")
@@ -230,17 +218,13 @@ def bench_capacity(
 ) -> None:
     """The gateway's ceiling: PNG uploads/s per worker with a model that costs nothing."""
     from bench.capacity import run_capacity_bench
-    from bench.sweep import BenchError
 
     counts = _levels(workers)
-    try:
-        print(
-            run_capacity_bench(
-                _bench_out(out, "capacity"), counts, concurrency, seconds, 20000, profile
-            )
+    print(
+        run_capacity_bench(
+            _bench_out(out, "capacity"), counts, concurrency, seconds, 20000, profile
         )
-    except BenchError as e:
-        fail(str(e))
+    )
 
 
 @bench_app.command("replicas")
@@ -258,22 +242,18 @@ def bench_replicas(
 ) -> None:
     """One gateway over 1, 2, 3 Triton replicas, interleaved; then one replica killed."""
     from bench.replicas import run_replicas_bench
-    from bench.sweep import BenchError
 
-    try:
-        print(
-            run_replicas_bench(
-                _bench_out(out, "replicas"),
-                repository,
-                _levels(replicas),
-                concurrency,
-                seconds,
-                rounds,
-                version,
-            )
+    print(
+        run_replicas_bench(
+            _bench_out(out, "replicas"),
+            repository,
+            _levels(replicas),
+            concurrency,
+            seconds,
+            rounds,
+            version,
         )
-    except BenchError as e:
-        fail(str(e))
+    )
 
 
 @bench_app.command("overload")
@@ -290,14 +270,10 @@ def bench_overload(
 ) -> None:
     """The gateway at 10x its capacity: 200 or a fast 503 with Retry-After, RSS in budget."""
     from bench.overload import overload_markdown, run_overload_bench
-    from bench.sweep import BenchError
 
-    try:
-        figures = run_overload_bench(
-            _bench_out(out, "overload"), seconds, factor, big_mib, repository=repository
-        )
-    except BenchError as e:
-        fail(str(e))
+    figures = run_overload_bench(
+        _bench_out(out, "overload"), seconds, factor, big_mib, repository=repository
+    )
     print(overload_markdown(figures))
 
 
@@ -307,7 +283,10 @@ def bench_all(
         "runs/bench"
     ),
     run: Annotated[
-        Path | None, typer.Option(help="Use this run (default: train DenseNet201 224² once).")
+        Path | None,
+        typer.Option(
+            help="Use this run (default: train the DenseNet201 run of bench/all.py once)."
+        ),
     ] = None,
     only: Annotated[
         str | None,
@@ -317,13 +296,10 @@ def bench_all(
 ) -> None:
     """Every benchmark (preparing the model they need), then BENCHMARKS.md: `make bench`."""
     from bench.all import STEPS, run_all
-    from bench.sweep import RESULTS, BenchError
+    from bench.sweep import RESULTS
 
     chosen = STEPS if only is None else tuple(s.strip() for s in only.split(",") if s.strip())
-    try:
-        run_all(work, run, RESULTS, chosen, output)
-    except BenchError as e:
-        fail(str(e))
+    run_all(work, run, RESULTS, chosen, output)
 
 
 @bench_app.command("report")

@@ -75,6 +75,7 @@ def test_bench_triton_with_perf_analyzer(ci_run: Path, tmp_path: Path) -> None:
 
 @ci_group
 def test_bench_gateway_beside_triton(server, gateway_url: str, tmp_path: Path) -> None:
+    """The sweep beside perf_analyzer, then interleaved c=1 rounds whose median is judged."""
     out = tmp_path / "gateway"
     _ok(
         covidct(
@@ -83,7 +84,7 @@ def test_bench_gateway_beside_triton(server, gateway_url: str, tmp_path: Path) -
             "--url",
             gateway_url,
             "--triton",
-            f"127.0.0.1:{server.grpc_port}",
+            server.grpc_address,
             "--concurrency",
             "1,2",
             "--requests",
@@ -92,6 +93,10 @@ def test_bench_gateway_beside_triton(server, gateway_url: str, tmp_path: Path) -
             "500",
             "--stability",
             "500",
+            "--rounds",
+            "3",
+            "--round-requests",
+            "5",
             "--out",
             out,
         )
@@ -100,7 +105,16 @@ def test_bench_gateway_beside_triton(server, gateway_url: str, tmp_path: Path) -
     assert result["failures"] == 0
     gateway, triton = read_csv(out / "gateway.csv"), read_csv(out / "triton.csv")
     assert [r.concurrency for r in gateway] == [r.concurrency for r in triton] == [1, 2]
-    assert "gateway / Triton" in (out / "section.md").read_text()
+    rounds = result["c1_rounds"]
+    assert [r["order"][0] for r in rounds["rounds"]] == ["gateway", "python-grpc", "gateway"]
+    overheads = sorted(r["overhead_ms"] for r in rounds["rounds"])
+    assert result["p50_overhead_c1_ms"] == rounds["median_ms"] == overheads[1]
+    parts = rounds["parts_ms"]
+    assert parts["preprocess"] > 0 and rounds["preprocess_in_process_ms"] > 0
+    assert all(r["p50_ms"]["python-grpc"] > 0 for r in rounds["rounds"])
+    assert len((out / "raw" / "rounds" / "gateway-calls.csv").read_text().splitlines()) == 16
+    section = (out / "section.md").read_text()
+    assert "gateway / Triton" in section and "the median of 3 rounds" in section
     assert (out / "gateway.png").is_file()
 
 
