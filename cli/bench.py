@@ -9,7 +9,7 @@ import typer
 
 from cli.common import ModelOpt, err, fail
 from covidct.addresses import DEFAULT_GATEWAY_URL
-from covidct.config import DEFAULT_IMAGE_SIZE
+from covidct.config import DEFAULT_IMAGE_SIZE, DEFAULT_MODEL_NAME
 
 bench_app = typer.Typer(
     help="Benchmarks whose output goes into BENCHMARKS.md.", no_args_is_help=True
@@ -86,7 +86,7 @@ def bench_triton(
     url: Annotated[
         str | None, typer.Option(help="Use this running server instead (HOST:PORT).")
     ] = None,
-    model: ModelOpt = "covidct",
+    model: ModelOpt = DEFAULT_MODEL_NAME,
     versions: Annotated[
         str, typer.Option(help="Comma-separated versions, measured interleaved (default: latest).")
     ] = "",
@@ -182,7 +182,7 @@ def bench_engines(
 @bench_app.command("settings")
 def bench_settings(
     repository: Annotated[Path, typer.Option(help="Repository with an exported cpu version.")],
-    model: ModelOpt = "covidct",
+    model: ModelOpt = DEFAULT_MODEL_NAME,
     version: Annotated[int | None, typer.Option(help="Version (default: latest).")] = None,
     concurrency: Concurrency = LEVELS,
     measurement_ms: MeasurementMs = PERF_WINDOW_MS,
