@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from cli import bench, data, export, rollout, stack, train
+from cli import bench, data, export, pacs, rollout, stack, train
 from cli.common import err, print_error, setup_logging
 from covidct.errors import CovidctError
 
@@ -29,6 +29,7 @@ for area in (data, train, export, stack, rollout):
     app.add_typer(area.app)
 app.add_typer(data.data_app, name="data")
 app.add_typer(bench.bench_app, name="bench")
+app.add_typer(pacs.pacs_app, name="pacs")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ def test_commands_are_mounted_in_order() -> None:
         "deployments",
         "data",
         "bench",
+        "pacs",
     ]
     data, bench = root.commands["data"], root.commands["bench"]
     assert isinstance(data, TyperGroup) and isinstance(bench, TyperGroup)

@@ -1,0 +1,125 @@
+"""The DICOM node end to end, with real parts only: DCMTK's storescu as the scanner, the node
+wired as ``covidct pacs serve`` wires it (``dicomnode.pipeline``), the real gateway and
+tritonserver with the CI-trained model, and Debian's Orthanc as the PACS the results go to.
+
+A whole CT series (the real P001 beside the checkout, else one made from the fixture slice)
+goes in; a TID 1500 SR and heatmap Secondary Captures must come back into the same study in
+Orthanc, valid for dciodvfy, readable by highdicom, with the gateway's study probabilities for
+the series and every slice; sending the series again files the same objects, not new ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, cast
+
+import highdicom as hd
+import httpx
+import pydicom
+import pytest
+
+from dicomnode.pipeline import build_node, open_outbox
+from dicomnode.report import PROBABILITIES
+from gateway.settings import GatewaySettings
+from tests.dicomnode.orthanc import Orthanc, running_orthanc
+from tests.dicomnode.results_data import dciodvfy_errors
+from tests.dicomnode.scanner import node_settings, storescu, wait_for
+from tests.dicomnode.series_data import ct_series
+from tests.integration.conftest import running_gateway
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
+
+
+def _probabilities(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> dict[str, float]:
+    names = {code.value: name for name, code in PROBABILITIES.items()}
+    return {names[m.name.value]: float(m.value) for m in group.get_measurements()}
+
+
+def _study_answer(gateway: str, files: list[Path]) -> dict[str, Any]:
+    """``/v1/predict/study`` on the same files, each part named by its index."""
+    parts = [("files", (f"{i:05d}.dcm", f.read_bytes())) for i, f in enumerate(files)]
+    r = httpx.post(f"{gateway}/v1/predict/study", files=parts, timeout=600)
+    assert r.status_code == 200, r.text
+    return cast(dict[str, Any], r.json())
+
+
+def _results(pacs: Orthanc, study_uid: str, captures: int) -> tuple[list[str], list[str]]:
+    """Orthanc ids of the SR and the Secondary Captures in the study, once all are there."""
+
+    def both() -> tuple[list[str], list[str]] | None:
+        srs = pacs.wait_for_instances(study_uid, 1, 0, Modality="SR")
+        scs = pacs.wait_for_instances(study_uid, captures, 0, Modality="OT")
+        return (srs, scs) if srs and len(scs) >= captures else None
+
+    return cast(tuple[list[str], list[str]], wait_for(both, timeout=900, every=1.0))
+
+
+def test_a_series_from_the_scanner_comes_back_as_an_sr_and_heatmaps_in_its_study(
+    server, tmp_path: Path
+) -> None:
+    series = ct_series(tmp_path)
+    files = sorted(series.glob("*.dcm"))
+    by_uid = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with (
+        running_gateway(GatewaySettings(triton_url=server.grpc_address)) as gateway,
+        running_orthanc(tmp_path / "pacs") as pacs,
+    ):
+        settings = node_settings(
+            tmp_path, gateway_url=gateway, destination=f"PACS@127.0.0.1:{pacs.dicom_port}"
+        )
+        outbox = open_outbox(settings).start()
+        node = build_node(settings, outbox)
+        node.start(http=False)
+        try:
+            sent = storescu(node.receiver.port, series)
+            assert sent.returncode == 0, sent.stderr
+            srs, scs = _results(pacs, study_uid, settings.top_k)
+            assert len(srs) == 1 and len(scs) == settings.top_k
+            sr_file, sc_file = tmp_path / "sr.dcm", tmp_path / "sc.dcm"
+            sr_file.write_bytes(pacs.instance_file(srs[0]))
+            sc_file.write_bytes(pacs.instance_file(scs[0]))
+            assert dciodvfy_errors(sr_file) == []
+            assert dciodvfy_errors(sc_file) == []
+
+            sr = cast(hd.sr.Comprehensive3DSR, hd.sr.srread(sr_file))
+            assert str(sr.StudyInstanceUID) == study_uid
+            assert "NOT FOR DIAGNOSTIC USE" in str(sr.SeriesDescription)
+            groups = list(cast(hd.sr.MeasurementReport, sr.content).get_image_measurement_groups())
+            slices = groups[1:]  # the series group first, then one per slice in series order
+            order = [
+                str(g.source_images[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                for g in slices
+            ]
+            assert sorted(order) == sorted(by_uid), "every slice referenced, once"
+            answer = _study_answer(gateway, [by_uid[u] for u in order])
+            assert _probabilities(groups[0]) == pytest.approx(
+                answer["summary"]["probabilities"], abs=1e-6
+            )
+            for group, result in zip(slices, answer["slices"], strict=True):
+                expected = result["prediction"]["probabilities"]
+                assert _probabilities(group) == pytest.approx(expected, abs=1e-6)
+
+            # the same series again: the same objects (deterministic UIDs), no duplicates
+            before = pacs.instance_count()
+            again = storescu(node.receiver.port, series)
+            assert again.returncode == 0, again.stderr
+            wait_for(
+                lambda: (
+                    node.spool.records()
+                    and all(r.state.value in ("done", "delivered") for r in node.spool.records())
+                    and outbox.depth == 0
+                ),
+                timeout=900,
+                every=1.0,
+            )
+            assert len(pacs.wait_for_instances(study_uid, 2, 3, Modality="SR")) == 1
+            assert pacs.instance_count() == before
+            events = [json.loads(line) for line in settings.audit_path.read_text().splitlines()]
+            assert sum(e["event"] == "complete" for e in events) == 2, "processed twice"
+            filed = {tuple(e["result_uids"]) for e in events if e["event"] == "delivery"}
+            assert len(filed) == 1 and len(next(iter(filed))) == 1 + settings.top_k, filed
+        finally:
+            node.stop(drain_s=5)
+            outbox.stop()
