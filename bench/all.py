@@ -57,6 +57,7 @@ STEPS = (
     "gateway-1-thread",
     "capacity",
     "replicas",
+    "pacs",
 )
 
 
@@ -203,6 +204,8 @@ def run_all(
             covidct("bench", "replicas", "--repository", repo, "--version", "1", "--out", out)
         elif step == "gateway":
             gateway_step(repo, out)
+        elif step == "pacs":  # serves v1 (fp32) with one gateway worker itself
+            covidct("bench", "pacs", "--repository", repo, "--out", out)
         elif step == "gateway-1-thread":
             gateway_step(
                 repo,

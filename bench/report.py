@@ -29,6 +29,7 @@ ORDER = (
     "gateway-1-thread",
     "capacity",
     "replicas",
+    "pacs",
     "gpu",
     "make-serve",
 )
@@ -109,7 +110,34 @@ def targets(results: Path) -> list[Target]:
         )
     else:
         out.append(Target("Gateway capacity, identity model", capacity_goal, "-", None))
-    return out
+    return out + _pacs_targets(_load(results, "pacs"))
+
+
+def _pacs_targets(pacs: dict[str, Any] | None) -> list[Target]:
+    """The DICOM node's receive rate beside Orthanc's and its end-to-end time beside the
+    gateway's own study time (medians of interleaved rounds); none before it is measured."""
+    if not pacs:
+        return []
+    receive_what = "DICOM node receive rate vs Orthanc, same storescu run"
+    e2e_what = "DICOM node last instance to SR stored, less the stable wait, vs gateway study"
+    rec, e2e = pacs["receive"], pacs["end_to_end"]
+    rx, ex = rec["ratio"]["median"], e2e["ratio"]["median"]
+    return [
+        Target(
+            receive_what,
+            f">= {rec['target_x']:g}x",
+            f"{rec['node_per_s']['median']:.0f} vs {rec['orthanc_per_s']['median']:.0f} "
+            f"instances/s = {rx:.2f}x",
+            rx >= rec["target_x"],
+        ),
+        Target(
+            f"{e2e_what} ({pacs['instances']} slices)",
+            f"<= {e2e['target_x']:g}x",
+            f"{e2e['node_s']['median']:.1f} vs {e2e['gateway_study_s']['median']:.1f} s "
+            f"= {ex:.2f}x",
+            ex <= e2e["target_x"],
+        ),
+    ]
 
 
 def _served_targets(triton: dict[str, Any]) -> list[Target]:

@@ -277,6 +277,35 @@ def bench_overload(
     print(overload_markdown(figures))
 
 
+@bench_app.command("pacs")
+def bench_pacs(
+    url: Annotated[
+        str | None, typer.Option(help="A running gateway (default: serve --repository).")
+    ] = None,
+    repository: Annotated[
+        Path | None, typer.Option(help="Model repository to serve (version 1) when no --url.")
+    ] = None,
+    rounds: Annotated[int, typer.Option(help="Interleaved receive-rate rounds.")] = 5,
+    e2e_rounds: Annotated[int, typer.Option(help="Interleaved end-to-end rounds.")] = 3,
+    stable_s: Annotated[float, typer.Option(help="The node's stable wait (s).")] = 2.0,
+    series: Annotated[
+        str, typer.Option(help="auto (the real P001 when present), real or fixture.")
+    ] = "auto",
+    slices: Annotated[int, typer.Option(help="Slices of a fixture series.")] = 24,
+    out: ResultFolder = None,
+) -> None:
+    """The DICOM node: receive rate vs Orthanc, end to end vs the gateway's study path."""
+    from bench.pacs import pacs_section, run_pacs_bench, served_gateway
+
+    if url is None and repository is None:
+        fail("give --url (a running gateway) or --repository (a model repository to serve)")
+    with served_gateway(url, repository) as gateway:
+        result = run_pacs_bench(
+            _bench_out(out, "pacs"), gateway, rounds, e2e_rounds, stable_s, series, slices
+        )
+    print(pacs_section(result))
+
+
 @bench_app.command("all")
 def bench_all(
     work: Annotated[Path, typer.Option(help="Data, run and repository for the benchmarks.")] = Path(

@@ -157,11 +157,13 @@ class Node:
     # --- the steps (each callable on its own: tests drive them) ------------------------------
 
     def check_stable(self) -> int:
-        """Mark every series quiet for ``STABLE_S`` complete or skipped; returns how many."""
+        """Mark every series quiet for ``STABLE_S`` complete or skipped, and every series
+        receiving for ``MAX_SERIES_S`` skipped; returns how many."""
         settled = 0
-        for key in stable_keys(self.spool, self.settings.stable_s):
+        s = self.settings
+        for key in stable_keys(self.spool, s.stable_s, s.max_series_s):
             record = self.spool.settle(
-                key, self.settings.stable_s, lambda items: selection_reason(items, self.rules)
+                key, s.stable_s, lambda items: selection_reason(items, self.rules), s.max_series_s
             )
             if record is None:
                 continue

@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import signal
 import threading
+import time
 
 import pydicom
 
@@ -38,19 +39,30 @@ class ResultPipeline:
     def __init__(self, settings: NodeSettings, outbox: Outbox) -> None:
         self.settings = settings
         self.outbox = outbox
+        #: Seconds of the last series' parts (infer, build, queue): for ``covidct bench pacs``.
+        self.timings: dict[str, float] = {}
 
     def __call__(self, series: Series) -> Outcome:
         s = self.settings
         key = s.gateway_api_key.get_secret_value() if s.gateway_api_key else None
+        started = time.perf_counter()
         verdict = infer_series(series.paths, s.gateway_url, key, s.top_k, s.gateway_timeout_s)
+        inferred = time.perf_counter()
         headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in series.paths]
         created = dt.datetime.now(dt.UTC).replace(microsecond=0)  # the same in SR and SC
         results = [
             build_sr(headers, verdict, created=created),
             *build_captures(headers, verdict, created=created),
         ]
+        built = time.perf_counter()
         for result in results:
             self.outbox.put(result, group=series.series_uid)
+        self.timings = {
+            "infer_s": inferred - started,
+            "build_s": built - inferred,
+            "queue_s": time.perf_counter() - built,
+        }
+        log.debug("series timings (s): %s", {k: round(v, 3) for k, v in self.timings.items()})
         return Outcome(
             verdict=verdict.label,
             model_version=verdict.model.version,

@@ -242,8 +242,12 @@ def _evaluations(verdict: SeriesVerdict) -> hd.sr.ContainerContentItem:
         texts.append((TRAINING_DATA, lines[1]))
     texts.append((SUMMARY_RULE, verdict.rule))
     if verdict.rejected:
-        reasons = sorted({reason for _, reason in verdict.rejected})
-        texts.append((NOT_USED, f"{len(verdict.rejected)}: {'; '.join(reasons)}"[:1024]))
+        # each slice named by its SOP Instance UID, grouped by reason (a reader must find it)
+        by_reason: dict[str, list[str]] = {}
+        for uid, reason in verdict.rejected:
+            by_reason.setdefault(reason, []).append(uid)
+        named = "; ".join(f"{r}: {', '.join(by_reason[r])}" for r in sorted(by_reason))
+        texts.append((NOT_USED, f"{len(verdict.rejected)}: {named}"[:1024]))
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )

@@ -1,7 +1,8 @@
 """Series completion, selection and slice order.
 
 A series is complete when no instance of it has arrived for ``STABLE_S`` seconds (as Orthanc's
-``StableAge`` and mercure's series timeout). A complete series is selected for a result only if
+``StableAge`` and mercure's series timeout); one still receiving ``MAX_SERIES_S`` after it
+started is skipped with that reason. A complete series is selected for a result only if
 it is an original axial CT series: the rules are ``SelectionRules`` (from the settings), and a
 series that does not qualify is recorded with the first rule it fails. Slices are ordered along
 the slice normal (ImagePositionPatient projected on row x column of ImageOrientationPatient),
@@ -10,6 +11,7 @@ with InstanceNumber as the fallback where the geometry is missing or mixed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,12 +157,14 @@ def slice_order(instances: Sequence[InstanceInfo]) -> list[InstanceInfo]:
     return sorted(items, key=lambda i: (distance[id(i)], _by_number(i)))
 
 
-def stable_keys(spool: Spool, stable_s: float) -> list[str]:
-    """Series still receiving that have had no instance for ``stable_s`` seconds."""
+def stable_keys(spool: Spool, stable_s: float, max_s: float = math.inf) -> list[str]:
+    """Series still receiving that have had no instance for ``stable_s`` seconds, or that
+    started receiving ``max_s`` seconds ago or more."""
     return [
         record.key
         for record in spool.records()
-        if record.state is SeriesState.RECEIVING and spool.quiet_s(record.key) >= stable_s
+        if record.state is SeriesState.RECEIVING
+        and (spool.quiet_s(record.key) >= stable_s or spool.receiving_s(record.key) >= max_s)
     ]
 
 

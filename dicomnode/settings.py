@@ -88,6 +88,9 @@ class NodeSettings(BaseSettings):
     # Comma-separated calling AE titles; empty: any calling AE is accepted.
     allowed_ae_titles: Annotated[list[str], NoDecode] = []
     stable_s: float = 10.0
+    # A series still receiving this long after its first instance is skipped (a sender that
+    # never stops, or resends forever, must not hold a series open).
+    max_series_s: float = 3600.0
     spool_dir: Path = Path("pacs-spool")
     http_port: int = NODE_HTTP_PORT
     # Selection: which complete series get a result (the rest are recorded with a reason).
@@ -147,6 +150,7 @@ class NodeSettings(BaseSettings):
             )
         positive = {
             "stable_s": self.stable_s,
+            "max_series_s": self.max_series_s,
             "min_slices": self.min_slices,
             "max_instance_bytes": self.max_instance_bytes,
             "max_series_instances": self.max_series_instances,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -94,6 +95,7 @@ class Spool:
         self._records: dict[str, SeriesRecord] = {}
         self._instances: dict[str, dict[str, InstanceInfo]] = {}
         self._activity: dict[str, float] = {}  # monotonic time of the latest instance
+        self._since: dict[str, float] = {}  # monotonic time it started receiving (again)
         self._reopened: set[str] = set()
         self._reserved = 0
         self.used_bytes = 0
@@ -128,6 +130,7 @@ class Spool:
         self._records[key] = record
         self._instances[key] = instances
         self._activity[key] = time.monotonic()  # a series being received gets STABLE_S again
+        self._since[key] = self._activity[key]  # and MAX_SERIES_S
         self.used_bytes += sum(i.size for i in instances.values())
 
     def _read_journal(self, folder: Path) -> dict[str, InstanceInfo]:
@@ -217,6 +220,7 @@ class Spool:
             folder.mkdir(mode=0o700, exist_ok=True)
             record = SeriesRecord(series_uid, study_uid, first_received=now)
             self._records[key], self._instances[key] = record, {}
+            self._since[key] = time.monotonic()
             self._save(record)
             fsync_dir(self.series_root)
         changed = False
@@ -225,6 +229,7 @@ class Spool:
                 self._instances[key] = {}
                 record.first_received = now
             self._reset(record)
+            self._since[key] = time.monotonic()
             changed = True
         elif record.state is SeriesState.PROCESSING:
             self._reopened.add(key)
@@ -274,6 +279,12 @@ class Spool:
         with self._lock:
             return time.monotonic() - self._activity.get(key, 0.0)
 
+    def receiving_s(self, key: str) -> float:
+        """Seconds since the series started receiving (or received again after it was
+        settled; monotonic, from the spool's opening for series received before it)."""
+        with self._lock:
+            return time.monotonic() - self._since.get(key, 0.0)
+
     def update(
         self, key: str, *, expect: SeriesState | None = None, **changes: Any
     ) -> SeriesRecord | None:
@@ -300,19 +311,28 @@ class Spool:
             return replace(record)
 
     def settle(
-        self, key: str, stable_s: float, reason_of: Callable[[list[InstanceInfo]], str | None]
+        self,
+        key: str,
+        stable_s: float,
+        reason_of: Callable[[list[InstanceInfo]], str | None],
+        max_s: float = math.inf,
     ) -> SeriesRecord | None:
         """Mark a series complete (or skipped, with ``reason_of``'s reason) if it is still
         receiving and has had no instance for ``stable_s`` seconds; one step under the lock,
-        so an instance arriving meanwhile keeps it receiving. Returns the new record or None.
+        so an instance arriving meanwhile keeps it receiving. A series still receiving
+        ``max_s`` seconds after it started is skipped, with that reason: a sender that never
+        stops must not hold it forever. Returns the new record or None.
         """
         with self._lock:
             record = self._records.get(key)
             if record is None or record.state is not SeriesState.RECEIVING:
                 return None
-            if self.quiet_s(key) < stable_s:
+            if self.quiet_s(key) >= stable_s:
+                reason = reason_of(self.instances(key))
+            elif self.receiving_s(key) >= max_s:
+                reason = f"still receiving after {max_s:g} s (MAX_SERIES_S)"
+            else:
                 return None
-            reason = reason_of(self.instances(key))
             state = SeriesState.SKIPPED if reason else SeriesState.COMPLETE
             return self.update(key, state=state, reason=reason, completed_at=time.time())
 

@@ -217,7 +217,9 @@ def test_slices_not_used_are_named(headers: list[Dataset]) -> None:
     verdict = made_up_verdict(headers[:6], k=1)
     rejected = (("1.2.3.1", "the slice does not decode"), ("1.2.3.2", "not axial"))
     sr = build_sr(headers[:6], dataclasses.replace(verdict, rejected=rejected))
-    assert _texts(sr)["Slices not used"] == "2: not axial; the slice does not decode"
+    assert _texts(sr)["Slices not used"] == (
+        "2: not axial: 1.2.3.2; the slice does not decode: 1.2.3.1"
+    )
     assert "Slices not used" not in _texts(build_sr(headers[:6], verdict))
 
 

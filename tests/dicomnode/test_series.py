@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from dicomnode.series import (
     SelectionRules,
     selection_reason,
     slice_order,
+    stable_keys,
 )
 from tests.dicomnode.series_data import ct_series
 
@@ -180,3 +182,33 @@ def test_header_fields_of_an_enhanced_ct_come_from_its_functional_groups() -> No
     assert (info.slice_thickness, info.orientation, info.position) == (1.5, AXIAL, (1, 2, -30))
     assert (info.frames, info.instance_number, info.image_type[2]) == (30, 7, "AXIAL")
     assert selection_reason([info], RULES) is None
+
+
+def test_a_series_that_never_stops_receiving_is_skipped_after_max_series_s(
+    tmp_path: Path,
+) -> None:
+    from dicomnode.records import SeriesState, series_key
+    from dicomnode.spool import Spool
+
+    spool = Spool(tmp_path, max_instance_bytes=100, max_series_instances=100, max_spool_bytes=10**4)
+    key = series_key("1.2.3")
+
+    def arrive(n: int) -> None:
+        spool.store(ct(n), b"x", study_uid="1.2", series_uid="1.2.3", calling_ae="SCANNER")
+
+    arrive(0)
+    time.sleep(0.3)
+    arrive(1)  # never quiet for stable_s, but receiving for longer than max_s
+    assert stable_keys(spool, stable_s=10.0) == []
+    assert spool.settle(key, 10.0, lambda items: None) is None
+    assert stable_keys(spool, stable_s=10.0, max_s=0.25) == [key]
+    record = spool.settle(key, 10.0, lambda items: None, max_s=0.25)
+    assert record is not None and record.state is SeriesState.SKIPPED
+    assert record.reason == "still receiving after 0.25 s (MAX_SERIES_S)"
+    arrive(2)  # received again: a new window, not skipped at once
+    assert spool.record(key).state is SeriesState.RECEIVING
+    assert spool.settle(key, 10.0, lambda items: None, max_s=0.25) is None
+    # a quiet series completes by STABLE_S as before, whatever its age
+    time.sleep(0.3)
+    done = spool.settle(key, 0.2, lambda items: None, max_s=0.25)
+    assert done is not None and done.state is SeriesState.COMPLETE

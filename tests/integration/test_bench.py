@@ -328,3 +328,24 @@ def test_gpu_script_fails_when_triton_never_becomes_ready(tmp_path: Path) -> Non
     assert "model failed to load" in (tmp_path / "o" / "compose.log").read_text()
     made = calls.read_text()
     assert "--profile gpu up -d triton" in made and made.rstrip().endswith("down")
+
+
+@ci_group
+def test_bench_pacs_beside_orthanc_and_the_study_path(gateway_url: str, tmp_path: Path) -> None:
+    """One round of each: storescu into the node and into Orthanc, then a series through the
+    node into Orthanc beside the gateway's study path; every part measured."""
+    out = tmp_path / "pacs"
+    args = ["--url", gateway_url, "--rounds", "1", "--e2e-rounds", "1", "--series", "fixture"]
+    _ok(covidct("bench", "pacs", *args, "--slices", "20", "--stable-s", "1", "--out", out))
+    result = json.loads((out / "result.json").read_text())
+    assert result["instances"] == 20 and "fixture" in result["series"]
+    assert result["receive"]["node_per_s"]["median"] > 0
+    assert result["receive"]["orthanc_per_s"]["median"] > 0
+    e2e = result["end_to_end"]
+    assert e2e["gateway_study_s"]["median"] > 0
+    parts = e2e["parts_s"]
+    assert parts["infer_s"] > 0 and parts["build_s"] > 0 and parts["send_s"] > 0
+    assert sum(v for k, v in parts.items() if k != "end_to_end_s") == pytest.approx(
+        parts["end_to_end_s"]
+    )
+    assert "| node / Orthanc |" in (out / "section.md").read_text()

@@ -117,9 +117,9 @@ def test_a_series_from_the_scanner_comes_back_as_an_sr_and_heatmaps_in_its_study
             assert len(pacs.wait_for_instances(study_uid, 2, 3, Modality="SR")) == 1
             assert pacs.instance_count() == before
             events = [json.loads(line) for line in settings.audit_path.read_text().splitlines()]
-            assert sum(e["event"] == "complete" for e in events) == 2, "processed twice"
-            filed = {tuple(e["result_uids"]) for e in events if e["event"] == "delivery"}
-            assert len(filed) == 1 and len(next(iter(filed))) == 1 + settings.top_k, filed
+            processed = [tuple(e["result_uids"]) for e in events if e["event"] == "processed"]
+            assert len(processed) == 2, "processed twice"
+            assert len(set(processed)) == 1 and len(processed[0]) == 1 + settings.top_k, processed
         finally:
             node.stop(drain_s=5)
             outbox.stop()

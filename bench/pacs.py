@@ -1,0 +1,371 @@
+"""``covidct bench pacs``: the DICOM node against the real Orthanc and the gateway's study path.
+
+1. Receive rate: the same ``storescu -xs +sd +r`` run of one series into the node's SCP and
+   into Orthanc's own, in interleaved rounds (the order reversed every other round), each
+   receiver fresh each round (a new spool, a new storage), so neither answers a duplicate.
+2. End to end: the series stored into the node, whose results go to Orthanc; the time from
+   the last instance received to the SR stored in Orthanc (the outbox's delivery time),
+   less the node's stable wait, beside the gateway's own time for the same files
+   (``POST /v1/predict/study``), interleaved round by round. The parts come from the
+   series' record (received, complete, processed), the pipeline's ``timings`` (infer,
+   build SR and SC, queue) and the outbox's records (delivered).
+
+The series is the real ``dicom-series/P001`` (148 slices) when the real data is there, else
+one made from the fixture slice (as the node's tests do); the result names which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+from pydicom.uid import generate_uid
+
+from bench.corpus import REPO, real_data_dir
+from bench.sweep import BenchError, save
+from covidct.addresses import LOCALHOST
+from dicomnode.node import Node, Outcome
+from dicomnode.pipeline import ResultPipeline, open_outbox
+from dicomnode.settings import NodeSettings
+from serving.server import free_port
+
+ORTHANC = "/usr/sbin/Orthanc"
+FIXTURE_SLICE = REPO / "tests" / "fixtures" / "dicom" / "normal002__IM0042.dcm"
+PACS_AET, NODE_AET, SCU_AET = "PACS", "COVIDCT", "BENCH"
+RECEIVE_TARGET_X = 0.8  # the node's receive rate at least this share of Orthanc's
+END_TO_END_TARGET_X = 1.3  # node end to end at most this multiple of the gateway's study time
+SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # every Structured Report SOP Class
+
+
+def find_series(work: Path, source: str = "auto", slices: int = 24) -> tuple[Path, str]:
+    """The benchmark's series folder and what it is.
+
+    Args:
+        work: where a fixture series is written.
+        source: ``auto`` (the real P001 when present), ``real`` or ``fixture``.
+        slices: slices of a fixture series.
+
+    Raises:
+        BenchError: ``real`` was asked and the real series is not there.
+    """
+    if source in ("auto", "real"):
+        folder = real_data_dir() / "dicom-series" / "P001"
+        if folder.is_dir() and any(folder.glob("*.dcm")):
+            return folder, f"the real P001 ({sum(1 for _ in folder.glob('*.dcm'))} slices)"
+        if source == "real":
+            raise BenchError(f"no real series at {folder}: set COVIDCT_REAL_DATA")
+    return fixture_series(work / "series", slices), f"{slices} copies of the fixture slice"
+
+
+def fixture_series(dest: Path, slices: int, seed: str = "covidct-bench-series") -> Path:
+    """``slices`` CT files of one series made from the fixture slice, 2 mm apart."""
+    dest.mkdir(parents=True, exist_ok=True)
+    study = generate_uid(entropy_srcs=[seed, "study"])
+    series = generate_uid(entropy_srcs=[seed, "series"])
+    for i in range(slices):
+        ds = pydicom.dcmread(FIXTURE_SLICE)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[seed, "instance", str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        x, y, _ = ds.ImagePositionPatient
+        ds.ImagePositionPatient = [x, y, -50.0 - 2.0 * i]
+        ds.SliceLocation = -50.0 - 2.0 * i
+        ds.save_as(dest / f"IM{i:04d}.dcm", enforce_file_format=True)
+    return dest
+
+
+def storescu_command(folder: Path, port: int, called_aet: str) -> list[str]:
+    """One association sending every file of ``folder`` (JPEG Lossless proposed)."""
+    return ["storescu", "-xs", "-aet", SCU_AET, "-aec", called_aet, "+sd", "+r",
+            LOCALHOST, str(port), str(folder)]  # fmt: skip
+
+
+def send(folder: Path, port: int, called_aet: str) -> float:
+    """Seconds ``storescu`` took to send ``folder``.
+
+    Raises:
+        BenchError: storescu failed.
+    """
+    started = time.perf_counter()
+    done = subprocess.run(storescu_command(folder, port, called_aet), capture_output=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise BenchError(f"storescu to {called_aet} failed: {done.stderr.decode()[-500:]}")
+    return seconds
+
+
+@contextlib.contextmanager
+def running_orthanc(root: Path) -> Iterator[tuple[str, int]]:
+    """Orthanc on free loopback ports with its storage under ``root``: (REST URL, DICOM port)."""
+    http_port, dicom_port = free_port(), free_port()
+    (root / "storage").mkdir(parents=True, exist_ok=True)
+    config = {
+        "Name": PACS_AET, "StorageDirectory": str(root / "storage"),
+        "IndexDirectory": str(root / "storage"), "HttpPort": http_port, "DicomPort": dicom_port,
+        "DicomAet": PACS_AET, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+    }  # fmt: skip
+    (root / "orthanc.json").write_text(json.dumps(config))
+    url = f"http://{LOCALHOST}:{http_port}"
+    with (root / "orthanc.log").open("ab") as log:
+        proc = subprocess.Popen([ORTHANC, str(root / "orthanc.json")], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(f"{url}/system"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"Orthanc did not start: see {root / 'orthanc.log'}")
+            time.sleep(0.1)
+        yield url, dicom_port
+    finally:
+        proc.send_signal(signal.SIGKILL)  # nothing in it is kept
+        proc.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def node_settings(spool: Path, gateway_url: str, stable_s: float, destination: str) -> NodeSettings:
+    """The node as the benchmark runs it: loopback, a free port, no status server."""
+    return NodeSettings(
+        ae_title=NODE_AET, host=LOCALHOST, port=free_port(), gateway_url=gateway_url,
+        stable_s=stable_s, spool_dir=spool, destination=destination, send_retry_initial_s=0.5,
+    )  # fmt: skip
+
+
+def receive_round(folder: Path, tmp: Path, order: Sequence[str]) -> dict[str, float]:
+    """One round: storescu seconds into each receiver, fresh, in ``order``."""
+    seconds: dict[str, float] = {}
+    for arm in order:
+        root = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{arm}-"))
+        if arm == "orthanc":
+            with running_orthanc(root) as (_, port):
+                seconds[arm] = send(folder, port, PACS_AET)
+        else:  # nothing completes during the round: the receive path alone
+            node = Node(node_settings(root, "", 3600.0, ""), lambda _: Outcome())
+            node.start(http=False)
+            try:
+                seconds[arm] = send(folder, node.receiver.port, NODE_AET)
+            finally:
+                node.stop(drain_s=5.0)
+        shutil.rmtree(root, ignore_errors=True)
+    return seconds
+
+
+def study_seconds(client: httpx.Client, files: Sequence[Path]) -> float:
+    """Seconds of one ``POST /v1/predict/study`` of ``files`` (the gateway's own study time)."""
+    parts = [("file", (f"{i:05d}.dcm", f.read_bytes(), "application/dicom"))
+             for i, f in enumerate(files)]  # fmt: skip
+    started = time.perf_counter()
+    response = client.post("/v1/predict/study", files=parts)
+    seconds = time.perf_counter() - started
+    if response.status_code != 200:
+        raise BenchError(f"/v1/predict/study answered {response.status_code}: {response.text}")
+    return seconds
+
+
+def breakdown(
+    record: dict[str, float], timings: dict[str, float], sr_stored: float, stable_s: float
+) -> dict[str, float]:
+    """The end-to-end seconds of one series and its parts, from the series' record
+    (``last_received``, ``completed_at``, ``finished_at``: epoch seconds), the pipeline's
+    ``timings`` and the SR's delivery time. The stable wait itself is left out; the watcher's
+    delay past it counts as selection."""
+    infer, build, queue = timings["infer_s"], timings["build_s"], timings["queue_s"]
+    total = sr_stored - record["last_received"] - stable_s
+    processed = record["finished_at"] - record["completed_at"]
+    return {
+        "end_to_end_s": total,
+        "select_s": record["completed_at"] - record["last_received"] - stable_s
+        + processed - infer - build - queue,
+        "infer_s": infer,
+        "build_s": build,
+        "queue_s": queue,
+        "send_s": sr_stored - record["finished_at"],
+    }  # fmt: skip
+
+
+def end_to_end_round(
+    folder: Path, tmp: Path, orthanc: tuple[str, int], gateway_url: str, stable_s: float
+) -> dict[str, float]:
+    """One series through a fresh node into Orthanc; its ``breakdown``."""
+    url, port = orthanc
+    root = Path(tempfile.mkdtemp(dir=tmp, prefix="node-"))
+    settings = node_settings(root, gateway_url, stable_s, f"{PACS_AET}@{LOCALHOST}:{port}")
+    outbox = open_outbox(settings).start()
+    pipeline = ResultPipeline(settings, outbox)
+    node = Node(settings, pipeline, outbox_depth=lambda: outbox.depth)
+    node.start(http=False)
+    try:
+        send(folder, node.receiver.port, NODE_AET)
+        deadline = time.monotonic() + stable_s + 900
+        while not (outbox.items() and outbox.wait_idle(0.1) and pipeline.timings):
+            if time.monotonic() > deadline:
+                raise BenchError(f"the series produced no delivered result: {node.status()}")
+            time.sleep(0.1)
+        records = node.spool.records()
+        r = records[0] if len(records) == 1 else None
+        if r is None or r.finished_at is None or r.completed_at is None:
+            raise BenchError(f"the series was not processed: {node.status()}")
+        srs = [i for i in outbox.items() if i.sop_class_uid.startswith(SR_CLASS_PREFIX)]
+        if not srs or srs[0].delivered_at is None:
+            raise BenchError(f"no SR delivered: {[i.state for i in outbox.items()]}")
+        stored = httpx.post(f"{url}/tools/find", json={"Level": "Instance", "Query": {
+            "SOPInstanceUID": srs[0].sop_instance_uid}}, timeout=30).json()  # fmt: skip
+        if len(stored) != 1:
+            raise BenchError("the SR the outbox delivered is not in Orthanc")
+        times = {"last_received": r.last_received, "completed_at": r.completed_at,
+                 "finished_at": r.finished_at}  # fmt: skip
+        return breakdown(times, pipeline.timings, srs[0].delivered_at, stable_s)
+    finally:
+        node.stop(drain_s=5.0)
+        outbox.stop()
+        for study in httpx.get(f"{url}/studies", timeout=30).json():  # the next round stores anew
+            httpx.delete(f"{url}/studies/{study}", timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Median, range and the values of per-round figures."""
+    return {"median": statistics.median(values), "low": min(values), "high": max(values),
+            "values": list(values)}  # fmt: skip
+
+
+def run_pacs_bench(
+    out: Path,
+    gateway_url: str,
+    rounds: int = 5,
+    e2e_rounds: int = 3,
+    stable_s: float = 2.0,
+    source: str = "auto",
+    slices: int = 24,
+) -> dict[str, Any]:
+    """Both measurements, interleaved; writes ``out`` and returns the result.
+
+    Raises:
+        BenchError: a receiver, the node or the gateway failed.
+    """
+    if not _answers(f"{gateway_url}/v1/models"):
+        raise BenchError(f"the gateway at {gateway_url} does not answer /v1/models")
+    with tempfile.TemporaryDirectory(prefix="bench-pacs-") as work:
+        tmp = Path(work)
+        folder, what = find_series(tmp, source, slices)
+        files = sorted(folder.glob("*.dcm"))
+        receive = [receive_round(folder, tmp, ("node", "orthanc")[:: 1 if i % 2 == 0 else -1])
+                   for i in range(rounds)]  # fmt: skip
+        e2e: list[dict[str, float]] = []
+        study: list[float] = []
+        with (
+            running_orthanc(tmp / "pacs") as orthanc,
+            httpx.Client(base_url=gateway_url, timeout=900) as client,
+        ):
+            study_seconds(client, files[:2])  # warm the model before the first timed round
+            for i in range(e2e_rounds):
+                first_direct = i % 2 == 1
+                if first_direct:
+                    study.append(study_seconds(client, files))
+                e2e.append(end_to_end_round(folder, tmp, orthanc, gateway_url, stable_s))
+                if not first_direct:
+                    study.append(study_seconds(client, files))
+    result = summarise(receive, e2e, study, len(files), what, stable_s)
+    save(out, "pacs", pacs_section(result), result)
+    return result
+
+
+def summarise(
+    receive: Sequence[dict[str, float]],
+    e2e: Sequence[dict[str, float]],
+    study: Sequence[float],
+    instances: int,
+    series: str,
+    stable_s: float,
+) -> dict[str, Any]:
+    """The result: rates and ratios per round, medians, the end-to-end parts and the targets."""
+    rates = {a: [instances / r[a] for r in receive] for a in ("node", "orthanc")}
+    ratio = [n / o for n, o in zip(rates["node"], rates["orthanc"], strict=True)]
+    over = [e["end_to_end_s"] / s for e, s in zip(e2e, study, strict=True)]
+    parts = {k: statistics.median(e[k] for e in e2e) for k in e2e[0]}
+    return {
+        "series": series, "instances": instances, "stable_s": stable_s,
+        "receive": {"node_per_s": spread(rates["node"]), "orthanc_per_s": spread(rates["orthanc"]),
+                    "ratio": spread(ratio), "target_x": RECEIVE_TARGET_X},
+        "end_to_end": {"node_s": spread([e["end_to_end_s"] for e in e2e]),
+                       "gateway_study_s": spread(list(study)), "ratio": spread(over),
+                       "parts_s": parts, "rounds": list(e2e), "target_x": END_TO_END_TARGET_X},
+    }  # fmt: skip
+
+
+def pacs_section(r: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of a result."""
+    rec, e2e = r["receive"], r["end_to_end"]
+    p = e2e["parts_s"]
+
+    def rng(s: dict[str, Any], f: str) -> str:
+        return f"{s['median']:{f}} (range {s['low']:{f}} to {s['high']:{f}})"
+
+    return "\n".join([
+        "## DICOM node (`covidct bench pacs`)",
+        "",
+        f"Series: {r['series']}, {r['instances']} instances, sent by one `storescu -xs +sd +r`.",
+        "",
+        f"Receive rate, {len(rec['ratio']['values'])} interleaved rounds (order reversed every "
+        "other round, each receiver fresh each round), medians:",
+        "",
+        "| receiver | instances/s |",
+        "|---|---|",
+        f"| the node's SCP (spool) | {rng(rec['node_per_s'], '.1f')} |",
+        f"| Orthanc 1.10 | {rng(rec['orthanc_per_s'], '.1f')} |",
+        f"| node / Orthanc | {rng(rec['ratio'], '.2f')}x (target >= {rec['target_x']:g}x) |",
+        "",
+        f"End to end, {len(e2e['ratio']['values'])} interleaved rounds: last instance received "
+        f"to the SR stored in Orthanc, less the stable wait ({r['stable_s']:g} s here), beside "
+        "the gateway's own `POST /v1/predict/study` of the same files:",
+        "",
+        "| figure | seconds |",
+        "|---|---|",
+        f"| node, end to end | {rng(e2e['node_s'], '.2f')} |",
+        f"| gateway study time | {rng(e2e['gateway_study_s'], '.2f')} |",
+        f"| node / gateway | {rng(e2e['ratio'], '.2f')}x (target <= {e2e['target_x']:g}x) |",
+        "",
+        "Parts of the node's time (medians over rounds, seconds): "
+        f"select and order {p['select_s']:.2f} (the watcher past the stable wait, the worker, "
+        f"the spool), infer {p['infer_s']:.2f} (study path, model spec, heatmaps), "
+        f"build SR and SC {p['build_s']:.2f}, queue in the outbox {p['queue_s']:.2f}, "
+        f"send to Orthanc {p['send_s']:.2f}.",
+    ])  # fmt: skip
+
+
+@contextlib.contextmanager
+def served_gateway(url: str | None, repository: Path | None) -> Iterator[str]:
+    """``url`` as it is, or a tritonserver on ``repository`` (version 1) and one gateway
+    worker in front of it, for the length of a block; yields the gateway's URL."""
+    if url is not None:
+        yield url
+        return
+    if repository is None:
+        raise BenchError("no gateway URL and no repository to serve")
+    from bench.capacity import running_gateway, running_triton
+
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-pacs-serve-") as tmp,
+        running_triton(repository, Path(tmp) / "triton.log") as server,
+        running_gateway(server, 1, Path(tmp) / "gateway.log", {"COVIDCT_MODEL_VERSION": "1"}) as (
+            gateway,
+            _,
+        ),
+    ):
+        yield gateway
