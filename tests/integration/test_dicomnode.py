@@ -5,7 +5,8 @@ tritonserver with the CI-trained model, and Debian's Orthanc as the PACS the res
 A whole CT series (the real P001 beside the checkout, else one made from the fixture slice)
 goes in; a TID 1500 SR and heatmap Secondary Captures must come back into the same study in
 Orthanc, valid for dciodvfy, readable by highdicom, with the gateway's study probabilities for
-the series and every slice; sending the series again files the same objects, not new ones.
+the series and every slice; the series sent again the way a PACS routes it (stored in Orthanc,
+then sent on by Orthanc to the node) files the same objects, not new ones.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import pytest
 from dicomnode.pipeline import build_node, open_outbox
 from dicomnode.report import PROBABILITIES
 from gateway.settings import GatewaySettings
+from serving.server import free_port
 from tests.dicomnode.orthanc import Orthanc, running_orthanc
 from tests.dicomnode.results_data import dciodvfy_errors
-from tests.dicomnode.scanner import node_settings, storescu, wait_for
+from tests.dicomnode.scanner import NODE_AET, node_settings, storescu, wait_for
 from tests.dicomnode.series_data import ct_series
 from tests.integration.conftest import running_gateway
 
@@ -62,12 +64,16 @@ def test_a_series_from_the_scanner_comes_back_as_an_sr_and_heatmaps_in_its_study
     files = sorted(series.glob("*.dcm"))
     by_uid = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    node_port = free_port()  # Orthanc knows the node as its modality "node"
     with (
         running_gateway(GatewaySettings(triton_url=server.grpc_address)) as gateway,
-        running_orthanc(tmp_path / "pacs") as pacs,
+        running_orthanc(tmp_path / "pacs", NODE_AET, node_port) as pacs,
     ):
         settings = node_settings(
-            tmp_path, gateway_url=gateway, destination=f"PACS@127.0.0.1:{pacs.dicom_port}"
+            tmp_path,
+            port=node_port,
+            gateway_url=gateway,
+            destination=f"PACS@127.0.0.1:{pacs.dicom_port}",
         )
         outbox = open_outbox(settings).start()
         node = build_node(settings, outbox)
@@ -101,10 +107,15 @@ def test_a_series_from_the_scanner_comes_back_as_an_sr_and_heatmaps_in_its_study
                 expected = result["prediction"]["probabilities"]
                 assert _probabilities(group) == pytest.approx(expected, abs=1e-6)
 
-            # the same series again: the same objects (deterministic UIDs), no duplicates
+            # The route a PACS takes: the series stored in Orthanc, then sent on by Orthanc to
+            # the node. A second processing files the same objects (deterministic UIDs).
+            stored = storescu(pacs.dicom_port, series, aec=pacs.aet)
+            assert stored.returncode == 0, stored.stderr
+            series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+            [source] = pacs.find("Series", SeriesInstanceUID=series_uid)
             before = pacs.instance_count()
-            again = storescu(node.receiver.port, series)
-            assert again.returncode == 0, again.stderr
+            assert before == len(files) + 1 + settings.top_k
+            pacs.store_to_node(str(source))
             wait_for(
                 lambda: (
                     node.spool.records()
