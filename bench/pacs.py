@@ -69,7 +69,9 @@ def find_series(work: Path, source: str = "auto", slices: int = 24) -> tuple[Pat
 
 
 def fixture_series(dest: Path, slices: int, seed: str = "covidct-bench-series") -> Path:
-    """``slices`` CT files of one series made from the fixture slice, 2 mm apart."""
+    """``slices`` CT files of one series made from the fixture slice, 2 mm apart, numeric
+    UIDs derived from ``seed``; file names in an order unlike the series order (as files
+    arrive: receivers must sort). The tests' series (tests/dicomnode/series_data.py) too."""
     dest.mkdir(parents=True, exist_ok=True)
     study = generate_uid(entropy_srcs=[seed, "study"])
     series = generate_uid(entropy_srcs=[seed, "series"])
@@ -82,7 +84,7 @@ def fixture_series(dest: Path, slices: int, seed: str = "covidct-bench-series") 
         x, y, _ = ds.ImagePositionPatient
         ds.ImagePositionPatient = [x, y, -50.0 - 2.0 * i]
         ds.SliceLocation = -50.0 - 2.0 * i
-        ds.save_as(dest / f"IM{i:04d}.dcm", enforce_file_format=True)
+        ds.save_as(dest / f"IM{(i * 7) % slices:04d}_{i}.dcm", enforce_file_format=True)
     return dest
 
 

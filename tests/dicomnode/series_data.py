@@ -11,12 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pydicom
-from pydicom.uid import generate_uid
-
 from bench.corpus import real_data_dir
-
-FIXTURE_SLICE = Path(__file__).parents[1] / "fixtures" / "dicom" / "normal002__IM0042.dcm"
+from bench.pacs import fixture_series as bench_fixture_series
 
 
 def real_series() -> Path | None:
@@ -26,22 +22,9 @@ def real_series() -> Path | None:
 
 
 def fixture_series(dest: Path, slices: int = 24, seed: str = "covidct-test-series") -> Path:
-    """``slices`` CT files of one series written into ``dest`` (created); returns ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    study = generate_uid(entropy_srcs=[seed, "study"])
-    series = generate_uid(entropy_srcs=[seed, "series"])
-    for i in range(slices):
-        ds = pydicom.dcmread(FIXTURE_SLICE)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=[seed, "instance", str(i)])
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = i + 1
-        x, y, _ = ds.ImagePositionPatient
-        ds.ImagePositionPatient = [x, y, -50.0 - 2.0 * i]
-        ds.SliceLocation = -50.0 - 2.0 * i
-        # written in an order unlike the series order: receivers must sort
-        ds.save_as(dest / f"IM{(i * 7) % slices:04d}_{i}.dcm", enforce_file_format=True)
-    return dest
+    """``slices`` CT files of one series written into ``dest`` (``bench.pacs.fixture_series``,
+    the one builder, with the tests' default seed); returns ``dest``."""
+    return bench_fixture_series(dest, slices, seed)
 
 
 def ct_series(tmp: Path, slices: int = 24) -> Path:

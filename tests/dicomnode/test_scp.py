@@ -16,13 +16,14 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
+from bench.pacs import FIXTURE_SLICE
 from dicomnode.node import Node
 from dicomnode.records import SeriesState, series_key
 from dicomnode.series import ENHANCED_CT_IMAGE_STORAGE
 from dicomnode.spool import JOURNAL
 from tests.dicomnode.orthanc import Orthanc
 from tests.dicomnode.scanner import SCANNER, echoscu, node_settings, running_node, storescu
-from tests.dicomnode.series_data import FIXTURE_SLICE, ct_series, fixture_series
+from tests.dicomnode.series_data import ct_series, fixture_series
 
 pytestmark = pytest.mark.integration
 
