@@ -277,6 +277,40 @@ def bench_overload(
     print(overload_markdown(figures))
 
 
+@bench_app.command("quality")
+def bench_quality(
+    data: Annotated[
+        Path | None,
+        typer.Option(help="COVIDx-CT folder (default: covidxct-128 of the real-data collection)."),
+    ] = None,
+    work: Annotated[Path, typer.Option(help="Run folders (finished runs are reused).")] = Path(
+        "runs/quality"
+    ),
+    recipes: Annotated[
+        str, typer.Option(help="Recipes trained with every seed (bench/quality.py RECIPES).")
+    ] = "baseline,no-intensity,sampling,no-balance",
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
+    one_seed: Annotated[
+        str, typer.Option(help="Recipes trained with the first seed only (costlier ones).")
+    ] = "densenet201,epochs-20",
+    jobs: Annotated[
+        int, typer.Option(min=1, help="Trainings at once (each gets cores/jobs threads).")
+    ] = 2,
+    out: ResultFolder = None,
+) -> None:
+    """Training recipes on real CT over seeds: slices, scans, patients, calibration, rules."""
+    from bench.corpus import real_data_dir
+    from bench.quality import recipe_named, run_quality_bench
+
+    folder = data or real_data_dir() / "covidxct-128"
+    if not (folder / "train_COVIDx-CT.txt").is_file():
+        fail(f"{folder}: no train_COVIDx-CT.txt; give --data a COVIDx-CT folder with splits")
+    seed_list = _levels(seeds)
+    plan = [(recipe_named(n.strip()), s) for s in seed_list for n in recipes.split(",") if n.strip()]
+    plan += [(recipe_named(n.strip()), seed_list[0]) for n in one_seed.split(",") if n.strip()]
+    print(run_quality_bench(folder, work, plan, _bench_out(out, "quality"), jobs))
+
+
 @bench_app.command("pacs")
 def bench_pacs(
     url: Annotated[

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from covidct.errors import CovidctError
+from covidct.series import SeriesRule, SeriesRuleError
 
 #: COVIDx-CT class order (Normal=0, Pneumonia=1, COVID-19=2). Never reorder.
 CLASS_NAMES: tuple[str, ...] = ("Normal", "Pneumonia", "COVID-19")
@@ -82,6 +83,8 @@ class ModelSpec:
         interpolation: resize interpolation of the preprocessing.
         backbone: Keras backbone name.
         temperature: calibration temperature (1.0 means uncalibrated).
+        series_rule: how a series' slice probabilities become its verdict (covidct/series.py;
+            chosen on the validation split at training, ``mean`` for older specs).
         provenance: data fingerprint and synthetic flag.
     """
 
@@ -99,6 +102,7 @@ class ModelSpec:
     interpolation: str = INTERPOLATION
     backbone: str = "densenet201"
     temperature: float = 1.0
+    series_rule: SeriesRule = field(default_factory=SeriesRule)
     provenance: Provenance = field(default_factory=Provenance)
     schema_version: int = SCHEMA_VERSION
 
@@ -142,6 +146,8 @@ class ModelSpec:
             )
         if not self.temperature > 0:
             raise SpecError(f"temperature {self.temperature} must be positive")
+        if not isinstance(self.series_rule, SeriesRule):
+            raise SpecError(f"series_rule must be a SeriesRule, got {self.series_rule!r}")
         if self.schema_version != SCHEMA_VERSION:
             raise SpecError(
                 f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})"
@@ -193,6 +199,16 @@ class ModelSpec:
             if bad:
                 raise SpecError(f"unknown provenance field(s): {', '.join(bad)}")
             data["provenance"] = Provenance(**prov)
+        rule = data.get("series_rule", {})
+        if isinstance(rule, dict):
+            rule_known = {f.name for f in dataclasses.fields(SeriesRule)}
+            bad = sorted(set(rule) - rule_known)
+            if bad:
+                raise SpecError(f"unknown series_rule field(s): {', '.join(bad)}")
+            try:
+                data["series_rule"] = SeriesRule(**rule)
+            except SeriesRuleError as e:
+                raise SpecError(str(e)) from e
         try:
             return cls(**data)
         except TypeError as e:

@@ -26,6 +26,7 @@ IMAGE_DIR = "images"
 
 _CTMD = re.compile(r"^(COVIDCTMD-[^-]+)-IM\d+$")
 _CNCB = re.compile(r"^(.+?_\d+)_\d+_\d+$")  # NCP_96_1328_0032 -> NCP_96
+_CNCB_SCAN = re.compile(r"^(.+?_\d+_\d+)_\d+$")  # NCP_96_1328_0032 -> NCP_96_1328
 _TRAILING_INDEX = re.compile(r"^(.+?)[-_]\d+$")
 
 
@@ -55,6 +56,17 @@ def patient_id(filename: str) -> str:
         if m:
             return m.group(1)
     return stem
+
+
+def scan_id(filename: str) -> str:
+    """The scan (one CT series) a slice belongs to, from its COVIDx-CT file name.
+
+    A CNCB name carries patient and scan: ``NCP_96_1328_0032.png`` gives ``NCP_96_1328``
+    (patient ``NCP_96``, scan 1328); a patient may have several scans. Names without a scan
+    field (``COVIDCTMD-P001-IM0038.png``: one series per patient) give the patient.
+    """
+    m = _CNCB_SCAN.match(Path(filename).stem)
+    return m.group(1) if m else patient_id(filename)
 
 
 @dataclass(frozen=True)

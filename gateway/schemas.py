@@ -51,10 +51,16 @@ class SliceResult(BaseModel):
 
 
 class StudySummary(BaseModel):
-    rule: str
-    label: str
+    rule: str = Field(description="the model's series rule (its ModelSpec), in words")
+    rule_name: str = Field(description="the rule's short name: mean, top-5-mean, max, count-3@0.7")
+    label: str = Field(description="the series verdict, made by the rule")
     class_index: int
-    probabilities: dict[str, float]
+    probabilities: dict[str, float] = Field(
+        description="mean of the usable slices' probabilities, whatever the rule"
+    )
+    scores: dict[str, float] = Field(
+        description="the per-class statistic the rule reads its verdict from"
+    )
     slices_used: int
     slices_rejected: int
     label_counts: dict[str, int]

@@ -53,6 +53,9 @@ def write_model_card(
             if "ece_after" in results["calibration"]
             else ")"
         ),
+        f"- Series verdict: `{spec.series_rule.name}`, {spec.series_rule.describe()} "
+        f"({results.get('series_rule', {}).get('chosen_on', 'the default')}); the gateway's "
+        "study summary and the DICOM node's report use it",
         "",
         "## Training",
         "",

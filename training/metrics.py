@@ -3,8 +3,8 @@
 Pure NumPy (plots with matplotlib's Agg backend), so the figures are easy to check by hand:
 accuracy; per class sensitivity (recall), PPV (precision), specificity and F1; macro-F1;
 one-vs-rest ROC-AUC; the confusion matrix (rows true, columns predicted); expected
-calibration error; and the same figures per patient where patient ids exist (a patient's
-probabilities are the mean over its slices; its label is its slices' majority label).
+calibration error and the reliability diagram. Figures per scan and per patient, judged by
+the spec's series rule, are in training/verdicts.py.
 """
 
 from __future__ import annotations
@@ -116,18 +116,6 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray) -> dict[str, An
     }
 
 
-def patient_level(
-    y_true: np.ndarray, probs: np.ndarray, patients: np.ndarray
-) -> dict[str, Any] | None:
-    """The report over patients (mean probabilities, majority label); None without ids."""
-    ids = sorted(set(patients.tolist()))
-    if not ids or len(ids) == len(patients):
-        return None
-    p_probs = np.stack([probs[patients == p].mean(axis=0) for p in ids])
-    p_true = np.array([np.bincount(y_true[patients == p], minlength=3).argmax() for p in ids])
-    return classification_report(p_true, p_probs)
-
-
 def format_table(report: dict[str, Any], title: str) -> str:
     """The per-class table in the layout COVID-Net CT publishes (sensitivity and PPV, %)."""
 
@@ -210,6 +198,55 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, path: Path, title: str) -> N
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def reliability_bins(
+    probs: np.ndarray, y_true: np.ndarray, bins: int = ECE_BINS
+) -> list[tuple[float, float, int]]:
+    """Per non-empty confidence bin: (mean confidence, accuracy, count): what ECE sums."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    out = []
+    for lo, hi in itertools.pairwise(np.linspace(0, 1, bins + 1)):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            out.append((float(conf[inside].mean()), float(correct[inside].mean()), int(inside.sum())))
+    return out
+
+
+def plot_reliability(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    path: Path,
+    title: str,
+    before: np.ndarray | None = None,
+) -> None:
+    """Reliability diagram: accuracy against confidence per bin (the diagonal is perfect
+    calibration), with ``before`` (uncalibrated probabilities) beside when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=120)
+    series = [("before", before), ("after", probs)] if before is not None else [("", probs)]
+    for name, p in series:
+        if p is None:
+            continue
+        points = reliability_bins(p, y_true)
+        ece = expected_calibration_error(p, y_true)
+        label = f"{name + ': ' if name else ''}ECE {ece:.3f}"
+        ax.plot([c for c, _, _ in points], [a for _, a, _ in points], marker="o", label=label)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -24,10 +24,11 @@ from training.metrics import (
     expected_calibration_error,
     fit_temperature,
     format_table,
-    patient_level,
     plot_confusion_matrix,
+    plot_reliability,
     plot_roc,
 )
+from training.verdicts import choose_rule, scans_of, series_reports
 from training.run import (
     SAVED_MODEL,
     SavedModelRunner,
@@ -39,15 +40,42 @@ from training.run import (
 log = logging.getLogger(__name__)
 
 
+#: Per-slice answers of a run on val and test, for the quality bench and later analysis.
+PREDICTIONS = "predictions.npz"
+
+
 def evaluate_split(runner: SavedModelRunner, pool: Any, indices: np.ndarray) -> dict[str, Any]:
-    """Slice- and patient-level report of one split, plus the raw probabilities."""
+    """Slice-, scan- and patient-level report of one split (scans and patients judged by the
+    spec's series rule), plus the raw probabilities."""
     probs = runner(pool.gather(indices))[runner.spec.probabilities_name]
     y = pool.labels[indices]
     report = classification_report(y, probs)
-    report["patient_level"] = patient_level(y, probs, pool.patients[indices])
+    report.update(
+        series_reports(
+            y, probs, pool.patients[indices], pool.filenames[indices], runner.spec.series_rule
+        )
+    )
     report["_probs"] = probs
     report["_labels"] = y
     return report
+
+
+def save_predictions(
+    path: Path, spec: ModelSpec, pool: Any, splits: dict[str, np.ndarray], probs: dict[str, Any]
+) -> None:
+    """``predictions.npz``: per split the probabilities, labels, patients, scans and file
+    names, and the run's temperature; written atomically."""
+    arrays: dict[str, np.ndarray] = {"temperature": np.array(spec.temperature)}
+    for split, p in probs.items():
+        idx = splits[split]
+        arrays[f"{split}_probs"] = np.asarray(p, np.float32)
+        arrays[f"{split}_labels"] = pool.labels[idx]
+        arrays[f"{split}_patients"] = pool.patients[idx].astype(str)
+        arrays[f"{split}_scans"] = scans_of(pool.filenames[idx])
+        arrays[f"{split}_files"] = pool.filenames[idx].astype(str)
+    tmp = path.with_name("predictions.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
 
 
 def write_figures(report: dict[str, Any], out: Path, split: str, spec: ModelSpec) -> str:
@@ -60,9 +88,12 @@ def write_figures(report: dict[str, Any], out: Path, split: str, spec: ModelSpec
         f"{spec.name}: {split} (n={len(y)})",
     )
     plot_roc(y, probs, out / "roc.png", f"{spec.name}: {split}, one-vs-rest ROC")
+    plot_reliability(y, probs, out / "reliability.png", f"{spec.name}: {split}, calibration")
     table = format_table(report, f"{split} (slices)")
-    if report.get("patient_level"):
-        table += "\n\n" + format_table(report["patient_level"], f"{split} (patients)")
+    for level, unit in (("scan_level", "scans"), ("patient_level", "patients")):
+        if report.get(level):
+            title = f"{split} ({unit}, rule {report[level]['rule']})"
+            table += "\n\n" + format_table(report[level], title)
     return table
 
 
@@ -90,7 +121,11 @@ def finish_run(
         )
     calibration["temperature"] = temperature
     clf.softmax.set_temperature(temperature)
-    spec = dataclasses.replace(spec, temperature=temperature)
+    # The series rule is chosen on the calibrated val answers, as they will be served.
+    rule, candidates = choose_rule(
+        val_y, apply_temperature(val_probs, temperature), scans_of(pool.filenames[splits["val"]])
+    )
+    spec = dataclasses.replace(spec, temperature=temperature, series_rule=rule)
 
     export_saved_model(clf.serve_model, run / SAVED_MODEL)
     clf.serve_model.save(run / "model.keras")  # the same weights, for Keras users
@@ -110,17 +145,26 @@ def finish_run(
         "train_seconds": round(train_seconds, 1),
         "splits": {k: len(v) for k, v in splits.items()},
         "calibration": calibration,
+        "series_rule": {
+            **rule.to_dict(),
+            "name": rule.name,
+            "description": rule.describe(),
+            "chosen_on": "val scans, best macro-F1 (then accuracy, then the simpler rule)",
+            "candidates": candidates,
+        },
         "saved_model_max_abs_diff": parity,
         "synthetic": spec.provenance.synthetic,
         "intended_use": spec.intended_use(),
     }
-    tables = []
+    tables, probs = [], {}
     for split in ("val", "test"):
         if len(splits[split]):
             report = evaluate_split(runner, pool, splits[split])
+            probs[split] = report["_probs"]
             out = run if split == "test" else run / "val"
             tables.append(write_figures(report, out, split, spec))
             results[split] = report
+    save_predictions(run / PREDICTIONS, spec, pool, splits, probs)
     (run / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     write_model_card(run, spec, cfg, results, tables)
     return {**results, "tables": tables}

@@ -32,9 +32,6 @@ from gateway.uploads import StudySlice, open_study
 
 router = APIRouter()
 
-STUDY_RULE = "mean of the slice probabilities over the usable slices; the study label is its argmax"
-
-
 #: Errors that are one slice's own fault: reported in place, the study goes on.
 SLICE_FAULTS = (BadRequest, PayloadTooLarge, UnsupportedMediaType, UnusableSlice)
 
@@ -123,16 +120,19 @@ async def predict_study(request: Request) -> StudyPrediction:
             f"none of the {len(items)} slices could be used; the first, {first.name!r}: "
             f"{first.error['detail'] if first.error else ''}"
         )
-    mean = np.mean([[p.probabilities[n] for n in spec.class_names] for p in usable], axis=0)
-    index = int(np.argmax(mean))
+    probs = np.array([[p.probabilities[n] for n in spec.class_names] for p in usable])
+    rule = spec.series_rule
+    index = rule.verdict(probs)
     counts = {n: sum(p.label == n for p in usable) for n in spec.class_names}
     elapsed = round((time.perf_counter() - started) * 1000, 2)
     return StudyPrediction(
         summary=StudySummary(
-            rule=STUDY_RULE,
+            rule=f"{rule.name}: {rule.describe()} (over the usable slices)",
+            rule_name=rule.name,
             label=spec.class_names[index],
             class_index=index,
-            probabilities=dict(zip(spec.class_names, map(float, mean), strict=True)),
+            probabilities=dict(zip(spec.class_names, map(float, probs.mean(axis=0)), strict=True)),
+            scores=dict(zip(spec.class_names, map(float, rule.scores(probs)), strict=True)),
             slices_used=len(usable),
             slices_rejected=len(items) - len(usable),
             label_counts=counts,

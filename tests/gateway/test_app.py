@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import logging
 import subprocess
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from covidct.config import ModelSpec, Provenance
+from covidct.series import SeriesRule
 from covidct.preprocessing import Preprocessed
 from gateway.app import create_app
 from gateway.errors import InferenceTimeout, NotReady
@@ -34,13 +36,17 @@ class FakeTriton:
     """Answers like Triton: probabilities from the input's mean, a 2x2 CAM."""
 
     def __init__(
-        self, delay: float = 0.0, fail: Exception | None = None, ready: bool = True
+        self,
+        delay: float = 0.0,
+        fail: Exception | None = None,
+        ready: bool = True,
+        spec: ModelSpec = SPEC,
     ) -> None:
-        self.delay, self.fail, self._ready = delay, fail, ready
+        self.delay, self.fail, self._ready, self.spec = delay, fail, ready, spec
         self.calls: list[np.ndarray] = []
 
     async def model_spec(self, version: str) -> tuple[ModelSpec, str]:
-        return SPEC, version
+        return self.spec, version
 
     async def ready(self, version: str) -> bool:
         return self._ready
@@ -341,7 +347,8 @@ def test_study_from_files_and_zip(png: bytes, fixtures: Path) -> None:
             assert summary["probabilities"][name] == pytest.approx(
                 (probs[0][name] + probs[1][name]) / 2
             )
-        assert "mean of the slice probabilities" in summary["rule"]
+        assert summary["rule_name"] == "mean" and summary["rule"].startswith("mean: per class")
+        assert summary["scores"] == pytest.approx(summary["probabilities"])
         assert body["demo"] is True and "Not a medical device" in body["intended_use"]
 
         buf = io.BytesIO()
@@ -352,6 +359,21 @@ def test_study_from_files_and_zip(png: bytes, fixtures: Path) -> None:
             "/v1/predict/study", content=buf.getvalue(), headers={"content-type": "application/zip"}
         )
         assert r.status_code == 200 and r.json()["summary"]["slices_used"] == 4
+
+
+def test_study_verdict_follows_the_models_series_rule(png: bytes) -> None:
+    """The fake answers [1 - m, 0.3 m, 0.7 m] per slice (m: the input's mean, about 0.6 for
+    this slice, so the mean says COVID-19); a count rule that wants a slice at 0.99 finds
+    none and says Normal, and the answer names the rule."""
+    rule = SeriesRule("count", 1, 0.99)
+    with client(FakeTriton(spec=dataclasses.replace(SPEC, series_rule=rule))) as c:
+        r = c.post("/v1/predict/study", files=[("files", (f"{i}.png", png)) for i in range(2)])
+    assert r.status_code == 200, r.text
+    summary = r.json()["summary"]
+    assert max(summary["probabilities"], key=summary["probabilities"].get) == "COVID-19"
+    assert summary["label"] == "Normal" and summary["class_index"] == 0
+    assert summary["rule_name"] == "count-1@0.99" and "at least 1 such slices" in summary["rule"]
+    assert summary["scores"] == {"Normal": 0.0, "Pneumonia": 0.0, "COVID-19": 0.0}
 
 
 def test_study_limits(png: bytes) -> None:

@@ -11,7 +11,7 @@ from training.metrics import (
     expected_calibration_error,
     fit_temperature,
     format_table,
-    patient_level,
+    reliability_bins,
     roc_auc,
 )
 
@@ -69,13 +69,14 @@ def test_roc_auc_against_sklearn() -> None:
     assert roc_auc(np.array([0.1, 0.9]), np.array([False, True])) == 1.0
 
 
-def test_patient_level_uses_mean_probabilities_and_majority_label() -> None:
-    y = np.array([2, 2, 2, 0, 0])
-    probs = _probs_for([2, 0, 2, 0, 0])
-    patients = np.array(["a", "a", "a", "b", "b"])
-    r = patient_level(y, probs, patients)
-    assert r is not None and r["count"] == 2 and r["accuracy"] == 1.0
-    assert patient_level(y, probs, np.array(list("abcde"))) is None
+def test_reliability_bins_are_what_ece_sums() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    probs = rng.dirichlet([1, 1, 1], 300)
+    bins = reliability_bins(probs, y)
+    assert sum(n for _, _, n in bins) == 300
+    ece = sum(n / 300 * abs(acc - conf) for conf, acc, n in bins)
+    assert ece == pytest.approx(expected_calibration_error(probs, y))
 
 
 def test_temperature_scaling_reduces_overconfidence() -> None:

@@ -1,0 +1,245 @@
+"""``covidct bench quality``: training recipes measured on real CT, each over several seeds.
+
+Every candidate recipe trains once per seed (``covidct train`` in its own process, so each
+run starts with fresh memory and threads) into ``WORK/<recipe>/seed<k>``; a finished run is
+reused, so an interrupted bench picks up where it stopped. Each run's SavedModel is then asked
+for the val and test slices once (``predictions.npz`` beside it) and the figures are
+computed from those probabilities (bench/qualityreport.py): slices, scans and patients,
+every series rule, calibration before and after the temperature.
+
+Recipes differ from the reference (``BASE`` + ``baseline``) in one choice each, so a row
+reads as the effect of that choice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.sweep import BenchError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One candidate: ``covidct train`` options on top of BASE.
+
+    Attributes:
+        name: folder and row name.
+        what: the choice it makes, as the report says it.
+        options: options replacing or adding to BASE.
+    """
+
+    name: str
+    what: str
+    options: tuple[str, ...] = ()
+
+    def train_options(self) -> list[str]:
+        """BASE with this recipe's options laid over it (a later option wins)."""
+        merged: dict[str, str] = dict(zip(BASE[::2], BASE[1::2], strict=True))
+        merged.update(zip(self.options[::2], self.options[1::2], strict=True))
+        return [x for kv in merged.items() for x in kv]
+
+
+#: What every recipe shares: DenseNet121 from scratch at 64x64 (the size 2 cores train in
+#: about 50 s an epoch on 2,718 slices), every epoch run (no early stopping: the best epoch on
+#: val macro-F1 is kept), the product's defaults for everything else.
+BASE: tuple[str, ...] = (
+    "--backbone",
+    "densenet121",
+    "--image-size",
+    "64",
+    "--epochs",
+    "10",
+    "--weights",
+    "none",
+    "--patience",
+    "20",
+)
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe("baseline", "reference: product defaults (intensity augmentation, class weights)"),
+    Recipe("no-intensity", "no brightness/contrast augmentation", ("--brightness", "0", "--contrast", "0")),
+    Recipe("sampling", "class-balanced sampling instead of class weights", ("--balance", "sampling")),
+    Recipe("no-balance", "no class balancing", ("--balance", "none")),
+    Recipe("epochs-20", "20 epochs (cosine schedule over 20)", ("--epochs", "20")),
+    Recipe("densenet201", "DenseNet201 backbone", ("--backbone", "densenet201")),
+    Recipe("size-128", "input 128x128", ("--image-size", "128")),
+)
+
+
+def recipe_named(name: str) -> Recipe:
+    """The recipe called ``name``.
+
+    Raises:
+        BenchError: no such recipe.
+    """
+    for recipe in RECIPES:
+        if recipe.name == name:
+            return recipe
+    raise BenchError(f"unknown recipe {name!r}; choose from {', '.join(r.name for r in RECIPES)}")
+
+
+def run_dir(work: Path, recipe: Recipe, seed: int) -> Path:
+    return work / recipe.name / f"seed{seed}"
+
+
+def is_finished(run: Path) -> bool:
+    """A run is finished once its metrics are written (the last thing ``covidct train`` does)."""
+    return (run / "metrics.json").is_file() and (run / "saved_model" / "saved_model.pb").is_file()
+
+
+def schedule(recipes: Iterable[Recipe], seeds: Iterable[int]) -> list[tuple[Recipe, int]]:
+    """Seed-major order: every recipe gets its first seed before any gets its second, so a
+    bench stopped early still compares every recipe."""
+    recipes = list(recipes)
+    return [(r, s) for s in seeds for r in recipes]
+
+
+def train_runs(
+    data: Path,
+    work: Path,
+    plan: list[tuple[Recipe, int]],
+    jobs: int = 1,
+) -> list[Path]:
+    """Train every (recipe, seed) of ``plan`` not finished yet, ``jobs`` at a time.
+
+    With ``jobs`` > 1 each process gets ``cores / jobs`` TensorFlow threads: on 2 cores two
+    one-thread trainings use the cores better than one two-thread training of small
+    convolutions.
+
+    Raises:
+        BenchError: a training run failed (its log is named).
+    """
+    pending = [(r, s) for r, s in plan if not is_finished(run_dir(work, r, s))]
+    threads = max(1, (os.cpu_count() or 2) // max(1, jobs))
+    running: list[tuple[subprocess.Popen[bytes], Path, float]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            recipe, seed = pending.pop(0)
+            running.append(_start(data, run_dir(work, recipe, seed), recipe, seed, threads))
+        time.sleep(2)
+        for entry in list(running):
+            proc, run, started = entry
+            if proc.poll() is None:
+                continue
+            running.remove(entry)
+            if proc.returncode != 0:
+                for other, _, _ in running:
+                    other.terminate()
+                raise BenchError(f"training {run} failed; see {run.parent / (run.name + '.log')}")
+            log.info("%s done in %.0f s", run, time.perf_counter() - started)
+    return [run_dir(work, r, s) for r, s in plan]
+
+
+def _start(
+    data: Path, run: Path, recipe: Recipe, seed: int, threads: int
+) -> tuple[subprocess.Popen[bytes], Path, float]:
+    """Start ``covidct train`` for one run (resuming an interrupted one), logging to a file."""
+    run.parent.mkdir(parents=True, exist_ok=True)
+    resume = ["--resume"] if (run / "train_config.json").is_file() else []
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        *recipe.train_options(),
+        "--seed",
+        str(seed),
+        *resume,
+    ]
+    env = {
+        **os.environ,
+        "TF_NUM_INTRAOP_THREADS": str(threads),
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    log.info("training %s (%s), seed %d, %d thread(s)", recipe.name, recipe.what, seed, threads)
+    logfile = (run.parent / f"{run.name}.log").open("ab")
+    proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env)
+    return proc, run, time.perf_counter()
+
+
+def predictions(run: Path, data: Path) -> dict[str, Any]:
+    """The run's SavedModel on the val and test slices (cached in ``predictions.npz``):
+    probabilities, labels, patient and scan ids, file names, and the run's temperature."""
+    path = run / "predictions.npz"
+    if not path.is_file():
+        _write_predictions(run, data, path)
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _write_predictions(run: Path, data: Path, path: Path) -> None:
+    """For a run trained before ``covidct train`` wrote predictions itself."""
+    from training.cache import PreparedCache
+    from training.data import SlicePool
+    from training.report import save_predictions
+    from training.run import SAVED_MODEL, SavedModelRunner, load_spec, prepare_for_training
+
+    spec = load_spec(run)
+    cache_dir, _ = prepare_for_training(data, spec.image_size, None)
+    pool = SlicePool.open(PreparedCache(cache_dir))
+    runner = SavedModelRunner(run / SAVED_MODEL, spec)
+    splits = {s: np.flatnonzero(pool.split_of == s) for s in ("val", "test")}
+    probs = {s: runner(pool.gather(i))[spec.probabilities_name] for s, i in splits.items()}
+    save_predictions(path, spec, pool, splits, probs)
+
+
+def run_quality_bench(
+    data: Path, work: Path, plan: list[tuple[Recipe, int]], out: Path, jobs: int = 1
+) -> str:
+    """Train what is missing of ``plan``, compute every figure, write the section, plots and
+    results."""
+    from bench.qualityreport import best_recipe, plots, quality_section, recipe_summary, run_figures
+    from bench.sweep import save
+
+    started = time.perf_counter()
+    train_runs(data, work, plan, jobs)
+    figures: dict[str, list[dict[str, Any]]] = {}
+    preds: dict[str, list[dict[str, Any]]] = {}
+    for recipe, seed in sorted(plan, key=lambda rs: ([r.name for r in RECIPES].index(rs[0].name), rs[1])):
+        run = run_dir(work, recipe, seed)
+        p = predictions(run, data)
+        metrics = json.loads((run / "metrics.json").read_text())
+        f = run_figures(p) | {"seed": seed, "train_seconds": metrics.get("train_seconds")}
+        figures.setdefault(recipe.name, []).append(f)
+        preds.setdefault(recipe.name, []).append(p)
+    summaries = {name: recipe_summary(runs) for name, runs in figures.items()}
+    best = best_recipe(summaries)
+    out.mkdir(parents=True, exist_ok=True)
+    pictures = plots(out, best, preds[best])
+    recipes = list(dict.fromkeys(r for r, _ in plan))
+    section = quality_section(data, recipes, summaries, figures, best, pictures)
+    save(
+        out,
+        "quality",
+        section,
+        {
+            "data": str(data),
+            "base": list(BASE),
+            "recipes": {r.name: {"what": r.what, "options": r.train_options()} for r in recipes},
+            "jobs": jobs,
+            "best": best,
+            "summaries": summaries,
+            "runs": figures,
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    return section
