@@ -70,8 +70,14 @@ BASE: tuple[str, ...] = (
 
 RECIPES: tuple[Recipe, ...] = (
     Recipe("baseline", "reference: product defaults (intensity augmentation, class weights)"),
-    Recipe("no-intensity", "no brightness/contrast augmentation", ("--brightness", "0", "--contrast", "0")),
-    Recipe("sampling", "class-balanced sampling instead of class weights", ("--balance", "sampling")),
+    Recipe(
+        "no-intensity",
+        "no brightness/contrast augmentation",
+        ("--brightness", "0", "--contrast", "0"),
+    ),
+    Recipe(
+        "sampling", "class-balanced sampling instead of class weights", ("--balance", "sampling")
+    ),
     Recipe("no-balance", "no class balancing", ("--balance", "none")),
     Recipe("epochs-20", "20 epochs (cosine schedule over 20)", ("--epochs", "20")),
     Recipe("densenet201", "DenseNet201 backbone", ("--backbone", "densenet201")),
@@ -214,7 +220,9 @@ def run_quality_bench(
     train_runs(data, work, plan, jobs)
     figures: dict[str, list[dict[str, Any]]] = {}
     preds: dict[str, list[dict[str, Any]]] = {}
-    for recipe, seed in sorted(plan, key=lambda rs: ([r.name for r in RECIPES].index(rs[0].name), rs[1])):
+    for recipe, seed in sorted(
+        plan, key=lambda rs: ([r.name for r in RECIPES].index(rs[0].name), rs[1])
+    ):
         run = run_dir(work, recipe, seed)
         p = predictions(run, data)
         metrics = json.loads((run / "metrics.json").read_text())
@@ -226,7 +234,7 @@ def run_quality_bench(
     out.mkdir(parents=True, exist_ok=True)
     pictures = plots(out, best, preds[best])
     recipes = list(dict.fromkeys(r for r, _ in plan))
-    section = quality_section(data, recipes, summaries, figures, best, pictures)
+    section = quality_section(data, recipes, summaries, figures, best, pictures, BASE)
     save(
         out,
         "quality",

@@ -69,8 +69,10 @@ def run_figures(preds: dict[str, Any]) -> dict[str, Any]:
     rules = {}
     for candidate in CANDIDATES:
         row = {}
-        for split, (p, y, s, pt) in (("val", (val_p, val_y, val_scans, val_patients)),
-                                     ("test", (test_p, test_y, test_scans, test_patients))):
+        for split, (p, y, s, pt) in (
+            ("val", (val_p, val_y, val_scans, val_patients)),
+            ("test", (test_p, test_y, test_scans, test_patients)),
+        ):
             sr, pr = group_report(y, p, s, candidate), group_report(y, p, pt, candidate)
             row[f"{split}_scan_macro_f1"] = sr["macro_f1"] if sr else None
             row[f"{split}_scan_accuracy"] = sr["accuracy"] if sr else None
@@ -96,7 +98,9 @@ def run_figures(preds: dict[str, Any]) -> dict[str, Any]:
         "test_patient_accuracy": patients["accuracy"] if patients else None,
         "test_scans": scans["count"] if scans else 0,
         "test_patients": patients["count"] if patients else 0,
-        "val_ece_before": expected_calibration_error(apply_temperature(val_p, 1 / temperature), val_y),
+        "val_ece_before": expected_calibration_error(
+            apply_temperature(val_p, 1 / temperature), val_y
+        ),
         "val_ece_after": expected_calibration_error(val_p, val_y),
         "test_ece_before": expected_calibration_error(
             apply_temperature(test_p, 1 / temperature), test_y
@@ -118,8 +122,12 @@ def spread(values: Sequence[float | None]) -> dict[str, float] | None:
 def recipe_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median and range over seeds of every figure of the recipe table and ECE."""
     keys = [k for k, _ in COLUMNS] + [
-        "test_ece_before", "test_ece_after", "val_ece_before", "val_ece_after",
-        "test_scan_covid_ppv", "train_seconds",
+        "test_ece_before",
+        "test_ece_after",
+        "val_ece_before",
+        "val_ece_after",
+        "test_scan_covid_ppv",
+        "train_seconds",
     ]
     return {k: spread([r.get(k) for r in runs]) for k in keys} | {
         "rules_chosen": [r["rule"] for r in runs],
@@ -156,7 +164,9 @@ def recipe_table(summaries: dict[str, dict[str, Any]], what: dict[str, str]) -> 
         )
         secs = f"{s['train_seconds']['median']:.0f}" if s["train_seconds"] else "-"
         cells = " | ".join(_pct(s[k]) for k, _ in COLUMNS)
-        lines.append(f"| {name}: {what.get(name, '')} | {len(s['seeds'])} | {cells} | {ece} | {secs} |")
+        lines.append(
+            f"| {name}: {what.get(name, '')} | {len(s['seeds'])} | {cells} | {ece} | {secs} |"
+        )
     return lines
 
 
@@ -181,7 +191,10 @@ def rule_table(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def goal_lines(summary: dict[str, Any]) -> list[str]:
-    lines = ["| goal (test split, median over seeds) | needed | measured | met |", "|---|---:|---:|---|"]
+    lines = [
+        "| goal (test split, median over seeds) | needed | measured | met |",
+        "|---|---:|---:|---|",
+    ]
     names = dict(COLUMNS)
     for key, goal in GOALS:
         s = summary.get(key)
@@ -199,7 +212,11 @@ def plots(out: Path, name: str, preds: list[dict[str, Any]]) -> list[Path]:
         [apply_temperature(p["test_probs"], 1 / float(p["temperature"])) for p in preds]
     )
     n = len(preds)
-    paths = [out / f"{name}-confusion.png", out / f"{name}-roc.png", out / f"{name}-reliability.png"]
+    paths = [
+        out / f"{name}-confusion.png",
+        out / f"{name}-roc.png",
+        out / f"{name}-reliability.png",
+    ]
     cm = confusion_matrix(y, probs.argmax(axis=1))
     plot_confusion_matrix(cm, paths[0], f"{name}: test slices, {n} seeds pooled")
     plot_roc(y, probs, paths[1], f"{name}: test, one-vs-rest ROC ({n} seeds)")
@@ -214,9 +231,10 @@ def quality_section(
     runs: dict[str, list[dict[str, Any]]],
     best: str,
     pictures: Sequence[Path],
+    base: Sequence[str],
 ) -> str:
-    """The BENCHMARKS.md section: what the data is, the recipes, the goals, the rules."""
-    from bench.quality import BASE
+    """The BENCHMARKS.md section: what the data is, the recipes (each ``base`` plus its own
+    options), the goals, the rules."""
     from bench.sweep import rel
 
     what = {r.name: r.what for r in recipes}
@@ -231,7 +249,7 @@ def quality_section(
         "official test split and many more patients; with 32 test patients one patient moves "
         "patient accuracy by 3 points.",
         "",
-        f"Every recipe: `covidct train {' '.join(BASE)}` plus its own options, one process per "
+        f"Every recipe: `covidct train {' '.join(base)}` plus its own options, one process per "
         "run on this machine's CPU (see the top); the table gives the median over seeds and, "
         "in brackets, the range. Test figures are the calibrated model's (as served); ECE is "
         "top-label ECE on the test slices before -> after the temperature fitted on val. The "

@@ -306,7 +306,9 @@ def bench_quality(
     if not (folder / "train_COVIDx-CT.txt").is_file():
         fail(f"{folder}: no train_COVIDx-CT.txt; give --data a COVIDx-CT folder with splits")
     seed_list = _levels(seeds)
-    plan = [(recipe_named(n.strip()), s) for s in seed_list for n in recipes.split(",") if n.strip()]
+    plan = [
+        (recipe_named(n.strip()), s) for s in seed_list for n in recipes.split(",") if n.strip()
+    ]
     plan += [(recipe_named(n.strip()), seed_list[0]) for n in one_seed.split(",") if n.strip()]
     print(run_quality_bench(folder, work, plan, _bench_out(out, "quality"), jobs))
 

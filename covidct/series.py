@@ -117,7 +117,9 @@ class SeriesRule:
         return {"kind": self.kind, "k": self.k, "threshold": self.threshold}
 
 
-def verdicts(rule: SeriesRule, probs: np.ndarray, groups: np.ndarray) -> tuple[list[str], np.ndarray]:
+def verdicts(
+    rule: SeriesRule, probs: np.ndarray, groups: np.ndarray
+) -> tuple[list[str], np.ndarray]:
     """The rule applied to every group of slices (a scan, a patient): the group ids in sorted
     order and their class indices."""
     ids = sorted(set(np.asarray(groups).tolist()))

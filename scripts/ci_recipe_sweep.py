@@ -7,6 +7,11 @@ CI_TRAIN) once per seed x numerics and prints the table quoted in the test's doc
 
     .venv/bin/python scripts/ci_recipe_sweep.py --seeds 0,1,2,3,4 --out /tmp/sweep
     .venv/bin/python scripts/ci_recipe_sweep.py --set=--epochs=20 --data=--patients=150
+    .venv/bin/python scripts/ci_recipe_sweep.py --real --out /tmp/real-sweep
+
+``--real``: the real-data gate's recipe (REAL_TRAIN) on its half of covidxct-128's train
+patients (tests/realdata.py) instead of the synthetic CI recipe; rows add the figures that
+gate checks (patients, scans, COVID-19 PPV).
 
 ``--set`` / ``--data`` override one option of the train / synth recipe to try a variant.
 Results are appended to OUT/results.jsonl as each run ends, so an interrupted sweep keeps
@@ -25,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.sweep import machine
-from tests.cli_helpers import CI_DATA, CI_TRAIN
+from tests.cli_helpers import CI_DATA, CI_TRAIN, REAL_TRAIN
+from tests.realdata import covidxct128, patient_subset
 
 
 def _options(args: list[str]) -> dict[str, str]:
@@ -51,15 +57,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/ci-recipe-sweep"))
     parser.add_argument("--set", action="append", default=[], help="train option, --k=v")
     parser.add_argument("--data", action="append", default=[], help="synth option, --k=v")
+    parser.add_argument("--real", action="store_true", help="the real-data gate's recipe")
     args = parser.parse_args()
 
     data_opts = _override(_options(CI_DATA), args.data)
-    train_opts = _override(_options(CI_TRAIN), args.set)
+    train_opts = _override(_options(REAL_TRAIN if args.real else CI_TRAIN), args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / ("data-" + "-".join(f"{k[2:]}{v}" for k, v in data_opts.items()))
     cmd = [sys.executable, "-m", "cli"]
     env = {**os.environ, "COVIDCT_CACHE_DIR": str(args.out / "cache")}
-    if not data.is_dir():
+    if args.real:
+        source = covidxct128()
+        if source is None:
+            raise SystemExit("--real: covidxct-128 not found (set COVIDCT_REAL_DATA)")
+        data = patient_subset(source, args.out / "real-data")
+        data_opts = {"--real": str(source)}
+    elif not data.is_dir():
         subprocess.run([*cmd, "data", "synth", "--out", data, *_flatten(data_opts)], check=True)
     results = args.out / "results.jsonl"
     host = machine()
@@ -91,6 +104,11 @@ def main() -> None:
                 "onednn": int(onednn),
                 "accuracy": test["accuracy"],
                 "macro_f1": test["macro_f1"],
+                "covid_ppv": test["per_class"]["COVID-19"]["ppv"],
+                "covid_sensitivity": test["per_class"]["COVID-19"]["sensitivity"],
+                "scan_accuracy": (test.get("scan_level") or {}).get("accuracy"),
+                "patient_accuracy": (test.get("patient_level") or {}).get("accuracy"),
+                "rule": metrics.get("series_rule", {}).get("name"),
                 "confusion_matrix": test["confusion_matrix"],
                 "val_best": state.get("best"),
                 "best_epoch": state.get("best_epoch"),
@@ -100,6 +118,7 @@ def main() -> None:
                 f.write(json.dumps(row) + "\n")
             print(
                 f"seed {seed} oneDNN {onednn}: test accuracy {test['accuracy']:.3f}, "
+                f"patients {row['patient_accuracy']}, COVID-19 PPV {row['covid_ppv']}, "
                 f"best epoch {row['best_epoch']}, {seconds:.0f} s, cm {test['confusion_matrix']}",
                 flush=True,
             )

@@ -31,6 +31,29 @@ CI_TRAIN = [
     "--seed",
     "0",
 ]
+#: The real-data gate's recipe (tests/training/test_real_gate.py): DenseNet121 from scratch at
+#: 64x64 on half the train patients of covidxct-128 (tests/realdata.py), whole val and test;
+#: scripts/ci_recipe_sweep.py --real measures it over seeds and numerics.
+REAL_TRAIN = [
+    "--backbone",
+    "densenet121",
+    "--image-size",
+    "64",
+    "--epochs",
+    "6",
+    "--weights",
+    "none",
+    "--batch-size",
+    "16",
+    "--patience",
+    "6",
+    "--brightness",
+    "0",
+    "--contrast",
+    "0",
+    "--seed",
+    "0",
+]
 TINY_TRAIN = [
     "--backbone",
     "densenet121",

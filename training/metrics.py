@@ -213,7 +213,9 @@ def reliability_bins(
     for lo, hi in itertools.pairwise(np.linspace(0, 1, bins + 1)):
         inside = (conf > lo) & (conf <= hi)
         if inside.any():
-            out.append((float(conf[inside].mean()), float(correct[inside].mean()), int(inside.sum())))
+            out.append(
+                (float(conf[inside].mean()), float(correct[inside].mean()), int(inside.sum()))
+            )
     return out
 
 

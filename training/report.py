@@ -28,7 +28,6 @@ from training.metrics import (
     plot_reliability,
     plot_roc,
 )
-from training.verdicts import choose_rule, scans_of, series_reports
 from training.run import (
     SAVED_MODEL,
     SavedModelRunner,
@@ -36,6 +35,7 @@ from training.run import (
     load_spec,
     prepare_for_training,
 )
+from training.verdicts import choose_rule, scans_of, series_reports
 
 log = logging.getLogger(__name__)
 

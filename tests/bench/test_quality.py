@@ -91,7 +91,11 @@ def test_summary_spread_best_and_section(tmp_path: Path) -> None:
     good = [run_figures(_preds(s, 0.9)) | {"seed": s, "train_seconds": 100.0} for s in range(3)]
     bad = [run_figures(_preds(s, 0.5)) | {"seed": s, "train_seconds": 90.0} for s in range(3)]
     one = [run_figures(_preds(9, 1.0)) | {"seed": 0, "train_seconds": 300.0}]
-    summaries = {"good": recipe_summary(good), "bad": recipe_summary(bad), "one": recipe_summary(one)}
+    summaries = {
+        "good": recipe_summary(good),
+        "bad": recipe_summary(bad),
+        "one": recipe_summary(one),
+    }
     s = summaries["good"]["test_accuracy"]
     values = [r["test_accuracy"] for r in good]
     assert s == {"median": sorted(values)[1], "min": min(values), "max": max(values), "n": 3}
@@ -107,6 +111,7 @@ def test_summary_spread_best_and_section(tmp_path: Path) -> None:
         {"good": good, "bad": bad, "one": one},
         "good",
         pictures,
+        BASE,
     )
     assert "Not comparable" in text and "**Best on val (median val macro-F1): `good`**" in text
     assert "| good: a good one | 3 |" in text and "| one: single | 1 |" in text

@@ -42,6 +42,7 @@ def test_commands_are_mounted_in_order() -> None:
         "capacity",
         "replicas",
         "overload",
+        "quality",
         "pacs",
         "all",
         "report",

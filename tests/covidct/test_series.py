@@ -49,8 +49,13 @@ def test_verdicts_per_group_in_sorted_order() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"kind": "median"}, {"kind": "count", "k": 0}, {"kind": "count", "threshold": 0.0},
-     {"kind": "mean", "k": True}, {"kind": "count", "threshold": 1.5}],
+    [
+        {"kind": "median"},
+        {"kind": "count", "k": 0},
+        {"kind": "count", "threshold": 0.0},
+        {"kind": "mean", "k": True},
+        {"kind": "count", "threshold": 1.5},
+    ],
 )
 def test_bad_rules_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(SeriesRuleError):

@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from covidct.config import ModelSpec, Provenance
-from covidct.series import SeriesRule
 from covidct.preprocessing import Preprocessed
+from covidct.series import SeriesRule
 from gateway.app import create_app
 from gateway.errors import InferenceTimeout, NotReady
 from gateway.settings import GatewaySettings

@@ -56,8 +56,9 @@ def test_ties_go_to_the_simpler_rule() -> None:
 
 def test_scans_and_patients_are_different_groups() -> None:
     # Patient NCP_1 has two scans; one is called COVID-19, one Normal by the mean.
-    y, probs, files = _series([("NCP_1_10", 2, [2, 2]), ("NCP_1_11", 2, [0, 0, 0]),
-                               ("Normal_3_30", 0, [0, 0])])
+    y, probs, files = _series(
+        [("NCP_1_10", 2, [2, 2]), ("NCP_1_11", 2, [0, 0, 0]), ("Normal_3_30", 0, [0, 0])]
+    )
     patients = np.array([patient_id(f) for f in files])
     reports = series_reports(y, probs, patients, files, SeriesRule("mean"))
     assert reports["scan_level"]["count"] == 3 and reports["patient_level"]["count"] == 2
