@@ -76,7 +76,9 @@ class StepDisplay:
 
 @app.command()
 def redeploy(
-    data: Annotated[Path, typer.Option(help="COVIDx-CT folder (its test split is the gate's).")],
+    data: Annotated[
+        Path, typer.Option(help="COVIDx-CT folder (its --gate-split split is the gate's).")
+    ],
     train_config: Annotated[
         Path | None, typer.Option(help="train_config.json to train the candidate with.")
     ] = None,
@@ -100,6 +102,12 @@ def redeploy(
     max_covid_ppv_drop: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Gate: allowed COVID-19 PPV drop.")
     ] = DEFAULTS.tolerances.covid_ppv,
+    gate_split: Annotated[
+        str,
+        typer.Option(
+            help="Split the gate compares on: test, or val (keeps test for reported figures)."
+        ),
+    ] = DEFAULTS.gate_split,
     smoke_slices: SmokeOpt = None,
     watch_seconds: WatchOpt = DEFAULTS.watch_seconds,
     max_error_rate: ErrorRateOpt = DEFAULTS.max_error_rate,
@@ -129,6 +137,7 @@ def redeploy(
         model=model,
         dry_run=dry_run,
         tolerances=tolerances,
+        gate_split=gate_split,
         smoke_slices=smoke_slices,
         watch_seconds=watch_seconds,
         max_error_rate=max_error_rate,

@@ -206,7 +206,9 @@ class Deployment:
                 "to_version",
                 "metrics",
                 "gate",
+                "gate_split",
                 "test_split_sha256",
+                "val_split_sha256",
                 "smoke",
                 "timings",
             )

@@ -1,8 +1,9 @@
 """The promotion gate of a redeploy: never serve a worse model by accident.
 
-A candidate is promoted only when it was evaluated on the very test split the production
-model was judged on (same label file, by sha256), and its macro-F1, COVID-19 sensitivity
-and COVID-19 PPV are each no worse than production's beyond a tolerance.
+A candidate is promoted only when it was evaluated on the very split the production model is
+judged on (the gate's split, test unless ``--gate-split val``; same label file, by sha256),
+and its macro-F1, COVID-19 sensitivity and COVID-19 PPV are each no worse than production's
+beyond a tolerance.
 """
 
 from __future__ import annotations
@@ -50,35 +51,38 @@ def decide(
     candidate: dict[str, float],
     production: dict[str, float],
     tolerances: GateTolerances,
-    data_test_sha: str,
-    production_test_sha: str | None,
-    candidate_test_sha: str | None,
+    data_sha: str,
+    production_sha: str | None,
+    candidate_sha: str | None,
+    split: str = "test",
 ) -> GateDecision:
     """Promote or not, with one reason per check (passed checks are listed too).
 
     Args:
-        candidate / production: ``headline`` figures on the data's test split.
-        data_test_sha: sha256 of the test label file both were evaluated on.
-        production_test_sha: the test split production was judged on (None: unknown).
-        candidate_test_sha: the test split of the data the candidate was trained with.
+        candidate / production: ``headline`` figures on the data's ``split``.
+        data_sha: sha256 of the ``split`` label file both were evaluated on.
+        production_sha: that split of production's data (None: unknown).
+        candidate_sha: that split of the data the candidate was trained with.
+        split: the gate's split, "test" or "val".
     """
     reasons, ok = [], True
-    if production_test_sha is None:
+    if production_sha is None:
         ok = False
-        reasons.append("production's test split is unknown: figures cannot be compared")
-    elif production_test_sha != data_test_sha:
+        reasons.append(f"production's {split} split is unknown: figures cannot be compared")
+    elif production_sha != data_sha:
         ok = False
+        keep = "add new slices to train/val" if split == "test" else "add new slices to train"
         reasons.append(
-            f"test split differs from production's ({data_test_sha[:12]} vs "
-            f"{production_test_sha[:12]}): keep the test label file, add new slices to train/val"
+            f"{split} split differs from production's ({data_sha[:12]} vs "
+            f"{production_sha[:12]}): keep the {split} label file, {keep}"
         )
     else:
-        reasons.append(f"test split matches production's ({data_test_sha[:12]})")
-    if candidate_test_sha is not None and candidate_test_sha != data_test_sha:
+        reasons.append(f"{split} split matches production's ({data_sha[:12]})")
+    if candidate_sha is not None and candidate_sha != data_sha:
         ok = False
         reasons.append(
-            f"the candidate was trained on data with another test split "
-            f"({candidate_test_sha[:12]}): it may have seen these test slices"
+            f"the candidate was trained on data with another {split} split "
+            f"({candidate_sha[:12]}): it may have seen these {split} slices"
         )
     for key, label in LABELS.items():
         drop = production[key] - candidate[key]

@@ -13,11 +13,20 @@ from pathlib import Path
 
 from covidct.addresses import DEFAULT_GATEWAY_URL, DEFAULT_TRITON_URL
 from covidct.config import DEFAULT_MODEL_NAME
+from covidct.errors import CovidctError
 from rollout.deploylog import LOG_NAME, DeploymentLog, Journal
 
 #: ``covidct rollback``'s watch window: it returns to a version that served before, so a short
 #: watch only has to catch a version that no longer loads or answers.
 ROLLBACK_WATCH_SECONDS = 10.0
+
+
+#: The splits a redeploy's gate may compare on.
+GATE_SPLITS = ("test", "val")
+
+
+class OptionsError(CovidctError, ValueError):
+    """A redeploy or rollback option is invalid; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,9 @@ class DeployOptions:
     triton_url: str = DEFAULT_TRITON_URL
     admin_key: str | None = None
     tolerances: GateTolerances = field(default_factory=GateTolerances)
+    #: The split the gate compares candidate and production on: "test" (the default), or
+    #: "val", which keeps the test split for the figures a team reports.
+    gate_split: str = "test"
     dry_run: bool = False
     smoke_slices: Path | None = None
     smoke_max_latency_ms: float = 5000.0
@@ -56,6 +68,12 @@ class DeployOptions:
     drain_timeout_s: float = 120.0
     log_path: Path | None = None
     cache_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.gate_split not in GATE_SPLITS:
+            raise OptionsError(
+                f"--gate-split {self.gate_split!r}: choose one of {', '.join(GATE_SPLITS)}"
+            )
 
     @property
     def model_dir(self) -> Path:

@@ -39,10 +39,10 @@ from rollout.deployment import (
 )
 from rollout.figures import (
     candidate_figures,
-    data_test_sha,
+    data_split_sha,
     production_figures,
-    production_test_sha,
-    run_test_sha,
+    production_split_sha,
+    run_split_sha,
 )
 from rollout.gate import decide
 from rollout.options import DeployOptions
@@ -137,8 +137,10 @@ def _redeploy(opts: DeployOptions, report: Reporter, exporter: Exporter) -> dict
     candidate = _train_step(d)
     state["source_run"] = str(candidate.resolve())
     state["from_version"] = _serving_version(d)
-    sha = data_test_sha(opts.data)
-    state["test_split_sha256"] = sha
+    split = opts.gate_split
+    sha = data_split_sha(opts.data, split)
+    state["gate_split"] = split
+    state[f"{split}_split_sha256"] = sha
     _evaluate_step(d, candidate, opts.data, sha)
     if not _gate_step(d, candidate, sha):
         return d.finish("rejected")
@@ -176,14 +178,15 @@ def _train_step(d: Deployment) -> Path:
 
 
 def _evaluate_step(d: Deployment, candidate: Path, data: Path, sha: str) -> None:
-    """Step ``evaluate``: candidate's and production's figures on the test split ``sha``."""
+    """Step ``evaluate``: candidate's and production's figures on the gate's split ``sha``."""
     opts = d.opts
+    split = opts.gate_split
 
     def evaluate_step() -> str:
-        cand, cand_src = candidate_figures(candidate, data, sha, opts.cache_root)
+        cand, cand_src = candidate_figures(candidate, data, sha, opts.cache_root, split)
         history = opts.deployment_log.read()
         prod, prod_src = production_figures(
-            opts.model_dir, d.old, data, sha, history, opts.cache_root
+            opts.model_dir, d.old, data, sha, history, opts.cache_root, split
         )
         d.state["metrics"] = {"candidate": cand, "production": prod}
         return f"candidate: {cand_src}; production v{d.old}: {prod_src}"
@@ -198,8 +201,9 @@ def _gate_step(d: Deployment, candidate: Path, sha: str) -> bool:
         d.state["metrics"]["production"],
         d.opts.tolerances,
         sha,
-        production_test_sha(d.opts.model_dir, d.old),
-        run_test_sha(candidate),
+        production_split_sha(d.opts.model_dir, d.old, d.opts.gate_split),
+        run_split_sha(candidate, d.opts.gate_split),
+        d.opts.gate_split,
     )
     d.state["gate"] = decision.to_dict()
 

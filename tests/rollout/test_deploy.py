@@ -48,6 +48,54 @@ def test_tolerances_are_overridable_and_checked() -> None:
         GateTolerances(macro_f1=-0.1)
 
 
+def test_gate_on_the_val_split_names_it() -> None:
+    decision = decide(_cand(), PROD, GateTolerances(), SHA, "b" * 64, SHA, split="val")
+    assert not decision.promote
+    assert any(
+        r.startswith("val split differs") and "add new slices to train" in r
+        for r in decision.reasons
+    )
+    assert decide(_cand(), PROD, GateTolerances(), SHA, SHA, SHA, split="val").promote
+
+
+def test_gate_split_is_checked() -> None:
+    from rollout.options import DeployOptions, OptionsError
+
+    assert DeployOptions(repository=Path("r")).gate_split == "test"
+    assert DeployOptions(repository=Path("r"), gate_split="val").gate_split == "val"
+    with pytest.raises(OptionsError, match="--gate-split 'train'"):
+        DeployOptions(repository=Path("r"), gate_split="train")
+
+
+def test_split_figures_are_read_from_the_runs_own_split(tmp_path: Path) -> None:
+    """A run that recorded val figures on the same val file gives them without evaluating."""
+    import json
+
+    from rollout.figures import candidate_figures, data_split_sha, run_split_sha
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "val_COVIDx-CT.txt").write_text("a.png 0 0 0 8 8\n")
+    sha = data_split_sha(data, "val")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data_fingerprint.json").write_text(json.dumps({"val": sha, "test": "x"}))
+    report = {
+        "macro_f1": 0.7,
+        "accuracy": 0.8,
+        "count": 3,
+        "per_class": {"COVID-19": {"sensitivity": 0.5, "ppv": 1.0}},
+    }
+    (run / "metrics.json").write_text(json.dumps({"val": report, "test": {}}))
+    assert run_split_sha(run, "val") == sha
+    figures, source = candidate_figures(run, data, sha, None, "val")
+    assert figures["macro_f1"] == 0.7 and source == "stored with the run (same val split)"
+    from rollout.control import DeployError
+
+    with pytest.raises(DeployError, match="has no test split"):
+        data_split_sha(data, "test")
+
+
 def test_headline_reads_a_classification_report() -> None:
     report = {
         "macro_f1": 0.5,
