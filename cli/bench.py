@@ -292,7 +292,7 @@ def bench_quality(
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
     one_seed: Annotated[
         str, typer.Option(help="Recipes trained with the first seed only (costlier ones).")
-    ] = "densenet201,epochs-20",
+    ] = "densenet201",
     jobs: Annotated[
         int, typer.Option(min=1, help="Trainings at once (each gets cores/jobs threads).")
     ] = 2,

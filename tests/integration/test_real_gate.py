@@ -154,3 +154,110 @@ def test_served_scan_is_calibrated_and_judged_by_the_rule(
     assert summary["rule_name"] == spec.series_rule.name
     assert summary["class_index"] == spec.series_rule.verdict(preds["test_probs"][rows])
     assert body["demo"] is False
+
+
+ADMIN = "real-gate-admin-key"
+
+
+@pytest.fixture(scope="module")
+def weak_run(
+    real_run: Path, tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]
+) -> Path:
+    """A real model clearly worse than ``real_run``: the same recipe for one epoch on an
+    eighth of the train patients; val and test splits the same files as ``real_run``'s."""
+    source = covidxct128()
+    assert source is not None
+    root = tmp_path_factory.mktemp("weak-train")
+    data, run = patient_subset(source, root / "data", keep_every=8), root / "run"
+    options = dict(zip(REAL_TRAIN[::2], REAL_TRAIN[1::2], strict=True)) | {"--epochs": "1"}
+    flat = [x for kv in options.items() for x in kv]
+    result = covidct("train", "--data", data, "--out", run, *flat, env=cache_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run
+
+
+def test_redeploy_gated_on_the_real_val_split(
+    real_run: Path, weak_run: Path, tmp_path: Path, cache_env: dict[str, str]
+) -> None:
+    """Production serves the weak model; a redeploy judged on the real val split promotes
+    the real-data gate's model, then refuses the weak model back. The test split takes no
+    part.
+
+    The weak model leans towards COVID-19 (measured: val COVID-19 sensitivity 1.00 at PPV
+    0.38, macro-F1 0.61), so the better model may well give up some sensitivity for a far
+    better PPV and macro-F1: the promotion allows any sensitivity change and holds macro-F1
+    and PPV to the default tolerances; the refusal uses every default tolerance."""
+    import shutil
+    import subprocess
+    import sys
+
+    from export.repository import pinned_config, versions, write_config
+
+    staging = tmp_path / "staging"
+    made = covidct("export", "--run", weak_run, "--repository", staging, "--target", "cpu")
+    assert made.returncode == 0, made.stderr[-3000:]
+    repo = tmp_path / "models"
+    model_dir = repo / "covidct"
+    model_dir.mkdir(parents=True)
+    shutil.copytree(staging / "covidct" / "1", model_dir / "1")
+    shutil.copy(staging / "covidct" / "labels.txt", model_dir / "labels.txt")
+    write_config(model_dir, pinned_config(model_dir, 1, [1]))
+    data = real_run.parent / "data"
+    env = {**cache_env, "COVIDCT_ADMIN_KEY": ADMIN}
+    with (
+        TritonServer(
+            repo,
+            free_port(),
+            free_port(),
+            free_port(),
+            model_control="explicit",
+            log_file=tmp_path / "triton.log",
+        ) as triton,
+        running_gateway(
+            GatewaySettings(triton_url=f"127.0.0.1:{triton.grpc_port}", admin_key=ADMIN)
+        ) as url,
+    ):
+
+        def redeploy(run: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cli",
+                    "redeploy",
+                    "--from-run",
+                    str(run),
+                    "--data",
+                    str(data),
+                    "--gate-split",
+                    "val",
+                    "--repository",
+                    str(repo),
+                    "--gateway",
+                    url,
+                    "--triton",
+                    f"127.0.0.1:{triton.grpc_port}",
+                    "--watch-seconds",
+                    "3",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=900,
+            )
+
+        better = redeploy(real_run)
+        assert better.returncode == 0, better.stderr[-3000:]
+        serving = httpx.get(f"{url}/admin/v1/serving", headers={"x-admin-key": ADMIN}).json()
+        assert serving["version"] == "2"
+        worse = redeploy(weak_run)
+        assert worse.returncode == 1, worse.stderr[-3000:]
+        serving = httpx.get(f"{url}/admin/v1/serving", headers={"x-admin-key": ADMIN}).json()
+        assert serving["version"] == "2" and versions(model_dir) == [1, 2]
+    log = [json.loads(line) for line in (repo / "deployments.jsonl").read_text().splitlines()]
+    promoted, rejected = log[-2], log[-1]
+    assert promoted["outcome"] == "deployed" and promoted["gate_split"] == "val"
+    assert rejected["outcome"] == "rejected" and rejected["gate_split"] == "val"
+    assert "val_split_sha256" in rejected and "test_split_sha256" not in rejected
+    assert any("too low" in r for r in rejected["gate"]["reasons"])
+    assert any(r.startswith("val split matches") for r in rejected["gate"]["reasons"])
