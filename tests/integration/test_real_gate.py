@@ -90,7 +90,7 @@ def real_repository(real_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
         *("--calibration-data", data, "--agreement-data", data),
     )
     assert int8.returncode == 0, int8.stderr[-3000:]
-    agreement = json.loads(int8.stdout.strip().splitlines()[-1])["agreement"]
+    agreement = json.loads(int8.stdout.strip().splitlines()[-1])["int8"]
     assert agreement["top1_agreement_decisive"] >= 0.99 and agreement["slices"] >= 200
     return repo
 
@@ -110,7 +110,7 @@ def test_reduced_precisions_agree_on_real_slices(
         assert bf16.returncode != 0 and not (repo / "covidct" / "1").exists()
         return
     assert bf16.returncode == 0, bf16.stderr[-3000:]
-    agreement = json.loads(bf16.stdout.strip().splitlines()[-1])["agreement"]
+    agreement = json.loads(bf16.stdout.strip().splitlines()[-1])["openvino"]["agreement"]
     assert agreement["top1_agreement_decisive"] >= 0.99 and agreement["slices"] >= 200
 
 
@@ -183,8 +183,8 @@ def test_redeploy_gated_on_the_real_val_split(
     the real-data gate's model, then refuses the weak model back. The test split takes no
     part.
 
-    The weak model leans towards COVID-19 (measured: val COVID-19 sensitivity 1.00 at PPV
-    0.38, macro-F1 0.61), so the better model may well give up some sensitivity for a far
+    The weak model leans towards COVID-19 (measured twice: val COVID-19 sensitivity 1.00 at PPV
+    0.35-0.38, macro-F1 0.56-0.61), so the better model may well give up some sensitivity for a far
     better PPV and macro-F1: the promotion allows any sensitivity change and holds macro-F1
     and PPV to the default tolerances; the refusal uses every default tolerance."""
     import shutil
@@ -218,7 +218,7 @@ def test_redeploy_gated_on_the_real_val_split(
         ) as url,
     ):
 
-        def redeploy(run: Path) -> subprocess.CompletedProcess[str]:
+        def redeploy(run: Path, *extra: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
                 [
                     sys.executable,
@@ -239,6 +239,7 @@ def test_redeploy_gated_on_the_real_val_split(
                     f"127.0.0.1:{triton.grpc_port}",
                     "--watch-seconds",
                     "3",
+                    *extra,
                 ],
                 capture_output=True,
                 text=True,
@@ -246,7 +247,7 @@ def test_redeploy_gated_on_the_real_val_split(
                 timeout=900,
             )
 
-        better = redeploy(real_run)
+        better = redeploy(real_run, "--max-covid-sensitivity-drop", "1")
         assert better.returncode == 0, better.stderr[-3000:]
         serving = httpx.get(f"{url}/admin/v1/serving", headers={"x-admin-key": ADMIN}).json()
         assert serving["version"] == "2"
