@@ -209,15 +209,32 @@ def _write_predictions(run: Path, data: Path, path: Path) -> None:
 
 
 def run_quality_bench(
-    data: Path, work: Path, plan: list[tuple[Recipe, int]], out: Path, jobs: int = 1
+    data: Path,
+    work: Path,
+    plan: list[tuple[Recipe, int]],
+    out: Path,
+    jobs: int = 1,
+    train: bool = True,
 ) -> str:
-    """Train what is missing of ``plan``, compute every figure, write the section, plots and
-    results."""
+    """Train what is missing of ``plan`` (or, with ``train=False``, take the finished runs
+    only and name the missing ones), compute every figure, write the section, plots and
+    results.
+
+    Raises:
+        BenchError: no run of the plan is finished (``train=False``).
+    """
     from bench.qualityreport import best_recipe, plots, quality_section, recipe_summary, run_figures
     from bench.sweep import save
 
     started = time.perf_counter()
-    train_runs(data, work, plan, jobs)
+    missing: list[str] = []
+    if train:
+        train_runs(data, work, plan, jobs)
+    else:
+        missing = [f"{r.name} seed {s}" for r, s in plan if not is_finished(run_dir(work, r, s))]
+        plan = [(r, s) for r, s in plan if is_finished(run_dir(work, r, s))]
+        if not plan:
+            raise BenchError(f"no finished run under {work}: run without --no-train first")
     figures: dict[str, list[dict[str, Any]]] = {}
     preds: dict[str, list[dict[str, Any]]] = {}
     for recipe, seed in sorted(
@@ -234,7 +251,7 @@ def run_quality_bench(
     out.mkdir(parents=True, exist_ok=True)
     pictures = plots(out, best, preds[best])
     recipes = list(dict.fromkeys(r for r, _ in plan))
-    section = quality_section(data, recipes, summaries, figures, best, pictures, BASE)
+    section = quality_section(data, recipes, summaries, figures, best, pictures, BASE, missing)
     save(
         out,
         "quality",
@@ -244,6 +261,7 @@ def run_quality_bench(
             "base": list(BASE),
             "recipes": {r.name: {"what": r.what, "options": r.train_options()} for r in recipes},
             "jobs": jobs,
+            "not_run": missing,
             "best": best,
             "summaries": summaries,
             "runs": figures,

@@ -232,6 +232,7 @@ def quality_section(
     best: str,
     pictures: Sequence[Path],
     base: Sequence[str],
+    missing: Sequence[str] = (),
 ) -> str:
     """The BENCHMARKS.md section: what the data is, the recipes (each ``base`` plus its own
     options), the goals, the rules."""
@@ -273,4 +274,10 @@ def quality_section(
         + ".",
         "",
     ]
+    if missing:
+        lines += [
+            f"Not run in this sitting (the plan's runs that had not finished): "
+            f"{', '.join(missing)}.",
+            "",
+        ]
     return "\n".join(lines)

@@ -296,6 +296,9 @@ def bench_quality(
     jobs: Annotated[
         int, typer.Option(min=1, help="Trainings at once (each gets cores/jobs threads).")
     ] = 2,
+    train: Annotated[
+        bool, typer.Option(help="Train the missing runs (--no-train: report the finished ones).")
+    ] = True,
     out: ResultFolder = None,
 ) -> None:
     """Training recipes on real CT over seeds: slices, scans, patients, calibration, rules."""
@@ -305,12 +308,17 @@ def bench_quality(
     folder = data or real_data_dir() / "covidxct-128"
     if not (folder / "train_COVIDx-CT.txt").is_file():
         fail(f"{folder}: no train_COVIDx-CT.txt; give --data a COVIDx-CT folder with splits")
-    seed_list = _levels(seeds)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds {seeds!r}: give integers separated by commas, e.g. 0,1,2")
+    if not seed_list:
+        fail("--seeds: give at least one seed")
     plan = [
         (recipe_named(n.strip()), s) for s in seed_list for n in recipes.split(",") if n.strip()
     ]
     plan += [(recipe_named(n.strip()), seed_list[0]) for n in one_seed.split(",") if n.strip()]
-    print(run_quality_bench(folder, work, plan, _bench_out(out, "quality"), jobs))
+    print(run_quality_bench(folder, work, plan, _bench_out(out, "quality"), jobs, train))
 
 
 @bench_app.command("pacs")
