@@ -303,7 +303,7 @@ def bench_quality(
 ) -> None:
     """Training recipes on real CT over seeds: slices, scans, patients, calibration, rules."""
     from bench.corpus import real_data_dir
-    from bench.quality import recipe_named, run_quality_bench
+    from bench.quality import recipe_named, run_quality_bench, schedule
 
     folder = data or real_data_dir() / "covidxct-128"
     if not (folder / "train_COVIDx-CT.txt").is_file():
