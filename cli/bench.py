@@ -314,9 +314,7 @@ def bench_quality(
         fail(f"--seeds {seeds!r}: give integers separated by commas, e.g. 0,1,2")
     if not seed_list:
         fail("--seeds: give at least one seed")
-    plan = [
-        (recipe_named(n.strip()), s) for s in seed_list for n in recipes.split(",") if n.strip()
-    ]
+    plan = schedule([recipe_named(n.strip()) for n in recipes.split(",") if n.strip()], seed_list)
     plan += [(recipe_named(n.strip()), seed_list[0]) for n in one_seed.split(",") if n.strip()]
     print(run_quality_bench(folder, work, plan, _bench_out(out, "quality"), jobs, train))
 
