@@ -48,7 +48,8 @@ audit: setup
 serve: setup
 	$(BIN)/covidct serve
 
-# Every benchmark (about 55 min on 2 cores; trains and exports the DenseNet201 it needs
+# Every benchmark (about 55 min on 2 cores, plus about 2 h for bench quality's real-CT runs the
+# first time; trains and exports the DenseNet201 it needs
 # once, into runs/bench), then BENCHMARKS.md from bench/results/.
 bench: setup
 	$(BIN)/covidct bench all

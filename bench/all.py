@@ -58,6 +58,7 @@ STEPS = (
     "capacity",
     "replicas",
     "pacs",
+    "quality",
 )
 
 
@@ -185,7 +186,7 @@ def run_all(
     if unknown:
         raise BenchError(f"unknown benchmark(s) {sorted(unknown)}; choose from {', '.join(STEPS)}")
     work.mkdir(parents=True, exist_ok=True)
-    needs_model = bool(set(only) - {"data", "train", "capacity"})
+    needs_model = bool(set(only) - {"data", "train", "capacity", "quality"})
     run, data, repo = prepare(work, run) if needs_model else (work, work, work)
     for step in STEPS:
         if step not in only:
@@ -193,6 +194,8 @@ def run_all(
         out = results / step
         if step in ("data", "train", "capacity"):
             covidct("bench", step, "--out", out)
+        elif step == "quality":  # real CT, its own runs (reused when finished): hours
+            covidct("bench", "quality", "--work", work / "quality", "--out", out)
         elif step == "engines":
             covidct("bench", "engines", "--run", run, "--calibration-data", data, "--out", out)
         elif step == "triton":

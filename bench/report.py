@@ -22,6 +22,7 @@ ORDER = (
     "data",
     "train",
     "training-run",
+    "quality",
     "engines",
     "triton",
     "settings",
@@ -110,7 +111,32 @@ def targets(results: Path) -> list[Target]:
         )
     else:
         out.append(Target("Gateway capacity, identity model", capacity_goal, "-", None))
-    return out + _pacs_targets(_load(results, "pacs"))
+    return out + _pacs_targets(_load(results, "pacs")) + _quality_targets(_load(results, "quality"))
+
+
+def _quality_targets(quality: dict[str, Any] | None) -> list[Target]:
+    """The best-on-val recipe's test figures on real CT (median over its seeds)."""
+    from bench.qualityreport import COLUMNS, GOALS
+
+    if not quality:
+        return []
+    best = quality["best"]
+    summary = quality["summaries"][best]
+    names = dict(COLUMNS)
+    out = []
+    for key, goal in GOALS:
+        what = names[key]
+        s = summary.get(key)
+        seeds = s["n"] if s else 0
+        out.append(
+            Target(
+                f"Real CT (covidxct-128 test), recipe `{best}`, {what}, median of {seeds} seeds",
+                f">= {100 * goal:.0f}%",
+                "-" if s is None else f"{100 * s['median']:.1f}%",
+                None if s is None else s["median"] >= goal,
+            )
+        )
+    return out
 
 
 def _pacs_targets(pacs: dict[str, Any] | None) -> list[Target]:

@@ -116,3 +116,26 @@ def test_summary_spread_best_and_section(tmp_path: Path) -> None:
     assert "Not comparable" in text and "**Best on val (median val macro-F1): `good`**" in text
     assert "| good: a good one | 3 |" in text and "| one: single | 1 |" in text
     assert "| mean |" in text and "count-5@0.9" in text
+
+
+def test_report_judges_the_quality_goals_of_the_best_recipe(tmp_path: Path) -> None:
+    import json
+
+    from bench.report import targets
+
+    figures = {"median": 0.93, "min": 0.9, "max": 0.95, "n": 3}
+    low = {"median": 0.5, "min": 0.4, "max": 0.6, "n": 3}
+    summary = {
+        "test_accuracy": figures,
+        "test_covid_sensitivity": figures,
+        "test_covid_ppv": low,
+        "test_scan_accuracy": figures,
+        "test_patient_accuracy": None,
+    }
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "quality" / "result.json").write_text(
+        json.dumps({"best": "good", "summaries": {"good": summary}})
+    )
+    rows = [t for t in targets(tmp_path) if t.what.startswith("Real CT")]
+    assert [t.met for t in rows] == [True, True, False, True, None]
+    assert rows[0].measured == "93.0%" and "`good`" in rows[0].what and "3 seeds" in rows[0].what
