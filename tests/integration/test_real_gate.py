@@ -33,8 +33,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group
 
 #: Thresholds on the test split (573 slices, 32 patients), from scripts/ci_recipe_sweep.py
 #: --real: see test_real_model_passes_the_gate.
-MIN_ACCURACY = 0.70
-MIN_PATIENT_ACCURACY = 0.70
+MIN_ACCURACY = 0.62
+MIN_PATIENT_ACCURACY = 0.50
 MIN_COVID_PPV = 0.40
 
 
