@@ -51,6 +51,17 @@ class SpecError(CovidctError, ValueError):
     """A ModelSpec (or its JSON file) is invalid; the message says which field and why."""
 
 
+def _refuse_unknown(kind: type, data: dict[str, Any], what: str) -> None:
+    """A typo must not pass silently: refuse keys that are not fields of dataclass ``kind``.
+
+    Raises:
+        SpecError: naming ``what`` and every unknown key.
+    """
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(kind)})
+    if unknown:
+        raise SpecError(f"unknown {what} field(s): {', '.join(unknown)}")
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Where a model came from.
@@ -187,24 +198,15 @@ class ModelSpec:
         """Build a spec from a dict, rejecting unknown keys (a typo must not pass silently)."""
         if not isinstance(data, dict):
             raise SpecError(f"a ModelSpec must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"unknown ModelSpec field(s): {', '.join(unknown)}")
+        _refuse_unknown(cls, data, "ModelSpec")
         data = dict(data)
         prov = data.get("provenance", {})
         if isinstance(prov, dict):
-            prov_known = {f.name for f in dataclasses.fields(Provenance)}
-            bad = sorted(set(prov) - prov_known)
-            if bad:
-                raise SpecError(f"unknown provenance field(s): {', '.join(bad)}")
+            _refuse_unknown(Provenance, prov, "provenance")
             data["provenance"] = Provenance(**prov)
         rule = data.get("series_rule", {})
         if isinstance(rule, dict):
-            rule_known = {f.name for f in dataclasses.fields(SeriesRule)}
-            bad = sorted(set(rule) - rule_known)
-            if bad:
-                raise SpecError(f"unknown series_rule field(s): {', '.join(bad)}")
+            _refuse_unknown(SeriesRule, rule, "series_rule")
             try:
                 data["series_rule"] = SeriesRule(**rule)
             except SeriesRuleError as e:
@@ -331,8 +333,5 @@ class TrainConfig:
     def from_json(cls, text: str) -> TrainConfig:
         data = json.loads(text)
         data.pop("global_batch_size", None)  # derived, written for readers
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        _refuse_unknown(cls, data, "TrainConfig")
         return cls(**data)
