@@ -20,12 +20,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dicomnode.audit import AuditLog, resolve_salt
+from dicomnode.intake import Intake
 from dicomnode.records import SeriesRecord, SeriesState, series_key
 from dicomnode.scp import Receiver
 from dicomnode.series import SelectionRules, Series, load_series, selection_reason, stable_keys
 from dicomnode.settings import NodeSettings
 from dicomnode.spool import Spool
-from dicomnode.status import NodeMetrics, StatusServer, status_document
+from dicomnode.status import NodeMetrics, status_document
+from dicomnode.web import WebServer, create_app
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +94,9 @@ class Node:
             max_spool_bytes=settings.max_spool_bytes,
         )
         self.metrics.spool_bytes.set(self.spool.used_bytes)
-        self.receiver = Receiver(settings, self.spool, self.audit, self.metrics)
-        self.status_server: StatusServer | None = None
+        self.intake = Intake(self.spool, self.audit, self.metrics)
+        self.receiver = Receiver(settings, self.intake)
+        self.http_server: WebServer | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -109,14 +112,14 @@ class Node:
                 logger.info("series %s was being processed: queued again", self._h(record))
 
     def start(self, *, http: bool = True) -> None:
-        """Listen for DICOM (and HTTP status), and start the watcher and the worker."""
+        """Listen for DICOM (and HTTP: status, metrics, STOW-RS), and start the watcher and
+        the worker."""
         self.receiver.start()
         if http:
-            self.status_server = StatusServer(
-                self.settings.host, self.settings.http_port, self.status, self.metrics
-            )
-            self.status_server.start()
-            logger.info("status on http://%s:%d", self.settings.host, self.status_server.port)
+            app = create_app(self.settings, self.status, self.metrics, self.intake)
+            self.http_server = WebServer(self.settings.host, self.settings.http_port, app)
+            self.http_server.start()
+            logger.info("HTTP on http://%s:%d", self.settings.host, self.http_server.port)
         for name, loop in (("pacs-watcher", self._watch), ("pacs-worker", self._work)):
             thread = threading.Thread(target=loop, name=name, daemon=True)
             thread.start()
@@ -131,8 +134,8 @@ class Node:
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=drain_s)
-        if self.status_server is not None:
-            self.status_server.stop()
+        if self.http_server is not None:
+            self.http_server.stop()
         logger.info("DICOM node stopped; the spool is kept in %s", self.settings.spool_dir)
 
     def _watch(self) -> None:

@@ -19,44 +19,27 @@ from typing import Any, cast
 
 import pydicom.config
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomnode.audit import AuditLog
-from dicomnode.records import InstanceInfo
+from dicomnode.intake import (
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    TRANSFER_SYNTAXES,
+    Intake,
+    Refusal,
+    uid_problem,
+)
 from dicomnode.series import CT_SOP_CLASSES
 from dicomnode.settings import NodeSettings
-from dicomnode.spool import CapExceeded, Spool
-from dicomnode.status import NodeMetrics
 
 logger = logging.getLogger(__name__)
 
-#: Transfer syntaxes accepted for CT: uncompressed, JPEG (baseline, extended, lossless),
-#: JPEG-LS, JPEG 2000, RLE and deflate.
-TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, first-order prediction (SV1)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-]
-#: DIMSE statuses of C-STORE (PS3.4 B.2.3).
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_MISMATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
 C_STORE_RQ = 0x0001  # CommandField of a C-STORE request
-UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
 def quiet_pynetdicom() -> None:
@@ -68,22 +51,11 @@ def quiet_pynetdicom() -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
-def _failure(status: int, reason: str) -> Dataset:
+def _failure(refusal: Refusal) -> Dataset:
     ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = reason[:64]  # LO: 64 characters at most
+    ds.Status = refusal.status
+    ds.ErrorComment = refusal.reason[:64]  # LO: 64 characters at most
     return ds
-
-
-def uid_problem(ds: Dataset) -> str | None:
-    """What is wrong with the instance's Study, Series and SOP Instance UIDs, or None."""
-    for name in UIDS:
-        value = str(ds.get(name, "") or "").strip()
-        if not value:
-            return f"{name} missing or empty"
-        if not UID(value).is_valid:
-            return f"{name} is not a valid DICOM UID"
-    return None
 
 
 class Receiver:
@@ -91,19 +63,15 @@ class Receiver:
 
     Args:
         settings: AE title, host, port, allow-list, caps and timeouts.
-        spool: where instances go.
-        audit: the audit log.
-        metrics: the node's metrics.
+        intake: the checks and the spool every receiving path shares.
     """
 
-    def __init__(
-        self, settings: NodeSettings, spool: Spool, audit: AuditLog, metrics: NodeMetrics
-    ) -> None:
+    def __init__(self, settings: NodeSettings, intake: Intake) -> None:
         quiet_pynetdicom()
         self.settings = settings
-        self.spool = spool
-        self.audit = audit
-        self.metrics = metrics
+        self.intake = intake
+        self.audit = intake.audit
+        self.metrics = intake.metrics
         self._counts: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
@@ -205,92 +173,47 @@ class Receiver:
         if str(command.get("AffectedSOPInstanceUID", "") or "").strip():
             return
         reason = "SOPInstanceUID missing or empty"
-        failure = self._refuse(event.assoc.requestor.ae_title, None, CANNOT_UNDERSTAND, reason)
+        calling = event.assoc.requestor.ae_title
+        refusal = self.intake.refuse(calling, None, CANNOT_UNDERSTAND, reason)
         rsp = C_STORE()
         rsp.MessageIDBeingRespondedTo = command.MessageID
         rsp.AffectedSOPClassUID = command.get("AffectedSOPClassUID")
-        rsp.Status = failure.Status
-        rsp.ErrorComment = failure.ErrorComment
-        self.metrics.instances_refused.labels(f"0x{failure.Status:04X}").inc()
+        rsp.Status = refusal.status
+        rsp.ErrorComment = refusal.reason  # type: ignore[assignment]
         event.assoc.dimse.send_msg(rsp, cast(int, event.message.context_id))
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title
         try:
-            status = self._store(event, calling)
-        except Exception:
+            refusal = self._store(event, calling)
+        except Exception as e:
             logger.exception("C-STORE from %s failed", calling)
-            status = _failure(CANNOT_UNDERSTAND, "internal error")
-        if isinstance(status, Dataset):
-            self.metrics.instances_refused.labels(f"0x{status.Status:04X}").inc()
-        return status
+            refusal = self.intake.refuse(calling, None, CANNOT_UNDERSTAND, "internal error", e)
+        return SUCCESS if refusal is None else _failure(refusal)
 
-    def _store(self, event: evt.Event, calling: str) -> int | Dataset:
+    def _store(self, event: evt.Event, calling: str) -> Refusal | None:
+        refuse = self.intake.refuse
         try:
             ds = event.dataset
         except Exception as e:
-            return self._refuse(calling, None, CANNOT_UNDERSTAND, "data set cannot be decoded", e)
+            return refuse(calling, None, CANNOT_UNDERSTAND, "data set cannot be decoded", e)
         request = cast(C_STORE, event.request)
         requested = str(request.AffectedSOPClassUID)
         if str(ds.get("SOPClassUID", "")) != requested:
-            return self._refuse(calling, ds, DATASET_MISMATCH, "SOPClassUID differs from request")
+            return refuse(calling, ds, DATASET_MISMATCH, "SOPClassUID differs from request")
         if problem := uid_problem(ds):
-            return self._refuse(calling, ds, CANNOT_UNDERSTAND, problem)
+            return refuse(calling, ds, CANNOT_UNDERSTAND, problem)
         if str(request.AffectedSOPInstanceUID) != str(ds.SOPInstanceUID):
-            return self._refuse(calling, ds, DATASET_MISMATCH, "SOPInstanceUID differs")
-        if "PixelData" not in ds:
-            return self._refuse(calling, ds, DATASET_MISMATCH, "no Pixel Data")
+            return refuse(calling, ds, DATASET_MISMATCH, "SOPInstanceUID differs")
         with self._lock:
             count = self._counts.get(event.assoc, 0)
             if count >= self.settings.max_association_instances:
                 cap = self.settings.max_association_instances
-                return self._refuse(calling, ds, OUT_OF_RESOURCES, f"association cap {cap}")
-            self._counts[event.assoc] = count + 1  # reserved; given back if the store fails
+                return refuse(calling, ds, OUT_OF_RESOURCES, f"association cap {cap}")
+            self._counts[event.assoc] = count + 1  # reserved; given back if not kept
         data = event.encoded_dataset(include_meta=True)
-        info = InstanceInfo.from_dataset(
-            ds,
-            transfer_syntax=str(event.context.transfer_syntax),
-            size=len(data),
-            received_at=time.time(),
-        )
-        try:
-            self.spool.store(
-                info,
-                data,
-                study_uid=str(ds.StudyInstanceUID),
-                series_uid=str(ds.SeriesInstanceUID),
-                calling_ae=calling,
-            )
-        except (CapExceeded, OSError) as e:
+        refusal = self.intake.accept(ds, data, str(event.context.transfer_syntax), calling)
+        if refusal is not None:
             with self._lock:
                 self._counts[event.assoc] -= 1
-            reason = str(e) if isinstance(e, CapExceeded) else "spool write failed"
-            return self._refuse(calling, ds, OUT_OF_RESOURCES, reason, e)
-        self.metrics.instances_received.inc()
-        self.metrics.spool_bytes.set(self.spool.used_bytes)
-        return SUCCESS
-
-    def _refuse(
-        self,
-        calling: str,
-        ds: Dataset | None,
-        status: int,
-        reason: str,
-        cause: BaseException | None = None,
-    ) -> Dataset:
-        study = str(ds.get("StudyInstanceUID", "")) if ds is not None else ""
-        series = str(ds.get("SeriesInstanceUID", "")) if ds is not None else ""
-        detail = f" ({type(cause).__name__})" if cause is not None else ""
-        logger.warning(
-            "C-STORE from %s refused with 0x%04X: %s%s (series %s)",
-            calling,
-            status,
-            reason,
-            detail,
-            self.audit.hash(series),
-        )
-        self.metrics.error(f"C-STORE from {calling} refused 0x{status:04X}: {reason}")
-        self.audit.write(
-            "refused", calling_ae=calling, study_uid=study, series_uid=series, reason=reason
-        )
-        return _failure(status, reason)
+        return refusal

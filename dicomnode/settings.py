@@ -19,7 +19,7 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 #: The node's DICOM port (11112: the registered DICOM port that needs no privileges).
 DICOM_PORT = 11112
-#: Status, metrics (and later DICOMweb).
+#: Status, metrics and DICOMweb STOW-RS.
 NODE_HTTP_PORT = 8090
 
 
@@ -103,6 +103,10 @@ class NodeSettings(BaseSettings):
     max_association_instances: int = 5000
     max_spool_bytes: int = 20 * GiB
     max_associations: int = 8
+    # HTTP port: the key STOW-RS requests must carry (X-API-Key or Bearer); unset: none.
+    api_key: SecretStr | None = None
+    max_stow_bytes: int = 4 * GiB  # one STOW-RS body (a whole series); parts as instances
+    body_idle_timeout_s: float = 30.0  # a body that stalls this long is answered 408
     network_timeout_s: float = 60.0  # an idle association is released after this long
     # Source instances are deleted this long after the result is delivered (or the series
     # is skipped); 0: at once.
@@ -157,6 +161,8 @@ class NodeSettings(BaseSettings):
             "max_association_instances": self.max_association_instances,
             "max_spool_bytes": self.max_spool_bytes,
             "max_associations": self.max_associations,
+            "max_stow_bytes": self.max_stow_bytes,
+            "body_idle_timeout_s": self.body_idle_timeout_s,
             "process_attempts": self.process_attempts,
             "top_k": self.top_k,
         }

@@ -1,28 +1,22 @@
-"""The node's metrics and its small HTTP server: ``GET /status`` (JSON) and ``GET /metrics``
-(Prometheus text), on ``HTTP_PORT`` at the node's host.
+"""The node's metrics and its ``/status`` document (served by ``dicomnode.web``).
 
-A standard-library ``ThreadingHTTPServer`` in one thread: two read-only routes need no framework.
-Nothing served here carries patient data: series appear by hashed UID only.
+Nothing here carries patient data: series appear by hashed UID only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 
 from dicomnode.records import SeriesRecord
@@ -144,69 +138,3 @@ def _series(record: SeriesRecord, hash_uid: Callable[[str | None], str | None]) 
         "verdict": record.outcome.get("verdict"),
         "delivery": record.outcome.get("delivery"),
     }
-
-
-class StatusServer:
-    """``/status`` and ``/metrics`` in a thread of their own.
-
-    Args:
-        host: the address to listen on.
-        port: the port (0: any free one; ``port`` then says which).
-        status: makes the /status document.
-        metrics: the node's metrics.
-    """
-
-    def __init__(
-        self, host: str, port: int, status: Callable[[], dict[str, Any]], metrics: NodeMetrics
-    ) -> None:
-        handler = _handler(status, metrics)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="pacs-status", daemon=True
-        )
-
-    def start(self) -> None:
-        """Serve from now on."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-def _handler(
-    status: Callable[[], dict[str, Any]], metrics: NodeMetrics
-) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "covidct-pacs"
-
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/status":
-                try:
-                    body = json.dumps(status(), indent=1).encode()
-                except Exception as e:
-                    logger.exception("status document failed")
-                    self._send(500, "application/json", json.dumps({"error": str(e)}).encode())
-                    return
-                self._send(200, "application/json", body)
-            elif path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry))
-            else:
-                self._send(404, "application/json", b'{"error": "not found"}')
-
-        def _send(self, code: int, content_type: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("status %s", format % args)
-
-    return Handler

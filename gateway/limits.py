@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 import anyio
@@ -57,11 +58,33 @@ def body_limit(settings: GatewaySettings, path: str) -> int:
 
 
 class BodyLimit:
-    """ASGI middleware: the body cap and the stall timeout described in the module docstring."""
+    """ASGI middleware: the body cap and the stall timeout described in the module docstring.
 
-    def __init__(self, app: ASGIApp, settings: GatewaySettings) -> None:
+    Args:
+        app: the application it wraps.
+        settings: the gateway's settings (its limits per path and stall timeout); or, for
+            another application (the DICOM node's HTTP port), ``limit_for`` and
+            ``idle_timeout_s``.
+        limit_for: the byte limit of a request body to a path.
+        idle_timeout_s: a body that stalls this long is answered 408.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: GatewaySettings | None = None,
+        *,
+        limit_for: Callable[[str], int] | None = None,
+        idle_timeout_s: float = 15.0,
+    ) -> None:
         self.app = app
-        self.settings = settings
+        if settings is not None:
+            self.limit_for: Callable[[str], int] = partial(body_limit, settings)
+            self.idle_timeout_s = settings.body_idle_timeout_s
+        elif limit_for is not None:
+            self.limit_for, self.idle_timeout_s = limit_for, idle_timeout_s
+        else:
+            raise TypeError("BodyLimit needs settings or limit_for")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,7 +97,7 @@ class BodyLimit:
             )
             await _answer(scope, send, error)
             return
-        limit = body_limit(self.settings, scope["path"])
+        limit = self.limit_for(scope["path"])
         declared = [v for k, v in scope["headers"] if k.lower() == b"content-length"]
         if declared:
             refused = _check_declared(declared, limit)
@@ -83,7 +106,7 @@ class BodyLimit:
                 return
         received = 0
         body_done = False
-        idle = self.settings.body_idle_timeout_s
+        idle = self.idle_timeout_s
 
         async def limited() -> Message:
             nonlocal received, body_done

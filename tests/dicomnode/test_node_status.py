@@ -73,8 +73,8 @@ def test_status_metrics_and_the_audit_log_carry_no_patient_data(
     depth = [2]
     settings = node_settings(tmp_path, allowed_ae_titles=["SCANNER"])
     with running_node(settings, Recorder(), http=True, outbox_depth=lambda: depth[0]) as node:
-        assert node.status_server is not None
-        base = f"http://127.0.0.1:{node.status_server.port}"
+        assert node.http_server is not None
+        base = f"http://127.0.0.1:{node.http_server.port}"
         assert storescu(node.receiver.port, folder).returncode == 0
         echoscu(node.receiver.port, aet="INTRUDER")
         wait_for(lambda: node.status()["counts"].get("done"))
@@ -108,8 +108,8 @@ def test_pacs_status_prints_the_status(tmp_path: Path) -> None:
     with running_node(settings, Recorder(), http=True) as node:
         storescu(node.receiver.port, fixture_series(tmp_path / "s", 3))
         wait_for(lambda: node.status()["counts"].get(SeriesState.SKIPPED.value))
-        assert node.status_server is not None
-        url = f"http://127.0.0.1:{node.status_server.port}/status"
+        assert node.http_server is not None
+        url = f"http://127.0.0.1:{node.http_server.port}/status"
         result = CliRunner().invoke(app, ["pacs", "status", "--url", url])
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
