@@ -1,14 +1,20 @@
 """``covidct bench pacs``: the DICOM node against the real Orthanc and the gateway's study path.
 
 1. Receive rate: the same ``storescu -xs +sd +r`` run of one series into the node's SCP and
-   into Orthanc's own, in interleaved rounds (the order reversed every other round), each
-   receiver fresh each round (a new spool, a new storage), so neither answers a duplicate.
+   into Orthanc's own, and the same files as one STOW-RS request into the node's HTTP port,
+   in interleaved rounds (the order rotated every round), each receiver fresh each round (a
+   new spool, a new storage), so none answers a duplicate.
 2. End to end: the series stored into the node, whose results go to Orthanc; the time from
    the last instance received to the SR stored in Orthanc (the outbox's delivery time),
    less the node's stable wait, beside the gateway's own time for the same files
    (``POST /v1/predict/study``), interleaved round by round. The parts come from the
    series' record (received, complete, processed), the pipeline's ``timings`` (infer,
    build SR and SC, queue) and the outbox's records (delivered).
+
+3. Pull latency: the series stored in Orthanc (REST), then a fresh node in pull mode (QIDO-RS
+   every second, WADO-RS, results STOWed back); the time from the last instance stored in
+   the archive to the SR stored there (two polls to see the series stable and the node's
+   stable wait included; both named in the result).
 
 The series is the real ``dicom-series/P001`` (148 slices) when the real data is there, else
 one made from the fixture slice (as the node's tests do); the result names which.
@@ -35,6 +41,7 @@ from pydicom.uid import generate_uid
 from bench.corpus import REPO, real_data_dir
 from bench.sweep import BenchError, save
 from covidct.addresses import LOCALHOST
+from dicomnode.multipart import encode_related
 from dicomnode.node import Node, Outcome
 from dicomnode.pipeline import ResultPipeline, open_outbox
 from dicomnode.settings import NodeSettings
@@ -42,6 +49,8 @@ from serving.server import free_port
 
 ORTHANC = "/usr/sbin/Orthanc"
 FIXTURE_SLICE = REPO / "tests" / "fixtures" / "dicom" / "normal002__IM0042.dcm"
+FIXTURE_DATE = "20261201"  # the fixture series' Study and Series Date (pull mode searches by it)
+PULL_INTERVAL_S = 1.0
 PACS_AET, NODE_AET, SCU_AET = "PACS", "COVIDCT", "BENCH"
 RECEIVE_TARGET_X = 0.8  # the node's receive rate at least this share of Orthanc's
 END_TO_END_TARGET_X = 1.3  # node end to end at most this multiple of the gateway's study time
@@ -70,14 +79,16 @@ def find_series(work: Path, source: str = "auto", slices: int = 24) -> tuple[Pat
 
 def fixture_series(dest: Path, slices: int, seed: str = "covidct-bench-series") -> Path:
     """``slices`` CT files of one series made from the fixture slice, 2 mm apart, numeric
-    UIDs derived from ``seed``; file names in an order unlike the series order (as files
-    arrive: receivers must sort). The tests' series (tests/dicomnode/series_data.py) too."""
+    UIDs derived from ``seed``, dated FIXTURE_DATE; file names in an order unlike the series
+    order (as files arrive: receivers must sort). The tests' series
+    (tests/dicomnode/series_data.py) too."""
     dest.mkdir(parents=True, exist_ok=True)
     study = generate_uid(entropy_srcs=[seed, "study"])
     series = generate_uid(entropy_srcs=[seed, "series"])
     for i in range(slices):
         ds = pydicom.dcmread(FIXTURE_SLICE)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.StudyDate = ds.SeriesDate = FIXTURE_DATE
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[seed, "instance", str(i)])
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = i + 1
@@ -141,16 +152,46 @@ def _answers(url: str) -> bool:
         return False
 
 
-def node_settings(spool: Path, gateway_url: str, stable_s: float, destination: str) -> NodeSettings:
-    """The node as the benchmark runs it: loopback, a free port, no status server."""
+def node_settings(
+    spool: Path, gateway_url: str, stable_s: float, destination: str, **more: Any
+) -> NodeSettings:
+    """The node as the benchmark runs it: loopback, free ports."""
     return NodeSettings(
-        ae_title=NODE_AET, host=LOCALHOST, port=free_port(), gateway_url=gateway_url,
-        stable_s=stable_s, spool_dir=spool, destination=destination, send_retry_initial_s=0.5,
+        ae_title=NODE_AET, host=LOCALHOST, port=free_port(), http_port=free_port(),
+        gateway_url=gateway_url, stable_s=stable_s, spool_dir=spool, destination=destination,
+        send_retry_initial_s=0.5, **more,
     )  # fmt: skip
 
 
+def stow(files: Sequence[Path], port: int) -> float:
+    """Seconds of one STOW-RS request of ``files`` into the node (reading and encoding the
+    files included, as storescu reads them).
+
+    Raises:
+        BenchError: the node did not store every instance.
+    """
+    started = time.perf_counter()
+    content_type, body = encode_related(f.read_bytes() for f in files)
+    r = httpx.post(
+        f"http://{LOCALHOST}:{port}/dicomweb/studies",
+        content=body,
+        headers={"Content-Type": content_type},
+        timeout=600,
+    )
+    seconds = time.perf_counter() - started
+    if r.status_code != 200:
+        raise BenchError(f"STOW-RS into the node answered {r.status_code}: {r.text[:300]}")
+    return seconds
+
+
+#: The receivers of a receive round.
+ARMS = ("node", "orthanc", "stow")
+
+
 def receive_round(folder: Path, tmp: Path, order: Sequence[str]) -> dict[str, float]:
-    """One round: storescu seconds into each receiver, fresh, in ``order``."""
+    """One round: seconds to send the series into each receiver, fresh, in ``order``
+    (``node``: storescu into the SCP; ``orthanc``: storescu into Orthanc; ``stow``: one
+    STOW-RS request into the node)."""
     seconds: dict[str, float] = {}
     for arm in order:
         root = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{arm}-"))
@@ -159,13 +200,58 @@ def receive_round(folder: Path, tmp: Path, order: Sequence[str]) -> dict[str, fl
                 seconds[arm] = send(folder, port, PACS_AET)
         else:  # nothing completes during the round: the receive path alone
             node = Node(node_settings(root, "", 3600.0, ""), lambda _: Outcome())
-            node.start(http=False)
+            node.start(http=arm == "stow")
             try:
-                seconds[arm] = send(folder, node.receiver.port, NODE_AET)
+                if arm == "stow":
+                    assert node.http_server is not None
+                    seconds[arm] = stow(sorted(folder.glob("*.dcm")), node.http_server.port)
+                else:
+                    seconds[arm] = send(folder, node.receiver.port, NODE_AET)
             finally:
                 node.stop(drain_s=5.0)
         shutil.rmtree(root, ignore_errors=True)
     return seconds
+
+
+def pull_round(
+    files: Sequence[Path], tmp: Path, orthanc: tuple[str, int], gateway_url: str, stable_s: float
+) -> float:
+    """Seconds from the series stored in the archive to its SR stored there, by a fresh node
+    in pull mode.
+
+    Raises:
+        BenchError: no SR came back.
+    """
+    url, _ = orthanc
+    root = Path(tempfile.mkdtemp(dir=tmp, prefix="pull-"))
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    with httpx.Client(base_url=url, timeout=60) as rest:
+        for f in files:
+            rest.post("/instances", content=f.read_bytes()).raise_for_status()
+        stored = time.time()
+        settings = node_settings(
+            root, gateway_url, stable_s, "", dicomweb_destination=f"{url}/dicom-web",
+            pull_url=f"{url}/dicom-web", pull_interval_s=PULL_INTERVAL_S,
+            pull_since=str(header.get("SeriesDate") or FIXTURE_DATE),
+        )  # fmt: skip
+        outbox = open_outbox(settings).start()
+        node = Node(settings, ResultPipeline(settings, outbox), outbox_depth=lambda: outbox.depth)
+        node.start(http=False)
+        try:
+            deadline = time.monotonic() + stable_s + 900
+            while True:
+                srs = [i for i in outbox.items() if i.sop_class_uid.startswith(SR_CLASS_PREFIX)]
+                if srs and srs[0].delivered_at is not None:
+                    return srs[0].delivered_at - stored
+                if time.monotonic() > deadline:
+                    raise BenchError(f"pull mode filed no SR: {node.status()}")
+                time.sleep(0.1)
+        finally:
+            node.stop(drain_s=5.0)
+            outbox.stop()
+            for study in rest.get("/studies").json():  # the next round stores anew
+                rest.delete(f"/studies/{study}")
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def study_seconds(client: httpx.Client, files: Sequence[Path]) -> float:
@@ -267,10 +353,11 @@ def run_pacs_bench(
         tmp = Path(work)
         folder, what = find_series(tmp, source, slices)
         files = sorted(folder.glob("*.dcm"))
-        receive = [receive_round(folder, tmp, ("node", "orthanc")[:: 1 if i % 2 == 0 else -1])
+        receive = [receive_round(folder, tmp, ARMS[i % 3 :] + ARMS[: i % 3])
                    for i in range(rounds)]  # fmt: skip
         e2e: list[dict[str, float]] = []
         study: list[float] = []
+        pull: list[float] = []
         with (
             running_orthanc(tmp / "pacs") as orthanc,
             httpx.Client(base_url=gateway_url, timeout=900) as client,
@@ -283,7 +370,8 @@ def run_pacs_bench(
                 e2e.append(end_to_end_round(folder, tmp, orthanc, gateway_url, stable_s))
                 if not first_direct:
                     study.append(study_seconds(client, files))
-    result = summarise(receive, e2e, study, len(files), what, stable_s)
+                pull.append(pull_round(files, tmp, orthanc, gateway_url, stable_s))
+    result = summarise(receive, e2e, study, len(files), what, stable_s, pull)
     save(out, "pacs", pacs_section(result), result)
     return result
 
@@ -295,16 +383,22 @@ def summarise(
     instances: int,
     series: str,
     stable_s: float,
+    pull: Sequence[float] = (),
 ) -> dict[str, Any]:
     """The result: rates and ratios per round, medians, the end-to-end parts and the targets."""
-    rates = {a: [instances / r[a] for r in receive] for a in ("node", "orthanc")}
+    rates = {a: [instances / r[a] for r in receive] for a in ARMS if a in receive[0]}
     ratio = [n / o for n, o in zip(rates["node"], rates["orthanc"], strict=True)]
+    stow_ratio = [s / n for s, n in zip(rates.get("stow", []), rates["node"], strict=False)]
     over = [e["end_to_end_s"] / s for e, s in zip(e2e, study, strict=True)]
     parts = {k: statistics.median(e[k] for e in e2e) for k in e2e[0]}
     return {
         "series": series, "instances": instances, "stable_s": stable_s,
         "receive": {"node_per_s": spread(rates["node"]), "orthanc_per_s": spread(rates["orthanc"]),
-                    "ratio": spread(ratio), "target_x": RECEIVE_TARGET_X},
+                    "ratio": spread(ratio), "target_x": RECEIVE_TARGET_X,
+                    **({"stow_per_s": spread(rates["stow"]),
+                        "stow_over_c_store": spread(stow_ratio)} if stow_ratio else {})},
+        **({"pull": {"latency_s": spread(list(pull)), "interval_s": PULL_INTERVAL_S}}
+           if pull else {}),
         "end_to_end": {"node_s": spread([e["end_to_end_s"] for e in e2e]),
                        "gateway_study_s": spread(list(study)), "ratio": spread(over),
                        "parts_s": parts, "rounds": list(e2e), "target_x": END_TO_END_TARGET_X},
@@ -324,14 +418,17 @@ def pacs_section(r: dict[str, Any]) -> str:
         "",
         f"Series: {r['series']}, {r['instances']} instances, sent by one `storescu -xs +sd +r`.",
         "",
-        f"Receive rate, {len(rec['ratio']['values'])} interleaved rounds (order reversed every "
-        "other round, each receiver fresh each round), medians:",
+        f"Receive rate, {len(rec['ratio']['values'])} interleaved rounds (order rotated every "
+        "round, each receiver fresh each round), medians:",
         "",
         "| receiver | instances/s |",
         "|---|---|",
         f"| the node's SCP (spool) | {rng(rec['node_per_s'], '.1f')} |",
         f"| Orthanc 1.10 | {rng(rec['orthanc_per_s'], '.1f')} |",
         f"| node / Orthanc | {rng(rec['ratio'], '.2f')}x (target >= {rec['target_x']:g}x) |",
+        *([f"| the node, one STOW-RS request | {rng(rec['stow_per_s'], '.1f')} |",
+           f"| STOW-RS / C-STORE into the node | {rng(rec['stow_over_c_store'], '.2f')}x |"]
+          if "stow_per_s" in rec else []),
         "",
         f"End to end, {len(e2e['ratio']['values'])} interleaved rounds: last instance received "
         f"to the SR stored in Orthanc, less the stable wait ({r['stable_s']:g} s here), beside "
@@ -348,6 +445,12 @@ def pacs_section(r: dict[str, Any]) -> str:
         f"the spool), infer {p['infer_s']:.2f} (study path, model spec, heatmaps), "
         f"build SR and SC {p['build_s']:.2f}, queue in the outbox {p['queue_s']:.2f}, "
         f"send to Orthanc {p['send_s']:.2f}.",
+        *(["", f"Pull mode, {len(r['pull']['latency_s']['values'])} rounds: the series stored in "
+           "Orthanc, then a fresh node polling it (QIDO-RS every "
+           f"{r['pull']['interval_s']:g} s, retrieved once two polls agree, WADO-RS, results "
+           "STOWed back): last instance stored in the archive to the SR stored there, "
+           f"{rng(r['pull']['latency_s'], '.2f')} s (the node's stable wait of "
+           f"{r['stable_s']:g} s included)."] if "pull" in r else []),
     ])  # fmt: skip
 
 

@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dicomnode.audit import AuditLog, resolve_salt
+from dicomnode.dicomweb import DicomWebClient
 from dicomnode.intake import Intake
+from dicomnode.pull import Puller
 from dicomnode.records import SeriesRecord, SeriesState, series_key
 from dicomnode.scp import Receiver
 from dicomnode.series import SelectionRules, Series, load_series, selection_reason, stable_keys
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 #: Longest a SIGTERM waits for the association in progress.
 DRAIN_S = 30.0
 SWEEP_EVERY_S = 10.0  # deliveries noted, source instances purged
+PULL_STATE = "pull.json"  # pull mode's watermark and series seen, in the spool
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,26 @@ class Node:
         self.intake = Intake(self.spool, self.audit, self.metrics)
         self.receiver = Receiver(settings, self.intake)
         self.http_server: WebServer | None = None
+        self.puller = self._puller(settings)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_sweep = 0.0
         self._recover()
+
+    def _puller(self, settings: NodeSettings) -> Puller | None:
+        if not settings.pull_url:
+            return None
+        token = settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None
+        client = DicomWebClient(settings.pull_url, token, settings.dicomweb_timeout_s)
+        return Puller(
+            client,
+            self.intake,
+            settings.spool_dir / PULL_STATE,
+            settings.pull_since or None,
+            settings.max_instance_bytes,
+            settings.pull_interval_s,
+        )
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -120,6 +138,9 @@ class Node:
             self.http_server = WebServer(self.settings.host, self.settings.http_port, app)
             self.http_server.start()
             logger.info("HTTP on http://%s:%d", self.settings.host, self.http_server.port)
+        if self.puller is not None:
+            self.puller.start()
+            logger.info("pulling CT series from %s", self.settings.pull_url)
         for name, loop in (("pacs-watcher", self._watch), ("pacs-worker", self._work)):
             thread = threading.Thread(target=loop, name=name, daemon=True)
             thread.start()
@@ -130,6 +151,8 @@ class Node:
         threads (a series being processed finishes first, for up to ``drain_s`` more; if not,
         it is processed again after a restart). The spool stays as it is."""
         self.receiver.stop(drain_s)
+        if self.puller is not None:
+            self.puller.stop(drain_s)
         self._stop.set()
         self._wake.set()
         for thread in self._threads:

@@ -6,15 +6,19 @@ last error), each written atomically and synced. A new ``Outbox`` on the same fo
 whatever was pending.
 
 A sender thread delivers due items with C-STORE (``dicomnode.storescu``), one association per
-destination and pass. While the destination is down (no connection, the association refused
-or aborted) an item waits ``initial_s``, doubled after each failed try up to ``max_s``, and is
-kept forever. A transient DIMSE failure is retried the same way up to ``max_refusals`` times;
-any other failure status, or a SOP class the destination turns down, is a permanent refusal:
-recorded with its reason, not retried. A delivered item's payload is deleted, its record kept.
-The item id derives from the SOP Instance UID: putting the same object again replaces the
-item, and a resend is harmless (same UIDs: the PACS keeps one copy). Without a destination
-(none configured yet) items are kept and not sent; an outbox opened later with a destination
-sends them there.
+destination and pass, or with STOW-RS (``dicomnode.dicomweb``), one request per batch, when
+the destination is a DICOMweb root (``stow_url``): instead of a DIMSE destination, or beside
+it (then each object is two items, one per destination, settled on their own). While the
+destination is down (no connection, the association refused or aborted, HTTP 401/403/408/
+429/5xx) an item waits ``initial_s``, doubled after each failed try up to ``max_s``, and is
+kept forever. A transient failure status (DIMSE status, or STOW-RS Failure Reason) is
+retried the same way up to ``max_refusals`` times; any other failure status, or a SOP class
+the destination turns down, is a permanent refusal: recorded with its reason, not retried.
+A delivered item's payload is deleted, its record kept. The item id derives from the SOP
+Instance UID (and the kind of destination): putting the same object again replaces the item,
+and a resend is harmless (same UIDs: the PACS keeps one copy). Without a destination (none
+configured yet) items are kept and not sent; an outbox opened later with a destination sends
+them there.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicomnode.audit import hash_uid
+from dicomnode.dicomweb import DicomWebClient, is_url
 from dicomnode.errors import DicomNodeError
 from dicomnode.outboxdisk import DELIVERED, PENDING, REFUSED, Item, ItemFolder, encode
 from dicomnode.settings import Destination, parse_destination
@@ -63,6 +68,8 @@ class Outbox:
         max_refusals: transient DIMSE failures an item may get before it is refused.
         salt: the salt of the hashed UIDs in the log (``dicomnode.audit.hash_uid``); a
             random one when not given.
+        stow_url: a DICOMweb root results also (or, without ``destination``, only) go to.
+        stow_token: the bearer token for ``stow_url``, if it asks for one.
         on_change: called with an item's new record after each put and settlement (for the
             audit log and the metrics), on the thread that made the change (``put``'s caller
             or the sender); it must not block.
@@ -79,9 +86,14 @@ class Outbox:
         max_refusals: int = 5,
         salt: str | None = None,
         on_change: Callable[[Item], None] | None = None,
+        stow_url: str | None = None,
+        stow_token: str | None = None,
     ) -> None:
         self.folder = folder
         self.destination = destination
+        self.stow_url = stow_url.rstrip("/") if stow_url else None
+        self.stow_token = stow_token
+        self._clients: dict[str, DicomWebClient] = {}
         self.calling_aet = calling_aet
         self.initial_s, self.max_s, self.timeout_s = initial_s, max_s, timeout_s
         self.max_refusals = max_refusals
@@ -93,17 +105,24 @@ class Outbox:
         self._thread: threading.Thread | None = None
         self.disk = ItemFolder(folder)
         self._items = self.disk.load()
-        if destination is not None:  # items put while no destination was set go there now
+        first = str(destination) if destination is not None else self.stow_url
+        if first:  # items put while no destination was set go there now
             for item in [i for i in self._items.values() if i.state == PENDING]:
                 if not item.destination:
-                    self._items[item.id] = replace(item, destination=str(destination))
+                    self._items[item.id] = replace(item, destination=first)
                     self.disk.save(self._items[item.id])
         pending = sum(i.state == PENDING for i in self._items.values())
         log.info("outbox %s: %d pending of %d records", folder, pending, len(self._items))
 
+    def destinations(self) -> list[str]:
+        """Where a new object goes: the DIMSE destination and the STOW-RS root, those set;
+        "" (kept until one is set) when neither is."""
+        found = [d for d in (str(self.destination or ""), self.stow_url or "") if d]
+        return found or [""]
+
     def put(self, obj: Dataset | Path, group: str | None = None) -> Item:
-        """Place one DICOM object (a dataset, or a DICOM file) durably in the outbox; it is
-        sent by the sender thread. Returns its record.
+        """Place one DICOM object (a dataset, or a DICOM file) durably in the outbox, one item
+        per destination; the sender thread sends them. Returns the first item's record.
 
         Raises:
             OutboxError: the object has no SOP Instance UID or cannot be read or written.
@@ -116,8 +135,15 @@ class Outbox:
             raise OutboxError(f"not a DICOM object the outbox can send: {e}") from e
         if not sop_uid or not sop_class:
             raise OutboxError("the object has no SOP Instance UID or SOP Class UID")
-        destination = str(self.destination or "")
-        item_id = hashlib.sha256(sop_uid.encode()).hexdigest()[:32]
+        items = [self._put(sop_uid, sop_class, d, group, data) for d in self.destinations()]
+        self._wake.set()
+        return items[0]
+
+    def _put(
+        self, sop_uid: str, sop_class: str, destination: str, group: str | None, data: bytes
+    ) -> Item:
+        kind = "stow\n" if is_url(destination) else ""  # one item per kind of destination
+        item_id = hashlib.sha256((kind + sop_uid).encode()).hexdigest()[:32]
         now = time.time()
         with self._lock:
             old = self._items.get(item_id)
@@ -132,7 +158,6 @@ class Outbox:
             self._items[item_id] = item
         log.info("outbox: %s queued for %s", hash_uid(sop_uid, self.salt), destination or "-")
         self._notify(item)
-        self._wake.set()
         return item
 
     # -- what it holds ---------------------------------------------------------------------
@@ -206,6 +231,15 @@ class Outbox:
         return settled
 
     def _send(self, destination: str, batch: list[Item]) -> int:
+        if is_url(destination):
+            client = self._clients.get(destination)
+            if client is None:
+                token = self.stow_token if destination == self.stow_url else None
+                client = DicomWebClient(destination, token, self.timeout_s)
+                self._clients[destination] = client
+            paths = [self.disk.payload(i.id) for i in batch]
+            outcomes = client.store(paths, [i.sop_instance_uid for i in batch])
+            return sum(self._settle(i, o) for i, o in zip(batch, outcomes, strict=True))
         try:
             address = parse_destination(destination)
         except ValueError as e:  # a record edited by hand: it can never be sent
@@ -299,6 +333,9 @@ class Outbox:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing is pending (True) or ``timeout_s`` passed (False)."""

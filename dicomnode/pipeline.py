@@ -72,7 +72,8 @@ class ResultPipeline:
 
 
 def open_outbox(settings: NodeSettings) -> Outbox:
-    """The node's outbox in its spool, sending to ``settings.destination`` (if set)."""
+    """The node's outbox in its spool, sending to ``settings.destination`` and
+    ``settings.dicomweb_destination`` (those set)."""
     secret = settings.audit_salt.get_secret_value() if settings.audit_salt else None
     return Outbox(
         settings.spool_dir / OUTBOX_FOLDER,
@@ -82,6 +83,8 @@ def open_outbox(settings: NodeSettings) -> Outbox:
         max_s=settings.send_retry_max_s,
         timeout_s=settings.network_timeout_s,
         salt=resolve_salt(settings.spool_dir, secret),
+        stow_url=settings.dicomweb_destination or None,
+        stow_token=settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None,
     )
 
 

@@ -118,6 +118,17 @@ class NodeSettings(BaseSettings):
     top_k: int = 3  # most suspicious slices: SR evidence and Secondary Captures
     send_retry_initial_s: float = 2.0  # outbox: first wait while the destination is down
     send_retry_max_s: float = 300.0  # outbox: longest wait between tries
+    # DICOMweb: a root (http(s)://host/dicom-web) results are STOWed to, instead of or beside
+    # DESTINATION; and the bearer token its server (and PULL_URL's) asks for, if any.
+    dicomweb_destination: str = ""
+    dicomweb_token: SecretStr | None = None
+    dicomweb_timeout_s: float = 60.0  # each DICOMweb request: connect, and each read
+    # Pull mode: a DICOMweb root polled with QIDO-RS for new CT series (empty: off), how often,
+    # and the first SeriesDate (YYYYMMDD) to look at when no watermark is kept yet (empty:
+    # the day the node first polls).
+    pull_url: str = ""
+    pull_interval_s: float = 30.0
+    pull_since: str = ""
 
     @field_validator("ae_title")
     @classmethod
@@ -128,6 +139,22 @@ class NodeSettings(BaseSettings):
     @classmethod
     def _destination(cls, value: str) -> str:
         return str(parse_destination(value)) if value.strip() else ""
+
+    @field_validator("dicomweb_destination", "pull_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r}: expected an http:// or https:// DICOMweb root")
+        return value
+
+    @field_validator("pull_since")
+    @classmethod
+    def _since(cls, value: str) -> str:
+        value = value.strip()
+        if value and not (len(value) == 8 and value.isdigit()):
+            raise ValueError(f"{value!r}: expected a date as YYYYMMDD")
+        return value
 
     @field_validator("allowed_ae_titles", mode="before")
     @classmethod
@@ -163,6 +190,8 @@ class NodeSettings(BaseSettings):
             "max_associations": self.max_associations,
             "max_stow_bytes": self.max_stow_bytes,
             "body_idle_timeout_s": self.body_idle_timeout_s,
+            "dicomweb_timeout_s": self.dicomweb_timeout_s,
+            "pull_interval_s": self.pull_interval_s,
             "process_attempts": self.process_attempts,
             "top_k": self.top_k,
         }

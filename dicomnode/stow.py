@@ -92,11 +92,13 @@ class StowIntake:
     Args:
         intake: the node's shared intake.
         study: the Study Instance UID of the path, if the request named one.
+        source: who sent the parts, for the record (pull mode: ``WADO-RS``).
     """
 
-    def __init__(self, intake: Intake, study: str | None = None) -> None:
+    def __init__(self, intake: Intake, study: str | None = None, source: str = SOURCE) -> None:
         self.intake = intake
         self.study = study
+        self.source = source
         self.response = StoreResponse()
 
     def part(self, part: Part) -> None:
@@ -105,7 +107,7 @@ class StowIntake:
         sop_class = str(ds.get("SOPClassUID", "")) if ds is not None else ""
         sop_uid = str(ds.get("SOPInstanceUID", "")) if ds is not None else ""
         if refusal is None and ds is not None:
-            refusal = self.intake.accept(ds, bytes(part.data), _syntax(ds), SOURCE)
+            refusal = self.intake.accept(ds, bytes(part.data), _syntax(ds), self.source)
         if refusal is None:
             self.response.stored.append((sop_class, sop_uid))
         else:
@@ -115,26 +117,27 @@ class StowIntake:
         refuse = self.intake.refuse
         if part.content_type not in ("", DICOM):
             reason = f"part of type {part.content_type!r}, not {DICOM}"
-            return None, refuse(SOURCE, None, CANNOT_UNDERSTAND, reason)
+            return None, refuse(self.source, None, CANNOT_UNDERSTAND, reason)
         try:
             ds = pydicom.dcmread(io.BytesIO(part.data), stop_before_pixels=part.too_large)
             syntax = _syntax(ds)
         except Exception as e:  # pydicom raises many kinds on garbage
             ds = None
             if not part.too_large:
-                return None, refuse(SOURCE, None, CANNOT_UNDERSTAND, "not a DICOM Part 10 file", e)
+                reason = "not a DICOM Part 10 file"
+                return None, refuse(self.source, None, CANNOT_UNDERSTAND, reason, e)
         if part.too_large:
             cap = self.intake.spool.max_instance_bytes
             reason = f"instance over the cap of {cap} bytes"
-            return ds, refuse(SOURCE, ds, OUT_OF_RESOURCES, reason)
+            return ds, refuse(self.source, ds, OUT_OF_RESOURCES, reason)
         assert ds is not None
         if syntax not in TRANSFER_SYNTAXES:
-            return ds, refuse(SOURCE, ds, TRANSFER_SYNTAX_NOT_SUPPORTED, "transfer syntax")
+            return ds, refuse(self.source, ds, TRANSFER_SYNTAX_NOT_SUPPORTED, "transfer syntax")
         if str(ds.get("SOPClassUID", "")) not in CT_SOP_CLASSES:
-            return ds, refuse(SOURCE, ds, SOP_CLASS_NOT_SUPPORTED, "not a CT image SOP class")
+            return ds, refuse(self.source, ds, SOP_CLASS_NOT_SUPPORTED, "not a CT image SOP class")
         if self.study is not None and str(ds.get("StudyInstanceUID", "")) != self.study:
-            reason = "StudyInstanceUID differs from the study in the path"
-            return ds, refuse(SOURCE, ds, DATASET_MISMATCH, reason)
+            reason = "StudyInstanceUID differs from the study asked for"
+            return ds, refuse(self.source, ds, DATASET_MISMATCH, reason)
         return ds, None
 
 

@@ -134,3 +134,84 @@ def test_a_series_from_the_scanner_comes_back_as_an_sr_and_heatmaps_in_its_study
         finally:
             node.stop(drain_s=5)
             outbox.stop()
+
+
+def _sr_content(pacs: Orthanc, study_uid: str, path: Path) -> pydicom.Dataset:
+    """The study's one SR, read back from Orthanc, then deleted there (the next path files it
+    again under the same UIDs)."""
+    [sr_id] = wait_for(lambda: pacs.wait_for_instances(study_uid, 1, 0, Modality="SR"), 900, 1.0)
+    path.write_bytes(pacs.instance_file(sr_id))
+    for orthanc_id in pacs.find("Instance", StudyInstanceUID=study_uid, Modality="SR"):
+        httpx.delete(f"{pacs.url}/instances/{orthanc_id}", timeout=30).raise_for_status()
+    return pydicom.dcmread(path)
+
+
+#: What differs between two filings of the same result: when it was made.
+WHEN = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime")
+
+
+def test_c_store_stow_rs_and_pull_file_the_same_sr_for_the_same_series(
+    server, tmp_path: Path
+) -> None:
+    """One series three ways, each into a node of its own: C-STORE in and out; STOW-RS in and
+    STOW-RS out; stored in the archive, pulled with QIDO-RS/WADO-RS and STOWed back. The SR
+    must be the same object with the same content (only its creation time differs)."""
+    from tests.dicomnode.test_dicomweb import dated_series
+
+    files = dated_series(tmp_path / "series", 20)
+    folder = files[0].parent
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    srs: dict[str, pydicom.Dataset] = {}
+    with (
+        running_gateway(GatewaySettings(triton_url=server.grpc_address)) as gateway,
+        running_orthanc(tmp_path / "pacs") as pacs,
+    ):
+        common = {"gateway_url": gateway, "top_k": 1}
+        ways = {
+            "c-store": {"destination": f"PACS@127.0.0.1:{pacs.dicom_port}"},
+            "stow-rs": {"dicomweb_destination": pacs.dicomweb_url, "api_key": "node-key"},
+            "pull": {
+                "dicomweb_destination": pacs.dicomweb_url,
+                "pull_url": pacs.dicomweb_url,
+                "pull_interval_s": 0.5,
+                "pull_since": "20261201",
+            },
+        }
+        for way, options in ways.items():
+            settings = node_settings(tmp_path / way, **common, **options)
+            outbox = open_outbox(settings).start()
+            node = build_node(settings, outbox)
+            if way == "pull":
+                for f in files:
+                    pacs.upload(f.read_bytes())
+            node.start(http=way == "stow-rs")
+            try:
+                if way == "c-store":
+                    assert storescu(node.receiver.port, folder).returncode == 0
+                elif way == "stow-rs":
+                    from dicomnode.multipart import encode_related
+
+                    assert node.http_server is not None
+                    content_type, body = encode_related(f.read_bytes() for f in files)
+                    r = httpx.post(
+                        f"http://127.0.0.1:{node.http_server.port}/dicomweb/studies/{study_uid}",
+                        content=body,
+                        headers={"Content-Type": content_type, "X-API-Key": "node-key"},
+                        timeout=120,
+                    )
+                    assert r.status_code == 200, r.text
+                srs[way] = _sr_content(pacs, study_uid, tmp_path / f"{way}.dcm")
+            finally:
+                node.stop(drain_s=5)
+                outbox.stop()
+    first = srs["c-store"]
+    for way, sr in srs.items():
+        assert sr.SOPInstanceUID == first.SOPInstanceUID, way
+        assert sr.SeriesInstanceUID == first.SeriesInstanceUID, way
+        differ = [
+            e.keyword
+            for e in first
+            if e.keyword not in WHEN and (e.tag not in sr or sr[e.tag] != e)
+        ]
+        assert differ == [], f"{way}: {differ}"
+        assert sorted(e.keyword for e in sr) == sorted(e.keyword for e in first), way
