@@ -29,6 +29,7 @@ from dicomnode.series import SelectionRules, Series, load_series, selection_reas
 from dicomnode.settings import NodeSettings
 from dicomnode.spool import Spool
 from dicomnode.status import NodeMetrics, status_document
+from dicomnode.viewer import ViewStore
 from dicomnode.web import WebServer, create_app
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Node:
         self.metrics.spool_bytes.set(self.spool.used_bytes)
         self.intake = Intake(self.spool, self.audit, self.metrics)
         self.receiver = Receiver(settings, self.intake)
+        self.views = ViewStore(settings.spool_dir, settings.view_keep_hours)
         self.http_server: WebServer | None = None
         self.puller = self._puller(settings)
         self._stop = threading.Event()
@@ -134,7 +136,7 @@ class Node:
         the worker."""
         self.receiver.start()
         if http:
-            app = create_app(self.settings, self.status, self.metrics, self.intake)
+            app = create_app(self.settings, self.status, self.metrics, self.intake, self.views)
             self.http_server = WebServer(self.settings.host, self.settings.http_port, app)
             self.http_server.start()
             logger.info("HTTP on http://%s:%d", self.settings.host, self.http_server.port)
@@ -303,7 +305,8 @@ class Node:
 
     def sweep(self) -> int:
         """Note deliveries (``delivery_state``), then delete the source instances of series
-        delivered (or skipped) ``keep_hours`` ago; returns how many series were purged."""
+        delivered (or skipped) ``keep_hours`` ago, and the viewer's copies older than
+        ``view_keep_hours``; returns how many series were purged."""
         keep_s = self.settings.keep_hours * 3600
         purged = 0
         for record in self.spool.records():
@@ -321,6 +324,7 @@ class Node:
                 self._audit("purged", record)
         if purged:
             self.metrics.spool_bytes.set(self.spool.used_bytes)
+        self.views.sweep()
         return purged
 
     def _poll_delivery(self, record: SeriesRecord) -> SeriesRecord:

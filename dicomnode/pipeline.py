@@ -6,7 +6,8 @@ gateway's study path (``dicomnode.inference``: one model version, the summary th
 computes), the verdict becomes a TID 1500 SR and heatmap Secondary Captures in the source
 study (``dicomnode.report``, ``dicomnode.capture``: UIDs derived from the source series and
 the model version, so a reprocessing files the same objects), and those go into the durable
-outbox, grouped by the series, for the sender to deliver. ``serve`` is ``covidct pacs serve``.
+outbox, grouped by the series, for the sender to deliver; the study viewer's copy is kept
+(``dicomnode.viewer``). ``serve`` is ``covidct pacs serve``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from dicomnode.capture import build_captures
 from dicomnode.inference import infer_series
 from dicomnode.node import Node, Outcome
 from dicomnode.outbox import Outbox
+from dicomnode.outboxdisk import encode
 from dicomnode.report import build_sr
 from dicomnode.series import Series
 from dicomnode.settings import NodeSettings
+from dicomnode.viewer import save_view
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,12 @@ class ResultPipeline:
             build_sr(headers, verdict, created=created),
             *build_captures(headers, verdict, created=created),
         ]
+        if s.view_keep_hours > 0:  # the viewer's copy counts as building
+            sr = results[0]
+            save_view(
+                s.spool_dir, series.series_uid, series.paths, headers, verdict, sr, encode(sr),
+                s.view_patient_data,
+            )  # fmt: skip
         built = time.perf_counter()
         for result in results:
             self.outbox.put(result, group=series.series_uid)

@@ -129,6 +129,11 @@ class NodeSettings(BaseSettings):
     pull_url: str = ""
     pull_interval_s: float = 30.0
     pull_since: str = ""
+    # Study viewer (/studies): hours a processed series' previews, heatmaps and SR are kept
+    # for it (0: none kept, the viewer lists nothing), and whether it shows the patient's
+    # name, ID and study date (off: not even stored).
+    view_keep_hours: float = 24.0
+    view_patient_data: bool = False
 
     @field_validator("ae_title")
     @classmethod
@@ -198,8 +203,10 @@ class NodeSettings(BaseSettings):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, not {value}")
-        if self.keep_hours < 0:
-            raise ValueError(f"keep_hours must not be negative, not {self.keep_hours}")
+        hours_settings = {"keep_hours": self.keep_hours, "view_keep_hours": self.view_keep_hours}
+        for name, hours in hours_settings.items():
+            if hours < 0:
+                raise ValueError(f"{name} must not be negative, not {hours}")
         return self
 
     def destination_address(self) -> Destination | None:

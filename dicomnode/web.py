@@ -1,11 +1,14 @@
-"""The node's HTTP port (``HTTP_PORT``): ``/status``, ``/metrics`` and DICOMweb STOW-RS in.
+"""The node's HTTP port (``HTTP_PORT``): ``/status``, ``/metrics``, DICOMweb STOW-RS in, and
+the study viewer (``/studies``).
 
 A FastAPI application served by uvicorn in a thread of the node's process (``WebServer``).
 Bodies pass the gateway's limits layer (``gateway.limits.BodyLimit``: a declared length over
 the cap is 413 before a byte is read, a streamed body is counted and stopped at the cap, a
-stalled one is 408); errors are the gateway's problem details. STOW-RS needs the node's API
-key (``COVIDCT_PACS_API_KEY``) in ``X-API-Key`` or as ``Authorization: Bearer``; ``/status``
-and ``/metrics`` carry no patient data and stay open, like the gateway's probes.
+stalled one is 408); errors are the gateway's problem details. STOW-RS and the viewer's data need
+the node's API key (``COVIDCT_PACS_API_KEY``) in ``X-API-Key`` or as ``Authorization:
+Bearer``; the viewer's page itself holds no data (its script asks for the key and sends it
+with each request), and ``/status`` and ``/metrics`` carry no patient data and stay open, like
+the gateway's probes.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydicom.uid import UID
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dicomnode.intake import Intake
 from dicomnode.multipart import MultipartError, Part, RelatedParser, UnsupportedMedia
@@ -32,7 +38,15 @@ from dicomnode.multipart import parse_content_type as parse_related_type
 from dicomnode.settings import NodeSettings
 from dicomnode.status import NodeMetrics
 from dicomnode.stow import StowIntake
-from gateway.errors import BadRequest, GatewayError, Unauthorized, problem_body
+from dicomnode.viewer import SR_FILE, ViewStore
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    HTTPProblem,
+    NotFound,
+    Unauthorized,
+    problem_body,
+)
 from gateway.errors import UnsupportedMediaType as UnsupportedMediaTypeError
 from gateway.limits import OTHER_BODY_BYTES, BodyLimit
 
@@ -40,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 STOW_PREFIX = "/dicomweb/studies"
 DICOM_JSON = "application/dicom+json"
+PAGE = Path(__file__).parent / "static" / "studies.html"
 
 
 def body_limit(settings: NodeSettings, path: str) -> int:
@@ -73,8 +88,11 @@ def create_app(
     status: Callable[[], dict[str, Any]],
     metrics: NodeMetrics,
     intake: Intake,
+    views: ViewStore | None = None,
 ) -> FastAPI:
-    """The node's HTTP application."""
+    """The node's HTTP application (``views``: the study viewer's data; None: an empty
+    viewer)."""
+    views = views or ViewStore(settings.spool_dir, settings.view_keep_hours)
     app = FastAPI(title="covidct DICOM node", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(
         BodyLimit,
@@ -92,6 +110,14 @@ def create_app(
             headers=error.headers,
             media_type="application/problem+json",
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _framework(request: Request, error: StarletteHTTPException) -> Response:
+        return await _problem(request, HTTPProblem(error.status_code, dict(error.headers or {})))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> Response:
+        return await _problem(request, BadRequest(f"malformed path or query: {error.errors()[:1]}"))
 
     @app.get("/status")
     def _status() -> Response:
@@ -111,7 +137,54 @@ def create_app(
             raise BadRequest(f"{study[:80]!r} in the path is not a valid Study Instance UID")
         return await stow(settings, intake, request, study)
 
+    add_viewer(app, settings, views)
     return app
+
+
+def add_viewer(app: FastAPI, settings: NodeSettings, views: ViewStore) -> None:
+    """``/studies``: the page (list and one series), and the data its script fetches."""
+
+    def found(path: Path | None, what: str) -> Path:
+        if path is None:
+            raise NotFound(f"no {what} kept for the viewer (unknown, or older than its hours)")
+        return path
+
+    @app.get("/studies/api/series")
+    def _series_list(request: Request) -> Response:
+        check_key(settings, request)
+        return JSONResponse(views.summaries())
+
+    @app.get("/studies/api/series/{key}")
+    def _series(request: Request, key: str) -> Response:
+        check_key(settings, request)
+        summary = views.summary(key)
+        if summary is None:
+            raise NotFound("no such series kept for the viewer (unknown, or older than its hours)")
+        return JSONResponse(summary)
+
+    @app.get("/studies/api/series/{key}/{kind}/{index}.png")
+    def _image(request: Request, key: str, kind: str, index: int) -> Response:
+        check_key(settings, request)
+        if kind not in ("slice", "heatmap"):
+            raise NotFound(f"no image kind {kind[:20]!r}; slice or heatmap")
+        path = found(views.file(key, f"{kind}-{index:04d}.png"), f"{kind} {index}")
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.get("/studies/api/series/{key}/sr.dcm")
+    def _sr(request: Request, key: str) -> Response:
+        check_key(settings, request)
+        path = found(views.file(key, SR_FILE), "SR")
+        return FileResponse(
+            path,
+            media_type="application/dicom",
+            filename="covidct-report.dcm",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.get("/studies")
+    @app.get("/studies/{key}")
+    def _page() -> Response:
+        return HTMLResponse(PAGE.read_text(), headers={"Cache-Control": "no-store"})
 
 
 async def stow(

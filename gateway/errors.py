@@ -40,6 +40,10 @@ class AdminDisabled(GatewayError):
     status, title = 403, "Admin endpoints disabled"
 
 
+class NotFound(GatewayError):
+    status, title = 404, "Not found"
+
+
 class VersionConflict(GatewayError):
     status, title = 409, "Version cannot be served"
 
