@@ -5,6 +5,7 @@ and nothing of training or export is here (nor SciPy: the body box never needed 
 import importlib.util
 import sys
 
+import dicomnode.pipeline  # noqa: F401  (the DICOM node: SCP, STOW-RS, viewer, SR, outbox)
 import gateway.app  # noqa: F401  (every route, settings, the Triton client)
 from covidct.config import DEFAULT_IMAGE_SIZE
 from covidct.preprocessing import NATIVE, preprocess_bytes

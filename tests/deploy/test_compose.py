@@ -2,7 +2,8 @@
 and started with the host-network override (deploy/compose.test.yml, every port on 127.0.0.1),
 answering real PNG and DICOM slices exactly as ``covidct serve`` does on the same repository,
 exporting metrics, taking a ``covidct redeploy`` under load without a failed request, and its
-containers running as non-root on read-only root filesystems.
+containers running as non-root on read-only root filesystems; with the ``pacs`` profile, a real
+CT series stored into the composed Orthanc comes back from the composed DICOM node as an SR.
 
 Needs a Docker daemon (DOCKER_HOST; ``make compose-test`` starts its own) and docker-compose.
 Images build on debootstrap bases (deploy/base-image.sh: the runtime base, and a build base
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -77,7 +79,7 @@ class Stack:
 def compose_cmd(*args: str) -> list[str | Path]:
     """docker-compose on the CPU profile with the test's host-network override."""
     files = ["-f", REPO / "docker-compose.yml", "-f", REPO / "deploy" / "compose.test.yml"]
-    return ["docker-compose", "-p", PROJECT, *files, "--profile", "cpu", *args]
+    return ["docker-compose", "-p", PROJECT, *files, "--profile", "cpu", "--profile", "pacs", *args]
 
 
 def fill_wheelhouse(env: dict[str, str]) -> None:
@@ -133,6 +135,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {**os.environ, "COVIDCT_IMAGE_TAG": TAG}
     if base:
         env["BASE_IMAGE"] = base
+        env["ORTHANC_BASE_IMAGE"] = os.environ.get(
+            "COVIDCT_COMPOSE_ORTHANC_BASE", "debian:bookworm-slim"
+        )
         env["BUILD_IMAGE"] = os.environ.get("COVIDCT_COMPOSE_BUILD_IMAGE", "python:3.11-bookworm")
     else:
         sh("bash", REPO / "deploy" / "base-image.sh", "covidct/base:bookworm", env=env)
@@ -141,6 +146,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         env.update(
             BASE_IMAGE="covidct/base:bookworm",
             BUILD_IMAGE="covidct/build:bookworm",
+            ORTHANC_BASE_IMAGE="covidct/base:bookworm",
             PIP_NO_INDEX="1",
         )
     timings["base image and wheels"] = time.perf_counter() - t0
@@ -155,8 +161,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env_file.write_text((REPO / ".env.example").read_text() + f"\nCOVIDCT_ADMIN_KEY={ADMIN}\n")
     ports = {
         n: free_port()
-        for n in ("TRITON_GRPC_PORT", "TRITON_HTTP_PORT", "TRITON_METRICS_PORT", "GATEWAY_PORT")
-    }
+        for n in (
+            "TRITON_GRPC_PORT", "TRITON_HTTP_PORT", "TRITON_METRICS_PORT", "GATEWAY_PORT",
+            "PACS_HTTP_PORT", "PACS_DICOM_PORT", "NODE_DICOM_PORT", "NODE_HTTP_PORT",
+        )
+    }  # fmt: skip
     env.update({k: str(v) for k, v in ports.items()})
     env.update(MODEL_REPOSITORY=str(repository), COVIDCT_ENV_FILE=str(env_file))
     s = Stack(
@@ -173,8 +182,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     timings["build"] = time.perf_counter() - started
     started = time.perf_counter()
     try:
-        s.compose("up", "-d")  # returns once triton-cpu is healthy (depends_on)
+        s.compose("up", "-d")  # returns once triton-cpu and pacs are healthy (depends_on)
         wait_ready(s.gateway, 120)
+        wait_answers(f"http://127.0.0.1:{ports['NODE_HTTP_PORT']}/status", 60)
         timings["up to ready"] = time.perf_counter() - started
         yield s
     finally:
@@ -189,6 +199,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             compose_cmd("down", "--timeout", "40"), capture_output=True, env=env, timeout=300
         )
         print(f"\ncompose test timings (s): { {k: round(v) for k, v in timings.items()} }")
+
+
+def wait_answers(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {timeout} s")
 
 
 def wait_ready(url: str, timeout: float) -> None:
@@ -356,9 +378,51 @@ def test_redeploy_against_the_composed_stack_fails_no_request(stack: Stack) -> N
     )
 
 
+def test_a_series_stored_in_the_composed_pacs_comes_back_from_the_node_as_an_sr(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """storescu (the scanner) -> the composed Orthanc -> its routing (route-ct.lua) -> the
+    composed node -> the gateway -> the SR and heatmaps back into the same study in Orthanc."""
+    import pydicom
+
+    from bench.pacs import fixture_series
+
+    real = real_data_dir() / "dicom-series" / "P001"
+    folder = real if real.is_dir() else fixture_series(tmp_path / "series", 24)
+    first = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
+    study = str(first.StudyInstanceUID)
+    pacs = f"http://127.0.0.1:{stack.env['PACS_HTTP_PORT']}"
+    started = time.perf_counter()
+    sh(
+        "storescu", "-xs", "-aet", "SCANNER", "-aec", "PACS", "+sd", "+r",
+        "127.0.0.1", stack.env["PACS_DICOM_PORT"], folder,
+    )  # fmt: skip
+    stored = time.perf_counter()
+
+    def find(modality: str) -> list[str]:
+        query = {"Level": "Instance", "Query": {"StudyInstanceUID": study, "Modality": modality}}
+        return list(httpx.post(f"{pacs}/tools/find", json=query, timeout=30).json())
+
+    deadline = time.monotonic() + 900
+    while not find("SR"):
+        assert time.monotonic() < deadline, stack.compose("logs", "--tail", "50", "covidct-node")
+        time.sleep(2)
+    [sr_id] = find("SR")
+    assert len(find("OT")) >= 1  # the heatmap Secondary Captures
+    sr_file = httpx.get(f"{pacs}/instances/{sr_id}/file", timeout=30).content
+    sr = pydicom.dcmread(io.BytesIO(sr_file))
+    assert str(sr.StudyInstanceUID) == study and "NOT FOR DIAGNOSTIC USE" in sr.SeriesDescription
+    status = httpx.get(f"http://127.0.0.1:{stack.env['NODE_HTTP_PORT']}/status", timeout=10)
+    assert status.json()["counts"].get("done") == 1
+    print(
+        f"\npacs profile: {len(list(folder.glob('*.dcm')))} instances stored in "
+        f"{stored - started:.1f} s, SR back in Orthanc {time.perf_counter() - stored:.1f} s later"
+    )
+
+
 def test_containers_run_unprivileged_on_read_only_roots(stack: Stack) -> None:
     sizes = {}
-    for service in ("gateway-cpu", "triton-cpu"):
+    for service in ("gateway-cpu", "triton-cpu", "covidct-node"):
         cid = stack.container(service)
         info = json.loads(sh("docker", "inspect", cid, env=stack.env))[0]
         assert info["Config"]["User"] == "10001:10001" and info["HostConfig"]["ReadonlyRootfs"], (
@@ -388,7 +452,7 @@ def test_down_removes_the_stack(stack: Stack) -> None:
 
 def test_every_profile_is_valid_compose() -> None:
     env = {**os.environ, "COVIDCT_ENV_FILE": str(REPO / ".env.example")}
-    for profile in ("gpu", "cpu", "monitoring"):
+    for profile in ("gpu", "cpu", "monitoring", "pacs"):
         sh(
             "docker-compose",
             "-f",
