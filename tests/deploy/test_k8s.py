@@ -42,8 +42,14 @@ def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
-#: Every kustomization rendered: the two overlays and the on-demand redeploy and training Jobs.
-RENDERED = [*(f"overlays/{p.name}" for p in sorted(OVERLAYS.iterdir())), "redeploy", "training"]
+#: Every kustomization rendered: the two overlays, the on-demand redeploy and training Jobs,
+#: and the DICOM node.
+RENDERED = [
+    *(f"overlays/{p.name}" for p in sorted(OVERLAYS.iterdir())),
+    "redeploy",
+    "training",
+    "dicom-node",
+]
 
 
 @pytest.fixture(scope="module", params=RENDERED)
@@ -61,6 +67,7 @@ def test_every_object_is_valid_for_the_kubernetes_api(overlay) -> None:
     expected = {
         "redeploy": {"Job"},
         "training": {"Job", "Service", "NetworkPolicy"},
+        "dicom-node": {"StatefulSet", "Service", "NetworkPolicy"},
     }.get(name, {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"})
     assert expected <= set(kinds), kinds
     for doc in docs:
@@ -224,3 +231,39 @@ def test_the_training_job_gives_each_pod_its_worker_from_the_completion_index() 
     (rule,) = policy["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": port}]
     assert rule["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "train"}
+
+
+def test_the_dicom_node_keeps_its_spool_on_its_own_volume_and_lets_in_only_pacs_and_clients() -> (
+    None
+):
+    docs = render("dicom-node")
+    (node,) = by_kind(docs, "StatefulSet").values()
+    spec = node["spec"]
+    assert spec["replicas"] == 1
+    services = by_kind(docs, "Service")
+    assert services[spec["serviceName"]]["spec"]["clusterIP"] == "None"
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["command"] == ["python", "-m", "dicomnode"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    (claim,) = spec["volumeClaimTemplates"]
+    assert mounts[env["COVIDCT_PACS_SPOOL_DIR"]] == claim["metadata"]["name"]
+    assert spec["template"]["spec"]["securityContext"]["fsGroup"] == 10001
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {
+        "dicom": int(env["COVIDCT_PACS_PORT"]),
+        "http": int(env["COVIDCT_PACS_HTTP_PORT"]),
+    }
+    served = {p["name"]: p["port"] for p in services["dicom-node"]["spec"]["ports"]}
+    assert served == ports
+    gateway = by_kind(render("overlays/cpu"), "Service")["gateway"]["spec"]["ports"][0]["port"]
+    assert env["COVIDCT_PACS_GATEWAY_URL"] == f"http://gateway:{gateway}"
+    (policy,) = by_kind(docs, "NetworkPolicy").values()
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "dicom-node"
+    rules = {r["ports"][0]["port"]: r["from"] for r in policy["spec"]["ingress"]}
+    assert set(rules) == {ports["dicom"], ports["http"]}
+    assert all("from" in r for r in policy["spec"]["ingress"]), "no port open to every pod"
+    labels = [f.get("podSelector", {}).get("matchLabels", {}) for f in rules[ports["dicom"]]]
+    assert {"covidct.io/pacs": "true"} in labels
+    clients = [f.get("podSelector", {}).get("matchLabels", {}) for f in rules[ports["http"]]]
+    assert {"covidct.io/client": "true"} in clients
