@@ -2,13 +2,13 @@
 the study viewer (``/studies``).
 
 A FastAPI application served by uvicorn in a thread of the node's process (``WebServer``).
-Bodies pass the gateway's limits layer (``gateway.limits.BodyLimit``: a declared length over
-the cap is 413 before a byte is read, a streamed body is counted and stopped at the cap, a
-stalled one is 408); errors are the gateway's problem details. STOW-RS and the viewer's data need
-the node's API key (``COVIDCT_PACS_API_KEY``) in ``X-API-Key`` or as ``Authorization:
-Bearer``; the viewer's page itself holds no data (its script asks for the key and sends it
-with each request), and ``/status`` and ``/metrics`` carry no patient data and stay open, like
-the gateway's probes.
+Bodies pass the limits layer the gateway uses too (``covidct.bodylimit``: a declared length
+over the cap is 413 before a byte is read, a streamed body is counted and stopped at the cap, a
+stalled one is 408); errors are problem details, as the gateway's (``covidct.problems``).
+STOW-RS and the viewer's data need the node's API key (``COVIDCT_PACS_API_KEY``) in
+``X-API-Key`` or as ``Authorization: Bearer``; the viewer's page itself holds no data (its
+script asks for the key and sends it with each request), and ``/status`` and ``/metrics``
+carry no patient data and stay open, like the gateway's probes.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from pydicom.uid import UID
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from covidct.bodylimit import OTHER_BODY_BYTES, BodyLimit
+from covidct.problems import BadRequest, HttpError, HTTPProblem, NotFound, problem_body
 from dicomnode.intake import Intake
 from dicomnode.multipart import MultipartError, Part, RelatedParser, UnsupportedMedia
 from dicomnode.multipart import parse_content_type as parse_related_type
@@ -39,18 +41,17 @@ from dicomnode.settings import NodeSettings
 from dicomnode.status import NodeMetrics
 from dicomnode.stow import StowIntake
 from dicomnode.viewer import SR_FILE, ViewStore
-from gateway.errors import (
-    BadRequest,
-    GatewayError,
-    HTTPProblem,
-    NotFound,
-    Unauthorized,
-    problem_body,
-)
-from gateway.errors import UnsupportedMediaType as UnsupportedMediaTypeError
-from gateway.limits import OTHER_BODY_BYTES, BodyLimit
 
 logger = logging.getLogger(__name__)
+
+
+class Unauthorized(HttpError):
+    status, title = 401, "Missing or wrong API key"
+
+
+class UnsupportedMediaTypeError(HttpError):
+    status, title = 415, "Unsupported media type"
+
 
 STOW_PREFIX = "/dicomweb/studies"
 DICOM_JSON = "application/dicom+json"
@@ -100,8 +101,8 @@ def create_app(
         idle_timeout_s=settings.body_idle_timeout_s,
     )
 
-    @app.exception_handler(GatewayError)
-    async def _problem(request: Request, error: GatewayError) -> Response:
+    @app.exception_handler(HttpError)
+    async def _problem(request: Request, error: HttpError) -> Response:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
         logger.info("%s %s: %d %s", request.method, request.url.path, error.status, error)
         return JSONResponse(

@@ -6,26 +6,19 @@ Every error answer is JSON problem details (RFC 9457): ``type``, ``title``, ``st
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import ClassVar
 
 from covidct import preprocessing as pp
-from covidct.errors import CovidctError
 
-
-class GatewayError(CovidctError):
-    """Base: ``status`` and ``title`` name the HTTP answer, the message is the detail."""
-
-    status = 500
-    title = "Internal error"
-
-    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.headers = headers or {}
-
-
-class BadRequest(GatewayError):
-    status, title = 400, "Malformed request"
+# The generic part lives in covidct.problems (the DICOM node's HTTP port answers the same way);
+# re-exported here, so the gateway has one module of errors.
+from covidct.problems import BadRequest as BadRequest
+from covidct.problems import HeadersTooLarge as HeadersTooLarge
+from covidct.problems import HttpError as GatewayError
+from covidct.problems import HTTPProblem as _HTTPProblem
+from covidct.problems import PayloadTooLarge as PayloadTooLarge
+from covidct.problems import RequestTimeout as RequestTimeout
+from covidct.problems import problem_body as problem_body
 
 
 class Unauthorized(GatewayError):
@@ -40,28 +33,12 @@ class AdminDisabled(GatewayError):
     status, title = 403, "Admin endpoints disabled"
 
 
-class NotFound(GatewayError):
-    status, title = 404, "Not found"
-
-
 class VersionConflict(GatewayError):
     status, title = 409, "Version cannot be served"
 
 
-class RequestTimeout(GatewayError):
-    status, title = 408, "Body not sent in time"
-
-
-class PayloadTooLarge(GatewayError):
-    status, title = 413, "Upload too large"
-
-
 class StudyTooLarge(PayloadTooLarge):
     """The study as a whole passed a cap: ends the study, unlike one slice's own fault."""
-
-
-class HeadersTooLarge(GatewayError):
-    status, title = 431, "Request headers too large"
 
 
 class UnsupportedMediaType(GatewayError):
@@ -91,30 +68,12 @@ class InferenceError(GatewayError):
     status, title = 502, "Inference server error"
 
 
-class HTTPProblem(GatewayError):
-    """An HTTP error raised by the framework (unknown route, wrong method, unparsable body),
-    answered in the same problem format and our own words."""
+class HTTPProblem(_HTTPProblem):
+    """The framework's errors in problem format; a 404 points at the API's description."""
 
     WORDS: ClassVar[dict[int, str]] = {
-        400: "the request body could not be parsed",
+        **_HTTPProblem.WORDS,
         404: "no such route; the API is described at /docs",
-        405: "this route does not take that method",
-    }
-
-    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
-        phrase = HTTPStatus(status).phrase if status in set(HTTPStatus) else "Error"
-        super().__init__(self.WORDS.get(status, phrase.lower()), headers)
-        self.status, self.title = status, phrase
-
-
-def problem_body(error: GatewayError, request_id: str) -> dict[str, object]:
-    """The problem-details document for ``error``: the one shape of every error answer."""
-    return {
-        "type": f"https://covidct.example/problems/{type(error).__name__}",
-        "title": error.title,
-        "status": error.status,
-        "detail": str(error),
-        "request_id": request_id,
     }
 
 
