@@ -76,3 +76,23 @@ def test_the_summary_takes_medians_of_paired_rounds_and_the_section_shows_them()
     assert "| node / Orthanc | 2.00 (range 1.00 to 4.00)x (target >= 0.8x) |" in section
     assert "| node / gateway | 1.50 (range 1.00 to 2.00)x (target <= 1.3x) |" in section
     assert "the real P001" in section
+
+
+def test_stow_rs_is_set_beside_c_store_round_by_round_and_the_pull_latency_reported() -> None:
+    receive = [
+        {"node": 1.0, "orthanc": 2.0, "stow": 0.5},
+        {"node": 2.0, "orthanc": 2.0, "stow": 4.0},
+        {"node": 1.0, "orthanc": 4.0, "stow": 1.0},
+    ]
+    parts = {"select_s": 0.1, "infer_s": 1.0, "build_s": 0.2, "queue_s": 0.0, "send_s": 0.1}
+    e2e = [{"end_to_end_s": 2.0, **parts}]
+    result = summarise(receive, e2e, [2.0], 100, "fixture", 2.0, pull=[5.0, 7.0, 6.0])
+    rec = result["receive"]
+    assert rec["stow_per_s"]["values"] == [200.0, 25.0, 100.0]
+    assert rec["stow_over_c_store"]["values"] == [2.0, 0.5, 1.0]  # per round, not of medians
+    assert result["pull"]["latency_s"]["median"] == 6.0
+    section = pacs_section(result)
+    assert "| STOW-RS / C-STORE into the node | 1.00 (range 0.50 to 2.00)x |" in section
+    assert "6.00 (range 5.00 to 7.00) s" in section
+    without = pacs_section(summarise(receive[:1], e2e, [2.0], 100, "fixture", 2.0))
+    assert "Pull mode" not in without
