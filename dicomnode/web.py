@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydicom.uid import UID
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from covidct.bodylimit import OTHER_BODY_BYTES, BodyLimit
 from covidct.problems import BadRequest, HttpError, HTTPProblem, NotFound, problem_body
@@ -224,6 +225,10 @@ async def stow(
     except MultipartError as e:
         kept = len(receiver.response.stored)
         raise BadRequest(f"{e}; {kept} instance(s) before the fault were stored") from e
+    except ClientDisconnect:  # nobody to answer; what was stored stays
+        kept = len(receiver.response.stored)
+        logger.warning("STOW-RS: the client went away after %d stored instance(s)", kept)
+        return Response(status_code=400)
     answer = receiver.response
     logger.info(
         "STOW-RS: %d stored, %d failed in %.2f s",
