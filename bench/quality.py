@@ -7,6 +7,11 @@ for the val and test slices once (``predictions.npz`` beside it) and the figures
 computed from those probabilities (bench/qualityreport.py): slices, scans and patients,
 every series rule, calibration before and after the temperature.
 
+The runs are not in git, their figures are: a run recorded in the previous ``result.json`` of
+the output folder (the same recipe options, the same seed) whose folder is gone is carried
+into the new result as recorded (and named so), not trained again; a run whose folder is
+there is always computed afresh.
+
 Recipes differ from the reference (``BASE`` + ``baseline``: the product's defaults before
 this benchmark, intensity augmentation 0.1 and class weights) in one choice each, so a row
 reads as the effect of that choice. Every option a recipe depends on is written out, so a
@@ -15,6 +20,7 @@ later change of the product's defaults does not change what a recipe name means.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -217,6 +223,29 @@ def _write_predictions(run: Path, data: Path, path: Path) -> None:
     save_predictions(path, spec, pool, splits, probs)
 
 
+def recorded_runs(out: Path, recipes: Iterable[Recipe]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The per-run figures of the previous ``out/result.json``, by (recipe, seed), for the
+    recipes whose options are the same now (a changed recipe's record no longer says what it
+    measures)."""
+    path = out / "result.json"
+    if not path.is_file():
+        return {}
+    try:
+        previous = json.loads(path.read_text())
+        options = {n: r["options"] for n, r in previous["recipes"].items()}
+        runs = previous["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s unreadable: no recorded runs carried", path)
+        return {}
+    same = {r.name for r in recipes if options.get(r.name) == r.train_options()}
+    return {
+        (name, int(f["seed"])): dict(f)
+        for name, figures in runs.items()
+        if name in same
+        for f in figures
+    }
+
+
 def run_quality_bench(
     data: Path,
     work: Path,
@@ -232,16 +261,24 @@ def run_quality_bench(
     Raises:
         BenchError: no run of the plan is finished (``train=False``).
     """
-    from bench.qualityreport import best_recipe, plots, quality_section, recipe_summary, run_figures
+    from bench.qualityreport import best_recipe, quality_section, recipe_summary, run_figures
     from bench.sweep import save
 
     started = time.perf_counter()
+    recorded = recorded_runs(out, dict.fromkeys(r for r, _ in plan))
+    carried = [
+        (r, s) for r, s in plan if not is_finished(run_dir(work, r, s)) and (r.name, s) in recorded
+    ]
     missing: list[str] = []
     if train:
-        train_runs(data, work, plan, jobs)
+        train_runs(data, work, [rs for rs in plan if rs not in carried], jobs)
     else:
-        missing = [f"{r.name} seed {s}" for r, s in plan if not is_finished(run_dir(work, r, s))]
-        plan = [(r, s) for r, s in plan if is_finished(run_dir(work, r, s))]
+        missing = [
+            f"{r.name} seed {s}"
+            for r, s in plan
+            if not is_finished(run_dir(work, r, s)) and (r, s) not in carried
+        ]
+        plan = [(r, s) for r, s in plan if is_finished(run_dir(work, r, s)) or (r, s) in carried]
         if not plan:
             raise BenchError(f"no finished run under {work}: run without --no-train first")
     figures: dict[str, list[dict[str, Any]]] = {}
@@ -249,17 +286,22 @@ def run_quality_bench(
     for recipe, seed in sorted(
         plan, key=lambda rs: ([r.name for r in RECIPES].index(rs[0].name), rs[1])
     ):
-        run = run_dir(work, recipe, seed)
-        p = predictions(run, data)
-        f = run_figures(p) | {"seed": seed}
+        if (recipe, seed) in carried:
+            f = recorded[(recipe.name, seed)] | {"seed": seed, "recorded": True}
+        else:
+            p = predictions(run_dir(work, recipe, seed), data)
+            f = run_figures(p) | {"seed": seed}
+            preds.setdefault(recipe.name, []).append(p)
         figures.setdefault(recipe.name, []).append(f)
-        preds.setdefault(recipe.name, []).append(p)
     summaries = {name: recipe_summary(runs) for name, runs in figures.items()}
     best = best_recipe(summaries)
     out.mkdir(parents=True, exist_ok=True)
-    pictures = plots(out, best, preds[best])
+    pictures = _pictures(out, best, preds.get(best, []), len(figures[best]))
     recipes = list(dict.fromkeys(r for r, _ in plan))
-    section = quality_section(data, recipes, summaries, figures, best, pictures, BASE, missing)
+    section = quality_section(
+        data, recipes, summaries, figures, best, pictures, BASE, missing,
+        [f"{r.name} seed {s}" for r, s in carried],
+    )  # fmt: skip
     save(
         out,
         "quality",
@@ -270,6 +312,7 @@ def run_quality_bench(
             "recipes": {r.name: {"what": r.what, "options": r.train_options()} for r in recipes},
             "jobs": jobs,
             "not_run": missing,
+            "carried": [f"{r.name} seed {s}" for r, s in carried],
             "best": best,
             "summaries": summaries,
             "runs": figures,
@@ -277,3 +320,16 @@ def run_quality_bench(
         },
     )
     return section
+
+
+def _pictures(out: Path, best: str, preds: list[dict[str, Any]], runs: int) -> list[Path]:
+    """The best recipe's plots, drawn from its runs' predictions when every run is here;
+    when some are only recorded, the plots of the sitting that had them all are kept."""
+    from bench.qualityreport import plots
+
+    kept = [out / f"{best}-{kind}.png" for kind in ("confusion", "roc", "reliability")]
+    if len(preds) < runs and all(p.is_file() for p in kept):
+        return kept
+    if not preds:
+        raise BenchError(f"no predictions of {best} to plot, and no plots of it kept in {out}")
+    return plots(out, best, preds)

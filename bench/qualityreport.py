@@ -229,6 +229,7 @@ def quality_section(
     pictures: Sequence[Path],
     base: Sequence[str],
     missing: Sequence[str] = (),
+    carried: Sequence[str] = (),
 ) -> str:
     """The BENCHMARKS.md section: what the data is, the recipes (each ``base`` plus its own
     options), the goals, the rules."""
@@ -272,6 +273,12 @@ def quality_section(
         + ".",
         "",
     ]
+    if carried:
+        lines += [
+            "Carried as recorded from an earlier sitting (their run folders are not kept; the "
+            f"figures are that sitting's): {', '.join(carried)}.",
+            "",
+        ]
     if missing:
         lines += [
             f"Not run in this sitting (the plan's runs that had not finished): "

@@ -139,3 +139,52 @@ def test_report_judges_the_quality_goals_of_the_best_recipe(tmp_path: Path) -> N
     rows = [t for t in targets(tmp_path) if t.what.startswith("Real CT")]
     assert [t.met for t in rows] == [True, True, False, True, None]
     assert rows[0].measured == "93.0%" and "`good`" in rows[0].what and "3 seeds" in rows[0].what
+
+
+def _finished(run: Path, preds: dict[str, np.ndarray]) -> None:
+    """A run folder that counts as finished, with its predictions written."""
+    (run / "saved_model").mkdir(parents=True)
+    (run / "saved_model" / "saved_model.pb").write_bytes(b"")
+    (run / "metrics.json").write_text("{}")
+    np.savez(run / "predictions.npz", **preds)
+
+
+def test_recorded_runs_are_carried_when_their_folders_are_gone(tmp_path: Path) -> None:
+    import json
+
+    from bench.quality import run_dir, run_quality_bench
+
+    work, out = tmp_path / "runs", tmp_path / "out"
+    baseline, nointensity, sampling = (
+        recipe_named(n) for n in ("baseline", "no-intensity", "sampling")
+    )
+    out.mkdir()
+    previous = {
+        "recipes": {
+            "baseline": {"options": baseline.train_options()},
+            "sampling": {"options": ["--balance", "something else then"]},
+        },
+        "runs": {
+            "baseline": [run_figures(_preds(s, 0.9)) | {"seed": s} for s in range(3)],
+            "sampling": [run_figures(_preds(0, 0.9)) | {"seed": 0}],
+        },
+    }
+    (out / "result.json").write_text(json.dumps(previous))
+    _finished(run_dir(work, nointensity, 0), _preds(5, 0.8))
+    plan = [(baseline, s) for s in range(3)] + [(nointensity, 0), (sampling, 0)]
+    with pytest.raises(BenchError, match="no predictions of baseline"):
+        run_quality_bench(tmp_path / "covidxct-128", work, plan, out, train=False)
+
+    for kind in ("confusion", "roc", "reliability"):  # the sitting that had them drew these
+        (out / f"baseline-{kind}.png").write_bytes(b"\x89PNG kept")
+    (out / "result.json").write_text(json.dumps(previous))
+    text = run_quality_bench(tmp_path / "covidxct-128", work, plan, out, train=False)
+    result = json.loads((out / "result.json").read_text())
+    assert result["carried"] == ["baseline seed 0", "baseline seed 1", "baseline seed 2"]
+    assert result["not_run"] == ["sampling seed 0"]  # its options changed: not carried
+    assert [r["seed"] for r in result["runs"]["baseline"]] == [0, 1, 2]
+    assert all(r["recorded"] for r in result["runs"]["baseline"])
+    assert "recorded" not in result["runs"]["no-intensity"][0]
+    assert result["best"] == "baseline"
+    assert (out / "baseline-roc.png").read_bytes() == b"\x89PNG kept"
+    assert "Carried as recorded from an earlier sitting" in text
