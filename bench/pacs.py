@@ -48,6 +48,7 @@ from dicomnode.settings import NodeSettings
 from serving.server import free_port
 
 ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 FIXTURE_SLICE = REPO / "tests" / "fixtures" / "dicom" / "normal002__IM0042.dcm"
 FIXTURE_DATE = "20261201"  # the fixture series' Study and Series Date (pull mode searches by it)
 PULL_INTERVAL_S = 1.0
@@ -121,13 +122,15 @@ def send(folder: Path, port: int, called_aet: str) -> float:
 
 @contextlib.contextmanager
 def running_orthanc(root: Path) -> Iterator[tuple[str, int]]:
-    """Orthanc on free loopback ports with its storage under ``root``: (REST URL, DICOM port)."""
+    """Orthanc (with its DICOMweb plugin) on free loopback ports with its storage under
+    ``root``: (REST URL, DICOM port)."""
     http_port, dicom_port = free_port(), free_port()
     (root / "storage").mkdir(parents=True, exist_ok=True)
     config = {
         "Name": PACS_AET, "StorageDirectory": str(root / "storage"),
         "IndexDirectory": str(root / "storage"), "HttpPort": http_port, "DicomPort": dicom_port,
         "DicomAet": PACS_AET, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "Plugins": [DICOMWEB_PLUGIN],  # pull mode's QIDO-RS and WADO-RS, the results' STOW-RS
     }  # fmt: skip
     (root / "orthanc.json").write_text(json.dumps(config))
     url = f"http://{LOCALHOST}:{http_port}"
