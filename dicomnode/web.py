@@ -104,7 +104,7 @@ def create_app(
 
     @app.exception_handler(HttpError)
     async def _problem(request: Request, error: HttpError) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        rid = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:16]
         logger.info("%s %s: %d %s", request.method, request.url.path, error.status, error)
         return JSONResponse(
             problem_body(error, rid),
@@ -136,7 +136,7 @@ def create_app(
     @app.post(STOW_PREFIX + "/{study}")
     async def _stow_study(request: Request, study: str) -> Response:
         if not UID(study).is_valid:
-            raise BadRequest(f"{study[:80]!r} in the path is not a valid Study Instance UID")
+            raise BadRequest("the Study Instance UID in the path is not a valid UID")
         return await stow(settings, intake, request, study)
 
     add_viewer(app, settings, views)

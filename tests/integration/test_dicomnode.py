@@ -171,12 +171,12 @@ def test_c_store_stow_rs_and_pull_file_the_same_sr_for_the_same_series(
 ) -> None:
     """One series three ways, each into a node of its own: C-STORE in and out; STOW-RS in and
     STOW-RS out; stored in the archive, pulled with QIDO-RS/WADO-RS and STOWed back. The SR
-    must be the same object with the same content (only its creation time differs)."""
-    from tests.dicomnode.test_dicomweb import dated_series
-
-    files = dated_series(tmp_path / "series", 20)
-    folder = files[0].parent
-    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    must be the same object with the same content (only its creation time differs). The
+    series is the real P001 when the real data is there, else the fixture series."""
+    folder = ct_series(tmp_path, 20)
+    files = sorted(folder.glob("*.dcm"))
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study_uid = str(first.StudyInstanceUID)
     srs: dict[str, pydicom.Dataset] = {}
     with (
         running_gateway(GatewaySettings(triton_url=server.grpc_address)) as gateway,
@@ -190,7 +190,7 @@ def test_c_store_stow_rs_and_pull_file_the_same_sr_for_the_same_series(
                 "dicomweb_destination": pacs.dicomweb_url,
                 "pull_url": pacs.dicomweb_url,
                 "pull_interval_s": 0.5,
-                "pull_since": "20261201",
+                "pull_since": str(first.SeriesDate),
             },
         }
         for way, options in ways.items():
