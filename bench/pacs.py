@@ -275,18 +275,21 @@ def breakdown(
     """The end-to-end seconds of one series and its parts, from the series' record
     (``last_received``, ``completed_at``, ``finished_at``: epoch seconds), the pipeline's
     ``timings`` and the SR's delivery time. The stable wait itself is left out; the watcher's
-    delay past it counts as selection."""
+    delay past it counts as selection. The viewer's copy is written after the results are
+    queued, while the outbox sends them: its time is reported, not part of the sum."""
     infer, build, queue = timings["infer_s"], timings["build_s"], timings["queue_s"]
+    view = timings.get("view_s", 0.0)
     total = sr_stored - record["last_received"] - stable_s
     processed = record["finished_at"] - record["completed_at"]
     return {
         "end_to_end_s": total,
         "select_s": record["completed_at"] - record["last_received"] - stable_s
-        + processed - infer - build - queue,
+        + processed - infer - build - queue - view,
         "infer_s": infer,
         "build_s": build,
         "queue_s": queue,
-        "send_s": sr_stored - record["finished_at"],
+        "send_s": sr_stored - record["finished_at"] + view,
+        "view_s": view,
     }  # fmt: skip
 
 
@@ -447,7 +450,9 @@ def pacs_section(r: dict[str, Any]) -> str:
         f"select and order {p['select_s']:.2f} (the watcher past the stable wait, the worker, "
         f"the spool), infer {p['infer_s']:.2f} (study path, model spec, heatmaps), "
         f"build SR and SC {p['build_s']:.2f}, queue in the outbox {p['queue_s']:.2f}, "
-        f"send to Orthanc {p['send_s']:.2f}.",
+        f"send to Orthanc {p['send_s']:.2f}"
+        + (f" (the viewer's copy, written meanwhile: {p['view_s']:.2f})" if "view_s" in p else "")
+        + ".",
         *(["", f"Pull mode, {len(r['pull']['latency_s']['values'])} rounds: the series stored in "
            "Orthanc, then a fresh node polling it (QIDO-RS every "
            f"{r['pull']['interval_s']:g} s, retrieved once two polls agree, WADO-RS, results "

@@ -96,3 +96,12 @@ def test_stow_rs_is_set_beside_c_store_round_by_round_and_the_pull_latency_repor
     assert "6.00 (range 5.00 to 7.00) s" in section
     without = pacs_section(summarise(receive[:1], e2e, [2.0], 100, "fixture", 2.0))
     assert "Pull mode" not in without
+
+
+def test_the_viewer_s_copy_is_reported_beside_the_parts_not_in_their_sum() -> None:
+    record = {"last_received": 100.0, "completed_at": 102.5, "finished_at": 113.0}
+    timings = {"infer_s": 6.0, "build_s": 0.8, "queue_s": 0.1, "view_s": 3.0}
+    parts = breakdown(record, timings, sr_stored=110.4, stable_s=2.0)  # stored while viewing
+    assert parts["view_s"] == 3.0 and parts["send_s"] == pytest.approx(0.4)
+    summed = sum(v for k, v in parts.items() if k not in ("end_to_end_s", "view_s"))
+    assert summed == pytest.approx(parts["end_to_end_s"]) == pytest.approx(8.4)
