@@ -217,6 +217,10 @@ def test_c_store_stow_rs_and_pull_file_the_same_sr_for_the_same_series(
                     )
                     assert r.status_code == 200, r.text
                 srs[way] = _sr_content(pacs, study_uid, tmp_path / f"{way}.dcm")
+                # the study viewer's copy of the series, written after the results were queued
+                [view] = wait_for(node.views.summaries, 60)
+                assert view["sr"]["sop_instance_uid"] == str(srs[way].SOPInstanceUID)
+                assert view["slice_count"] == len(files) and view["patient"] is None
             finally:
                 node.stop(drain_s=5)
                 outbox.stop()
