@@ -412,8 +412,11 @@ def test_a_series_stored_in_the_composed_pacs_comes_back_from_the_node_as_an_sr(
     sr_file = httpx.get(f"{pacs}/instances/{sr_id}/file", timeout=30).content
     sr = pydicom.dcmread(io.BytesIO(sr_file))
     assert str(sr.StudyInstanceUID) == study and "NOT FOR DIAGNOSTIC USE" in sr.SeriesDescription
-    status = httpx.get(f"http://127.0.0.1:{stack.env['NODE_HTTP_PORT']}/status", timeout=10)
-    assert status.json()["counts"].get("done") == 1
+    node = f"http://127.0.0.1:{stack.env['NODE_HTTP_PORT']}/status"
+    deadline = time.monotonic() + 120  # the viewer's copy is written after the results left
+    while httpx.get(node, timeout=10).json()["counts"] != {"done": 1}:
+        assert time.monotonic() < deadline, httpx.get(node, timeout=10).json()
+        time.sleep(1)
     print(
         f"\npacs profile: {len(list(folder.glob('*.dcm')))} instances stored in "
         f"{stored - started:.1f} s, SR back in Orthanc {time.perf_counter() - stored:.1f} s later"
