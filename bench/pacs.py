@@ -307,7 +307,13 @@ def end_to_end_round(
     try:
         send(folder, node.receiver.port, NODE_AET)
         deadline = time.monotonic() + stable_s + 900
-        while not (outbox.items() and outbox.wait_idle(0.1) and pipeline.timings):
+
+        def finished() -> bool:  # results delivered and the series' record closed
+            records = node.spool.records()
+            done = len(records) == 1 and records[0].finished_at is not None
+            return bool(done and outbox.items() and outbox.wait_idle(0.1) and pipeline.timings)
+
+        while not finished():
             if time.monotonic() > deadline:
                 raise BenchError(f"the series produced no delivered result: {node.status()}")
             time.sleep(0.1)
