@@ -12,9 +12,9 @@ and, per series on or after it, the count last seen and whether that count was r
 restart neither retrieves a series twice nor misses one; a series that grows in the archive
 is retrieved again (same SOP Instance UIDs: the spool replaces, the results keep their UIDs).
 The watermark moves to the earliest SeriesDate still waiting, else the latest retrieved, and
-series before it are forgotten. A malformed answer, an archive that does not answer in
-``DICOMWEB_TIMEOUT_S``, or a failed retrieval is logged and counted, and the next poll tries
-again; nothing half-retrieved is marked done.
+series before it are forgotten, as is a waiting series no longer listed (deleted). A malformed
+answer, an archive that does not answer in ``DICOMWEB_TIMEOUT_S``, or a failed retrieval is
+logged and counted, and the next poll tries again; nothing half-retrieved is marked done.
 """
 
 from __future__ import annotations
@@ -137,7 +137,14 @@ class Puller:
             DicomWebError: the search failed (nothing changed; the next poll tries again).
         """
         retrieved = 0
-        for series_uid, now in self.search():
+        found = self.search()
+        listed = {uid for uid, _ in found}
+        gone = [k for k, v in self.seen.items() if k not in listed and not v.retrieved]
+        for series_uid in gone:  # deleted from the archive before it was stable: forgotten
+            del self.seen[series_uid]
+        if gone:
+            self._save()
+        for series_uid, now in found:
             before = self.seen.get(series_uid)
             if before is not None and before.count == now.count:
                 if before.retrieved:

@@ -85,6 +85,7 @@ def test_pull_retrieves_a_series_once_it_is_stable_and_only_once(
     client = DicomWebClient(orthanc.dicomweb_url, timeout_s=10)
     puller = Puller(client, intake, state, "20261130", 1 << 26)
     assert puller.poll_once() == 0  # seen once: not yet known to be stable
+    assert len(puller.seen) == 1
     for f in files[3:]:
         orthanc.upload(f.read_bytes())  # it grew meanwhile
     assert puller.poll_once() == 0
@@ -247,3 +248,24 @@ def test_a_pulled_instance_is_checked_like_a_stowed_one(tmp_path: Path, orthanc:
     assert puller.poll_once() == 0 and puller.poll_once() == 1
     assert intake.spool.records()[0].instance_count == 1
     assert intake.metrics.instances_refused.labels("0x0122")._value.get() == 1
+
+
+def test_a_waiting_series_deleted_from_the_archive_is_forgotten(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    import httpx
+
+    files = dated_series(tmp_path / "s", 2)
+    orthanc.upload(files[0].read_bytes())
+    puller = Puller(
+        DicomWebClient(orthanc.dicomweb_url),
+        _intake(tmp_path),
+        tmp_path / "p.json",
+        "20261201",
+        1 << 26,
+    )
+    assert puller.poll_once() == 0 and len(puller.seen) == 1
+    for study in orthanc.get("/studies"):
+        httpx.delete(f"{orthanc.url}/studies/{study}", timeout=30).raise_for_status()
+    assert puller.poll_once() == 0 and puller.seen == {}
+    assert json.loads((tmp_path / "p.json").read_text())["series"] == {}
