@@ -19,7 +19,7 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 #: The node's DICOM port (11112: the registered DICOM port that needs no privileges).
 DICOM_PORT = 11112
-#: Status, metrics and DICOMweb STOW-RS.
+#: Status, metrics, DICOMweb STOW-RS and the study viewer.
 NODE_HTTP_PORT = 8090
 
 
@@ -103,7 +103,8 @@ class NodeSettings(BaseSettings):
     max_association_instances: int = 5000
     max_spool_bytes: int = 20 * GiB
     max_associations: int = 8
-    # HTTP port: the key STOW-RS requests must carry (X-API-Key or Bearer); unset: none.
+    # HTTP port: the key STOW-RS and the viewer's data ask for (X-API-Key or Bearer); unset:
+    # none asked.
     api_key: SecretStr | None = None
     max_stow_bytes: int = 4 * GiB  # one STOW-RS body (a whole series); parts as instances
     body_idle_timeout_s: float = 30.0  # a body that stalls this long is answered 408
