@@ -332,8 +332,9 @@ def test_gpu_script_fails_when_triton_never_becomes_ready(tmp_path: Path) -> Non
 
 @ci_group
 def test_bench_pacs_beside_orthanc_and_the_study_path(gateway_url: str, tmp_path: Path) -> None:
-    """One round of each: storescu into the node and into Orthanc, then a series through the
-    node into Orthanc beside the gateway's study path; every part measured."""
+    """One round of each: storescu into the node and into Orthanc and STOW-RS into the node,
+    then a series through the node into Orthanc beside the gateway's study path, and one pulled
+    from Orthanc; every part measured."""
     out = tmp_path / "pacs"
     args = ["--url", gateway_url, "--rounds", "1", "--e2e-rounds", "1", "--series", "fixture"]
     _ok(covidct("bench", "pacs", *args, "--slices", "20", "--stable-s", "1", "--out", out))
@@ -341,11 +342,13 @@ def test_bench_pacs_beside_orthanc_and_the_study_path(gateway_url: str, tmp_path
     assert result["instances"] == 20 and "fixture" in result["series"]
     assert result["receive"]["node_per_s"]["median"] > 0
     assert result["receive"]["orthanc_per_s"]["median"] > 0
+    assert result["receive"]["stow_per_s"]["median"] > 0  # STOW-RS into the node, same files
+    assert result["pull"]["latency_s"]["median"] > 1.0  # at least the node's stable wait
     e2e = result["end_to_end"]
     assert e2e["gateway_study_s"]["median"] > 0
     parts = e2e["parts_s"]
     assert parts["infer_s"] > 0 and parts["build_s"] > 0 and parts["send_s"] > 0
-    assert sum(v for k, v in parts.items() if k != "end_to_end_s") == pytest.approx(
-        parts["end_to_end_s"]
-    )
+    assert parts["view_s"] > 0  # the viewer's copy, written beside the send: not in the sum
+    summed = sum(v for k, v in parts.items() if k not in ("end_to_end_s", "view_s"))
+    assert summed == pytest.approx(parts["end_to_end_s"])
     assert "| node / Orthanc |" in (out / "section.md").read_text()
