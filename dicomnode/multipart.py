@@ -165,10 +165,11 @@ class RelatedParser:
         if part is None:
             return
         part.size += end - start
-        if part.too_large:
-            return
         if part.size > self.max_part_bytes:
             part.too_large = True  # keep the head only: the header names the instance
+        if part.too_large:
+            room = max(0, HEAD_BYTES - len(part.data))
+            part.data.extend(data[start : min(end, start + room)])
             del part.data[HEAD_BYTES:]
             return
         part.data.extend(data[start:end])

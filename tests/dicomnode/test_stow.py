@@ -200,3 +200,21 @@ def test_multipart_related_round_trips_in_any_chunking() -> None:
         parser.write(body[i : i + 7])
     parser.close()
     assert got == parts
+
+
+@pytest.mark.parametrize("chunk", [7, 4096, 1 << 22])
+def test_a_part_over_the_cap_keeps_its_head_however_the_body_is_chunked(
+    series: list[Path], chunk: int
+) -> None:
+    from dicomnode.multipart import HEAD_BYTES, RelatedParser, parse_content_type
+
+    data = series[0].read_bytes()
+    content_type, body = encode_related([data])
+    got = []
+    parser = RelatedParser(parse_content_type(content_type).boundary, got.append, 1000)
+    for i in range(0, len(body), chunk):
+        parser.write(body[i : i + chunk])
+    parser.close()
+    [part] = got
+    assert part.too_large and part.size == len(data)
+    assert bytes(part.data) == data[:HEAD_BYTES]
