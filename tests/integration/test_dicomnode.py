@@ -27,7 +27,7 @@ from serving.server import free_port
 from tests.dicomnode.orthanc import Orthanc, running_orthanc
 from tests.dicomnode.results_data import dciodvfy_errors
 from tests.dicomnode.scanner import NODE_AET, node_settings, storescu, wait_for
-from tests.dicomnode.series_data import ct_series
+from tests.dicomnode.series_data import ct_series, fixture_series
 from tests.integration.conftest import running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
@@ -172,8 +172,10 @@ def test_c_store_stow_rs_and_pull_file_the_same_sr_for_the_same_series(
     """One series three ways, each into a node of its own: C-STORE in and out; STOW-RS in and
     STOW-RS out; stored in the archive, pulled with QIDO-RS/WADO-RS and STOWed back. The SR
     must be the same object with the same content (only its creation time differs). The
-    series is the real P001 when the real data is there, else the fixture series."""
-    folder = ct_series(tmp_path, 20)
+    series is the fixture series (20 copies of a real slice, real header): the real P001 went
+    the three ways too (3 min here), too long for the suite's budget; the compose test and
+    ``covidct bench pacs`` send P001."""
+    folder = fixture_series(tmp_path / "series", 20)
     files = sorted(folder.glob("*.dcm"))
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     study_uid = str(first.StudyInstanceUID)
