@@ -337,7 +337,8 @@ def bench_pacs(
     out: ResultFolder = None,
 ) -> None:
     """The DICOM node: receive rate vs Orthanc, end to end vs the gateway's study path."""
-    from bench.pacs import pacs_section, run_pacs_bench, served_gateway
+    from bench.pacs import run_pacs_bench, served_gateway
+    from bench.pacsreport import pacs_section
 
     if url is None and repository is None:
         fail("give --url (a running gateway) or --repository (a model repository to serve)")

@@ -8,14 +8,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from bench.pacs import (
-    breakdown,
-    find_series,
-    fixture_series,
-    pacs_section,
-    storescu_command,
-    summarise,
-)
+from bench.pacs import find_series, fixture_series, storescu_command
+from bench.pacsreport import breakdown, pacs_section, summarise
 from bench.sweep import BenchError
 
 
