@@ -15,7 +15,9 @@ import numpy as np
 
 from covidct.config import ModelSpec
 from covidct.samples import reference_slices
+from export import convcache
 from export.onnx import (
+    OPSET,
     ExportError,
     check_parity,
     convert,
@@ -307,17 +309,24 @@ def _manifest(run: Path, spec: ModelSpec, serving: TritonOptions) -> dict[str, A
 def _convert_and_check(
     saved_model: Path, stage: Path, spec: ModelSpec, manifest: dict[str, Any]
 ) -> _Model:
-    """SavedModel to ``stage/model.onnx``, then parity with the SavedModel on the real slices
-    packaged with covidct (so it runs wherever export does); raises ExportError beyond it."""
+    """SavedModel to ``stage/model.onnx`` (or the conversion cached for the same SavedModel,
+    export/convcache.py), then parity with the SavedModel on the real slices packaged with
+    covidct (so it runs wherever export does); raises ExportError beyond it."""
     from training.run import SavedModelRunner
 
     onnx_path = stage / "model.onnx"
     t0 = time.perf_counter()
-    convert(saved_model, onnx_path, spec)
-    manifest["onnx_seconds"] = round(time.perf_counter() - t0, 1)
     files = reference_slices()
     images = slice_images(files, spec)
-    reference = SavedModelRunner(saved_model, spec)(images)
+    key = convcache.conversion_key(saved_model, spec, OPSET, files)
+    reference = convcache.fetch(key, onnx_path)  # converted before: its graph and its answers
+    cached = reference is not None
+    if reference is None:
+        convert(saved_model, onnx_path, spec)
+        reference = SavedModelRunner(saved_model, spec)(images)
+        convcache.store(key, onnx_path, reference)
+    manifest["onnx_seconds"] = round(time.perf_counter() - t0, 1)
+    manifest["onnx_cached"] = cached
     outputs = run_onnx(onnx_session(onnx_path), spec, images)
     manifest["parity"] = {
         **check_parity(reference, outputs, spec),

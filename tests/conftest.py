@@ -4,6 +4,8 @@ one synthetic COVIDx-CT folder per test session."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +22,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 settings.register_profile("ci", max_examples=120, derandomize=True)
 settings.register_profile("fuzz", max_examples=int(os.environ.get("COVIDCT_FUZZ_EXAMPLES", "5000")))
 settings.load_profile("fuzz" if os.environ.get("COVIDCT_FUZZ") else "ci")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One cache root for the whole session (both xdist workers inherit it), never the user's
+    ~/.cache/covidct: prepared data and ONNX conversions made by one test are reused by the
+    next (export/convcache.py), and nothing outlives the session. A worker sees it set already."""
+    if os.environ.get("COVIDCT_CACHE_DIR") or hasattr(config, "workerinput"):
+        return
+    root = tempfile.mkdtemp(prefix="covidct-test-cache-")
+    os.environ["COVIDCT_CACHE_DIR"] = root
+    config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +59,10 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for covidct subprocesses with a session-private prepared-cache root."""
-    return {**os.environ, "COVIDCT_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+def cache_env() -> dict[str, str]:
+    """Environment for covidct subprocesses, with the session's cache root (pytest_configure):
+    prepared data and conversions shared with every other test of the session."""
+    return dict(os.environ)
 
 
 @pytest.fixture(scope="session")

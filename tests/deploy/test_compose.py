@@ -99,7 +99,7 @@ def fill_wheelhouse(env: dict[str, str]) -> None:
 
 
 def small_run(tmp: Path) -> Path:
-    """A small real training run (DenseNet121 32², 1 epoch) with its data folder beside it."""
+    """A small real training run (TINY_TRAIN: VGG16 32², 1 epoch) with its data folder beside it."""
     reuse = os.environ.get("COVIDCT_TEST_CI_RUN")
     if reuse:
         return Path(reuse)

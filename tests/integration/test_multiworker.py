@@ -4,7 +4,7 @@ the non-chief is killed with SIGKILL in the middle of epoch 2, the launcher rest
 from the chief's last BackupAndRestore state, and the run finishes. Checked against a
 single-worker run of the same global batch on the same data: the same files (written by the
 chief alone), the batch split stated in train_config.json, and accuracy in the same band.
-DenseNet121 from scratch at 64², 3 epochs, 90 synthetic slices: a pipeline check, not a
+VGG16 from scratch at 64², 3 epochs, 90 synthetic slices: a pipeline check, not a
 model (both runs stay near chance after 3 epochs; the band is what is compared)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.cli_helpers import covidct
 # (test_overload's fast-503 bound failed once when they ran side by side).
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
-TRAIN = ["--backbone", "densenet121", "--image-size", "64", "--epochs", "3", "--weights", "none"]
+TRAIN = ["--backbone", "vgg16", "--image-size", "64", "--epochs", "3", "--weights", "none"]
 TRAIN += ["--patience", "5", "--seed", "3"]
 PER_WORKER_BATCH = 4
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,7 +146,7 @@ def test_default_export_falls_back_to_fp32_in_one_conversion(
     ci_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bf16 refused by its gate: ``export_auto`` writes OpenVINO fp32 from the model it has
-    already converted and parity-checked (tf2onnx runs once); an explicit bf16 export with the
+    already converted and parity-checked (once per export); an explicit bf16 export with the
     same refusal writes nothing. The gate is made to refuse, and bf16 allowed on any CPU (where
     the CPU has no bf16, OpenVINO compiles f32 for it): the flow is what is tested here."""
     from export import openvino, pipeline, quantize
@@ -156,15 +157,15 @@ def test_default_export_falls_back_to_fp32_in_one_conversion(
         raise GateError(f"{what} top-1 agreement with fp32 is 97.0% (< 99%)")
 
     conversions: list[Path] = []
-    convert = pipeline.convert
+    convert_and_check = pipeline._convert_and_check
 
-    def counted(saved_model: Path, out: Path, spec: ModelSpec) -> None:
-        conversions.append(out)
-        convert(saved_model, out, spec)
+    def counted(saved_model: Path, stage: Path, *args: Any) -> Any:
+        conversions.append(stage)
+        return convert_and_check(saved_model, stage, *args)
 
     monkeypatch.setattr(quantize, "judge_agreement", refuse)
     monkeypatch.setattr(openvino, "supports", lambda _precision: True)
-    monkeypatch.setattr(pipeline, "convert", counted)
+    monkeypatch.setattr(pipeline, "_convert_and_check", counted)
     repo = tmp_path / "models"
     with pytest.raises(GateError, match="OpenVINO bf16"):
         pipeline.export_run(ci_run, repo, TritonOptions(target="openvino", precision="bf16"))

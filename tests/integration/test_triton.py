@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import signal
 import socket
@@ -190,13 +191,25 @@ def test_int8_export_reports_agreement_and_speed(
 
 
 def test_gpu_targets_are_generated(ci_run: Path, tmp_path: Path) -> None:
+    """Both GPU targets from one run, through a cache of their own: the first converts, the
+    second reuses that conversion (export/convcache.py) and still checks parity itself."""
+    env = {**os.environ, "COVIDCT_CACHE_DIR": str(tmp_path / "cache")}
+    manifests = []
     for target in ("onnx-trt", "tensorrt-plan"):
         repo = tmp_path / target
-        result = covidct("export", "--run", ci_run, "--repository", repo, "--target", target)
+        result = covidct(
+            "export", "--run", ci_run, "--repository", repo, "--target", target, env=env
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         version = repo / "covidct" / "1"
         assert (version / "model.onnx").is_file()
         assert "KIND_GPU" in (repo / "covidct" / "config.pbtxt").read_text()
+        manifests.append(json.loads((version / "manifest.json").read_text()))
+    assert [m["onnx_cached"] for m in manifests] == [False, True]
+    assert manifests[0]["parity"] == manifests[1]["parity"]  # the same graph, checked again
+    assert manifests[1]["onnx_seconds"] < manifests[0]["onnx_seconds"]
+    onnx = [tmp_path / t / "covidct" / "1" / "model.onnx" for t in ("onnx-trt", "tensorrt-plan")]
+    assert onnx[0].read_bytes() == onnx[1].read_bytes()
     version = tmp_path / "tensorrt-plan" / "covidct" / "1"
     trt = json.loads((version / "manifest.json").read_text())["tensorrt"]
     assert trt["max_shape"] == [8, 64, 64, 1] and trt["precision"] == "fp16"
