@@ -63,7 +63,18 @@ def test_a_series_stowed_is_received_completed_and_processed_as_a_c_store_would_
         stored = [i[SOP_INSTANCE]["Value"][0] for i in answer[REFERENCED]["Value"]]
         expected = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in series]
         assert stored == expected and _failures(answer) == []
-        wait_for(lambda: recorder.calls, timeout=30)
+        try:
+            wait_for(
+                lambda: (
+                    recorder.calls and [r.state for r in node.spool.records()] == [SeriesState.DONE]
+                ),
+                timeout=30,
+            )
+        except AssertionError:  # say where the series stopped (it did once in a full run)
+            states = [(r.state, r.reason, r.instance_count) for r in node.spool.records()]
+            raise AssertionError(
+                f"processed {len(recorder.calls)} times; spool: {states}"
+            ) from None
         [record] = node.spool.records()
         assert record.state is SeriesState.DONE and record.instance_count == len(series)
         assert record.calling_aes == ["STOW-RS"]
