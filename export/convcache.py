@@ -4,10 +4,10 @@ kept by content.
 Converting DenseNet121 with tf2onnx takes about 30 s and loading the SavedModel for the parity
 check about 15 s; an export of a run already converted (another target, a rerun after a killed
 export, a redeploy's retry, INT8 after fp32) reuses both. The key is the sha256 of every file of
-the SavedModel, the ModelSpec, the opset, the converter's package versions and the reference slices'
-bytes, so
-a changed model, tool or slice converts again. The parity check itself still runs on every
-export: ONNX Runtime on the staged copy against the SavedModel's recorded answers.
+the SavedModel, the ModelSpec, the opset, the converter's package versions and the reference
+slices' bytes, so a changed model, spec, tool or slice converts again. The parity check itself
+still runs on every export: ONNX Runtime on the staged copy against the SavedModel's recorded
+answers.
 
 Entries live in ``<cache root>/onnx/<key>/`` (``$COVIDCT_CACHE_DIR``, else
 ``~/.cache/covidct``), are written whole or not at all (a folder renamed into place), and the
@@ -35,6 +35,7 @@ import numpy as np
 
 from covidct.config import ModelSpec
 from covidct.files import sha256_file
+from export.repository import sha256_tree
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,7 @@ def conversion_key(saved_model: Path, spec: ModelSpec, opset: int, slices: Seque
     preprocessed by the spec, and the ONNX tensors named after it."""
     parts = {
         "spec": spec.to_dict(),
-        "saved_model": {
-            str(p.relative_to(saved_model)): sha256_file(p)
-            for p in sorted(saved_model.rglob("*"))
-            if p.is_file()
-        },
+        "saved_model": sha256_tree(saved_model),
         "opset": opset,
         "tools": {t: _version(t) for t in TOOLS},
         "slices": [sha256_file(p) for p in slices],
