@@ -10,6 +10,7 @@ same thing where the covidct command line is not installed (the CPU Triton image
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -236,14 +237,27 @@ class TritonServer:
             return dict(json.loads(r.read()))
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)  # Triton drains in-flight requests
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # Triton drains in-flight requests
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.reap_group()
+
+    def reap_group(self) -> None:
+        """Kill what the exited server left in its process group. A tritonserver killed with
+        SIGKILL cannot stop its Python backend stubs; a stub polls for its parent and exits
+        by itself (within 0.5 s here, idle or mid-request), but one that hangs would live on,
+        orphaned, holding its shared memory, and a restart must not start beside it. The
+        server leads its own group (``start_new_session``), so the group is the server's."""
+        if self.process is None or self.process.poll() is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left in it
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -298,6 +312,7 @@ class Supervisor:
             process = self.server.process
             if process is None or process.poll() is None:
                 continue
+            self.server.reap_group()
             if time.monotonic() - up_since >= self.stable_s:
                 backoff = self.first_backoff_s
             _log.warning(

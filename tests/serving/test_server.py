@@ -64,18 +64,82 @@ def test_python_m_serving_says_why_it_cannot_start(tmp_path: Path) -> None:
     assert f"error: model repository {tmp_path / 'absent'} does not exist" in result.stdout
 
 
+ECHO_CONFIG = """name: "echo"
+backend: "python"
+max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+ECHO_MODEL = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]
+            )
+            for r in requests
+        ]
+"""
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes of the process group ``pgid`` (zombies excluded)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def test_what_a_killed_server_leaves_in_its_group_is_killed() -> None:
+    """A child that does not notice its parent's death (here a shell's background sleep,
+    standing for a hung backend stub) is killed by ``reap_group``, and by ``stop()``."""
+    import os
+    import signal
+    import time
+
+    for finish in ("reap_group", "stop"):
+        server = TritonServer(Path("/models"))
+        server.process = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], start_new_session=True)
+        leader = server.process.pid
+        deadline = time.monotonic() + 10
+        while len(_group(leader)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_group(leader)) == 2
+        os.kill(leader, signal.SIGKILL)
+        server.process.wait()
+        assert len(_group(leader)) == 1  # the orphan
+        getattr(server, finish)()
+        deadline = time.monotonic() + 10
+        while _group(leader) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _group(leader) == [], finish
+
+
 @pytest.mark.integration
 def test_a_restarted_server_is_stopped_gracefully_not_killed(tmp_path: Path) -> None:
     """The supervisor's watcher thread is the parent-death anchor of the servers it restarts:
     stop() must SIGTERM such a server (exit 0) before the thread ends, not leave the thread's
-    end to SIGKILL it."""
+    end to SIGKILL it. A server killed with SIGKILL leaves nothing behind: its Python backend
+    stub (a process of its group that the dead server cannot stop) is killed before the
+    restart."""
     import os
     import signal
     import time
 
     from serving.server import Supervisor, free_port
 
-    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "echo" / "1").mkdir(parents=True)
+    (tmp_path / "models" / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
+    (tmp_path / "models" / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
     server = TritonServer(
         tmp_path / "models", free_port(), free_port(), free_port(), log_file=tmp_path / "t.log"
     )
@@ -85,11 +149,16 @@ def test_a_restarted_server_is_stopped_gracefully_not_killed(tmp_path: Path) -> 
     try:
         assert server.process is not None
         first = server.process.pid
+        assert len(_group(first)) >= 2, "no Python backend stub beside the server"
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 60
         while supervisor.restarts < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert supervisor.restarts == 1 and server.process.pid != first
+        assert _group(first) == [], "the killed server's stub outlived it"
+        second = server.process.pid
+        assert server.model_ready("echo")
     finally:
         supervisor.stop()
     assert server.process.returncode == 0, f"restarted server ended by {server.process.returncode}"
+    assert _group(second) == [], "the stopped server left processes behind"
