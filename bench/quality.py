@@ -137,8 +137,8 @@ def train_runs(
 
     With ``jobs`` > 1 each process gets ``cores / jobs`` TensorFlow threads: on 2 cores two
     one-thread trainings use the cores better than one two-thread training of small
-    convolutions (DenseNet121 at 64x64: 73-80 s an epoch each side by side, against 49 s for
-    one run alone with both threads: 1.2-1.3x the work done).
+    convolutions (DenseNet121 at 64x64 on an AVX-512 EPYC: 73-80 s an epoch each side by side,
+    against 49 s for one run alone with both threads: 1.2-1.3x the work done).
 
     Raises:
         BenchError: a training run failed (its log is named).

@@ -248,8 +248,8 @@ def quality_section(
         "patient accuracy by 3 points.",
         "",
         f"Every recipe: `covidct train {' '.join(base)}` plus its own options, one process per "
-        "run on this machine's CPU (see the top), two at a time with one thread each (70-80 s an "
-        "epoch each for DenseNet121 at 64x64 on quiet cores; no training times are tabled, "
+        "run on this machine's CPU (see the top), two at a time with one thread each (the "
+        "epoch times of each sitting are in its reading below; no training times are tabled, "
         "since runs shared the cores with other work); the table gives the median over seeds and, "
         "in brackets, the range. Test figures are the calibrated model's (as served); ECE is "
         "top-label ECE on the test slices before -> after the temperature fitted on val. The "
