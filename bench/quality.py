@@ -14,7 +14,8 @@ there is always computed afresh.
 
 Recipes differ from the reference (``BASE`` + ``baseline``: the product's defaults before
 this benchmark, intensity augmentation 0.1 and class weights) in one choice each, so a row
-reads as the effect of that choice. Every option a recipe depends on is written out, so a
+reads as the effect of that choice; ``sampling-no-intensity`` joins the two choices that did
+best alone (the product's defaults since). Every option a recipe depends on is written out, so a
 later change of the product's defaults does not change what a recipe name means.
 """
 
@@ -93,6 +94,11 @@ RECIPES: tuple[Recipe, ...] = (
         "sampling", "class-balanced sampling instead of class weights", ("--balance", "sampling")
     ),
     Recipe("no-balance", "no class balancing", ("--balance", "none")),
+    Recipe(
+        "sampling-no-intensity",
+        "class-balanced sampling, no brightness/contrast augmentation",
+        ("--balance", "sampling", "--brightness", "0", "--contrast", "0"),
+    ),
     Recipe("epochs-20", "20 epochs (cosine schedule over 20)", ("--epochs", "20")),
     Recipe("densenet201", "DenseNet201 backbone", ("--backbone", "densenet201")),
     Recipe("size-128", "input 128x128", ("--image-size", "128")),

@@ -288,7 +288,7 @@ def bench_quality(
     ),
     recipes: Annotated[
         str, typer.Option(help="Recipes trained with every seed (bench/quality.py RECIPES).")
-    ] = "baseline,no-intensity,sampling,no-balance",
+    ] = "baseline,no-intensity,sampling,no-balance,sampling-no-intensity",
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
     one_seed: Annotated[
         str, typer.Option(help="Recipes trained with the first seed only (costlier ones).")

@@ -28,6 +28,8 @@ CI_TRAIN = [
     "0",
     "--contrast",
     "0",
+    "--balance",  # pinned: the thresholds were measured with class weights
+    "class-weights",
     "--seed",
     "0",
 ]
@@ -51,6 +53,8 @@ REAL_TRAIN = [
     "0",
     "--contrast",
     "0",
+    "--balance",  # pinned: the thresholds were measured with class weights
+    "class-weights",
     "--seed",
     "0",
 ]

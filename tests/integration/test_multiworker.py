@@ -28,7 +28,10 @@ from tests.cli_helpers import covidct
 # (test_overload's fast-503 bound failed once when they ran side by side).
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
+#: Class weights, not the default sampling: one pass over the index per epoch, the equivalence
+#: this test measures (sampling's sharding is in tests/training/test_data.py).
 TRAIN = ["--backbone", "vgg16", "--image-size", "64", "--epochs", "3", "--weights", "none"]
+TRAIN += ["--balance", "class-weights"]
 TRAIN += ["--patience", "5", "--seed", "3"]
 PER_WORKER_BATCH = 4
 
