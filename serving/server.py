@@ -244,7 +244,7 @@ class TritonServer:
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.kill()  # the rest of its group goes with reap_group
                 self.process.wait()
         self.reap_group()
 

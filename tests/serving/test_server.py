@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from serving.server import STDOUT, TritonServer
+from tests.dicomnode.scanner import wait_for
 
 
 @pytest.mark.parametrize(
@@ -99,29 +100,22 @@ def _group(pgid: int) -> list[int]:
     return members
 
 
-def test_what_a_killed_server_leaves_in_its_group_is_killed() -> None:
+@pytest.mark.parametrize("finish", ["reap_group", "stop"])
+def test_what_a_killed_server_leaves_in_its_group_is_killed(finish: str) -> None:
     """A child that does not notice its parent's death (here a shell's background sleep,
     standing for a hung backend stub) is killed by ``reap_group``, and by ``stop()``."""
     import os
     import signal
-    import time
 
-    for finish in ("reap_group", "stop"):
-        server = TritonServer(Path("/models"))
-        server.process = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], start_new_session=True)
-        leader = server.process.pid
-        deadline = time.monotonic() + 10
-        while len(_group(leader)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(_group(leader)) == 2
-        os.kill(leader, signal.SIGKILL)
-        server.process.wait()
-        assert len(_group(leader)) == 1  # the orphan
-        getattr(server, finish)()
-        deadline = time.monotonic() + 10
-        while _group(leader) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _group(leader) == [], finish
+    server = TritonServer(Path("/models"))
+    server.process = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], start_new_session=True)
+    leader = server.process.pid
+    wait_for(lambda: len(_group(leader)) == 2, timeout=10)
+    os.kill(leader, signal.SIGKILL)
+    server.process.wait()
+    assert len(_group(leader)) == 1  # the orphan
+    getattr(server, finish)()
+    wait_for(lambda: _group(leader) == [], timeout=10)
 
 
 @pytest.mark.integration
