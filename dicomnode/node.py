@@ -12,6 +12,7 @@ those in progress finish, and keeps the spool.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -19,8 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from covidct.addresses import host_port
 from dicomnode.audit import AuditLog, resolve_salt
 from dicomnode.dicomweb import DicomWebClient
+from dicomnode.errors import DicomNodeError
 from dicomnode.intake import Intake
 from dicomnode.pull import Puller
 from dicomnode.records import SeriesRecord, SeriesState, series_key
@@ -59,6 +62,13 @@ class Outcome:
 
 #: Turns one complete, selected series into results; raising marks the attempt failed.
 Process = Callable[[Series], Outcome | None]
+
+
+def _listen_error(what: str, host: str, port: int, setting: str, e: OSError) -> DicomNodeError:
+    reason = "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+    return DicomNodeError(
+        f"cannot listen for {what} on {host_port(host, port)}: {reason} (set {setting})"
+    )
 
 
 class Node:
@@ -133,11 +143,25 @@ class Node:
 
     def start(self, *, http: bool = True) -> None:
         """Listen for DICOM (and HTTP: status, metrics, STOW-RS), and start the watcher and
-        the worker."""
-        self.receiver.start()
+        the worker.
+
+        Raises:
+            DicomNodeError: a port cannot be listened on (in use, not allowed); the port and
+                its setting are named, and nothing this call started keeps listening.
+        """
+        host = self.settings.host
+        try:
+            self.receiver.start()
+        except OSError as e:
+            raise _listen_error("DICOM", host, self.settings.port, "COVIDCT_PACS_PORT", e) from e
         if http:
             app = create_app(self.settings, self.status, self.metrics, self.intake, self.views)
-            self.http_server = WebServer(self.settings.host, self.settings.http_port, app)
+            try:
+                self.http_server = WebServer(host, self.settings.http_port, app)
+            except OSError as e:
+                self.receiver.stop(0)
+                port = self.settings.http_port
+                raise _listen_error("HTTP", host, port, "COVIDCT_PACS_HTTP_PORT", e) from e
             self.http_server.start()
             logger.info("HTTP on http://%s:%d", self.settings.host, self.http_server.port)
         if self.puller is not None:

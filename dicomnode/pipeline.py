@@ -117,7 +117,11 @@ def serve(settings: NodeSettings) -> None:
         signal.signal(sig, lambda *_: stopping.set())
     outbox = open_outbox(settings).start()
     node = build_node(settings, outbox)
-    node.start()
+    try:
+        node.start()
+    except BaseException:
+        outbox.stop()
+        raise
     try:
         while not stopping.wait(1.0):
             pass

@@ -10,6 +10,7 @@ same thing where the covidct command line is not installed (the CPU Triton image
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -72,10 +74,24 @@ def server_env() -> dict[str, str]:
     }
 
 
+_recent_ports: collections.deque[int] = collections.deque(maxlen=1024)
+_recent_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, and none of the last 1,024 this process was given.
+
+    The kernel may hand a just-closed port out again at once, so several calls in a row (the
+    ports of one Triton, one composed stack) could otherwise name the same port twice.
+    """
+    with _recent_ports_lock:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _recent_ports:
+                _recent_ports.append(port)
+                return port
 
 
 def port_in_use(port: int, address: str = "127.0.0.1") -> bool:

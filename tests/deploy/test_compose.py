@@ -181,12 +181,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s.compose("build", "--force-rm")
     timings["build"] = time.perf_counter() - started
     started = time.perf_counter()
+    up = False
     try:
         s.compose("down", "-v", "--timeout", "10")  # what a crashed run left (volumes too)
         s.compose("up", "-d")  # returns once triton-cpu and pacs are healthy (depends_on)
         wait_ready(s.gateway, 120)
         wait_answers(f"http://127.0.0.1:{ports['NODE_HTTP_PORT']}/status", 60)
         timings["up to ready"] = time.perf_counter() - started
+        up = True
         yield s
     finally:
         logs = subprocess.run(
@@ -196,6 +198,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             env=env,
         )
         (tmp / "compose.log").write_text(logs.stdout + logs.stderr)
+        if not up:  # pytest shows a failed setup's output: each service's last lines
+            tail = subprocess.run(
+                compose_cmd("logs", "--no-color", "--tail", "30"),
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            print(f"the stack did not come up; its last log lines:\n{tail.stdout}{tail.stderr}")
         subprocess.run(
             compose_cmd("down", "-v", "--timeout", "40"),  # volumes too: the next run starts clean
             capture_output=True,

@@ -165,6 +165,55 @@ def test_delivery_reported_later_starts_the_keep_hours_clock(tmp_path: Path) -> 
     assert events(node)[-2:] == ["delivery", "purged"]
 
 
+@pytest.mark.parametrize("busy", ["port", "http_port"])
+def test_a_port_in_use_exits_2_naming_the_port_and_its_setting(tmp_path: Path, busy: str) -> None:
+    """``python -m dicomnode`` (the image's entry point) with its DICOM or HTTP port held by
+    another process: exit 2 with the port and its setting named, not a traceback."""
+    import socket
+
+    ports = {"port": free_port(), "http_port": free_port()}
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", ports[busy]))
+    holder.listen()
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+        "COVIDCT_PACS_HOST": "127.0.0.1",
+        "COVIDCT_PACS_PORT": str(ports["port"]),
+        "COVIDCT_PACS_HTTP_PORT": str(ports["http_port"]),
+        "COVIDCT_PACS_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    with holder:
+        done = subprocess.run(
+            [sys.executable, "-m", "dicomnode"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    setting = {"port": "COVIDCT_PACS_PORT", "http_port": "COVIDCT_PACS_HTTP_PORT"}[busy]
+    assert done.returncode == 2, done.stderr
+    assert f"127.0.0.1:{ports[busy]}: in use (set {setting})" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_node_whose_http_port_is_taken_stops_listening_for_dicom(tmp_path: Path) -> None:
+    import socket
+
+    from dicomnode.errors import DicomNodeError
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        node = Node(node_settings(tmp_path, port=free_port(), http_port=taken), Recorder())
+        with pytest.raises(DicomNodeError, match=f":{taken}: in use"):
+            node.start()
+    assert echoscu(node.settings.port).returncode != 0  # the receiver was stopped
+
+
 @pytest.mark.slow
 def test_sigterm_lets_the_association_in_progress_finish_and_keeps_the_spool(
     tmp_path: Path,

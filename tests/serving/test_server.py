@@ -156,3 +156,32 @@ def test_a_restarted_server_is_stopped_gracefully_not_killed(tmp_path: Path) -> 
         supervisor.stop()
     assert server.process.returncode == 0, f"restarted server ended by {server.process.returncode}"
     assert _group(second) == [], "the stopped server left processes behind"
+
+
+def test_free_port_never_names_a_recent_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may give a just-closed port out again at once (a composed stack once got
+    the same port for Triton's HTTP and the node's HTTP): ``free_port`` asks again."""
+    import collections
+    import types
+
+    import serving.server as server_module
+
+    given = iter([41000, 41001, 41000, 41000, 41002])
+
+    class Socket:
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(given)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(server_module, "socket", types.SimpleNamespace(socket=Socket))
+    monkeypatch.setattr(server_module, "_recent_ports", collections.deque(maxlen=1024))
+    ports = [server_module.free_port() for _ in range(3)]
+    assert ports == [41000, 41001, 41002]
