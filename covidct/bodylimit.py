@@ -7,6 +7,10 @@ over the limit is answered 413 before the body is read (a client sending ``Expec
 without a length (chunked) or longer than it said is counted while it streams and stopped with
 413 at the limit. A client that stalls mid-body for ``idle_timeout_s`` gets 408, so a slow
 sender cannot hold a slot for ever. Headers past ``MAX_HEADER_BYTES`` in all are 431.
+
+Before a 413 closes the connection, what the client is still sending is read and dropped, up to
+``DRAIN_BYTES`` and ``DRAIN_S`` (not when it waits for ``100 Continue``): a socket closed with
+unread bytes is reset (TCP RST), and a reset client loses the answer that says why.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 OTHER_BODY_BYTES = 1024 * 1024
 #: Every header name and value together; browsers and DICOMweb clients send a few kB.
 MAX_HEADER_BYTES = 32 * 1024
+#: The most of a refused body read and dropped before the 413 closes the connection.
+DRAIN_BYTES = 64 * 1024 * 1024
+#: The longest that takes.
+DRAIN_S = 5.0
 
 
 class BodyLimit:
@@ -73,7 +81,9 @@ class BodyLimit:
         if declared:
             refused = _check_declared(declared, limit)
             if refused is not None:
-                await _answer(scope, send, refused)
+                waits = any(k.lower() == b"expect" for k, _ in scope["headers"])
+                drain = receive if isinstance(refused, PayloadTooLarge) and not waits else None
+                await _answer(scope, send, refused, drain)
                 return
         received = 0
         body_done = False
@@ -93,6 +103,8 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    if message.get("more_body", False):
+                        await _drain(receive)
                     raise PayloadTooLarge(f"the body passed the limit of {limit} bytes")
                 body_done = not message.get("more_body", False)
             return message
@@ -109,15 +121,36 @@ def _check_declared(values: list[bytes], limit: int) -> HttpError | None:
     return None
 
 
-async def _answer(scope: Scope, send: Send, error: HttpError) -> None:
-    """Answer at once with problem details; the body is never read, the connection closes."""
+async def _answer(scope: Scope, send: Send, error: HttpError, drain: Receive | None = None) -> None:
+    """Answer at once with problem details; the connection closes. The body is never read,
+    except to drop it after the answer (``drain``: see the module docstring)."""
     request_id = str(scope.get("state", {}).get("request_id", "-"))
     log.info("%s refused before reading the body: %s id=%s", scope["path"], error, request_id)
-    await send_problem(send, error, request_id, close=True)
+    await send_problem(send, error, request_id, close=True, drain=drain)
 
 
-async def send_problem(send: Send, error: HttpError, request_id: str, close: bool = False) -> None:
-    """``error`` as a problem-details answer, sent from the ASGI layer (no app involved)."""
+async def _drain(receive: Receive) -> None:
+    """Read and drop the rest of a request body, up to ``DRAIN_BYTES`` and ``DRAIN_S``."""
+    dropped = 0
+    with anyio.move_on_after(DRAIN_S):
+        while dropped <= DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+
+async def send_problem(
+    send: Send,
+    error: HttpError,
+    request_id: str,
+    close: bool = False,
+    drain: Receive | None = None,
+) -> None:
+    """``error`` as a problem-details answer, sent from the ASGI layer (no app involved);
+    with ``drain``, the request body's rest is dropped before the answer ends (``_drain``)."""
     body = json.dumps(problem_body(error, request_id)).encode()
     headers = [
         (b"content-type", b"application/problem+json"),
@@ -127,4 +160,7 @@ async def send_problem(send: Send, error: HttpError, request_id: str, close: boo
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": drain is not None})
+    if drain is not None:
+        await _drain(drain)
+        await send({"type": "http.response.body", "body": b""})

@@ -38,6 +38,7 @@ from bench.corpus import real_data_dir, real_pngs
 from serving.server import free_port
 from tests.cli_helpers import TINY_TRAIN, covidct
 from tests.loadclient import Load, assert_one_clean_switch, p99
+from tests.waiting import poll
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
@@ -215,28 +216,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         print(f"\ncompose test timings (s): { {k: round(v) for k, v in timings.items()} }")
 
 
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_answers(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer in {timeout} s")
+    assert poll(lambda: answers(url), timeout, every=0.5), f"{url} did not answer in {timeout} s"
 
 
 def wait_ready(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url}/readyz never answered 200 within {timeout:.0f} s")
+    wait_answers(f"{url}/readyz", timeout)
 
 
 def images_sent(real: Path) -> list[Path]:

@@ -1,11 +1,10 @@
 """The scanner side of the node's tests: DCMTK's storescu and echoscu (the real binaries),
-node settings on free ports, a running node, and waiting for a condition."""
+node settings on free ports, a running node."""
 
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -86,13 +85,3 @@ def running_node(
         yield node
     finally:
         node.stop(drain_s=5)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:
-    """``condition()``'s first truthy value, polled; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not true within {timeout} s: {condition}")

@@ -23,9 +23,9 @@ from tests.dicomnode.scanner import (
     node_settings,
     running_node,
     storescu,
-    wait_for,
 )
 from tests.dicomnode.series_data import ct_series, fixture_series
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

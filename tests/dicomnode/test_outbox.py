@@ -28,6 +28,7 @@ from dicomnode.storescu import STORED, TRANSIENT, TRANSIENT_STATUS, classify
 from serving.server import free_port
 from tests.dicomnode.orthanc import Orthanc
 from tests.dicomnode.series_data import fixture_series
+from tests.waiting import poll
 
 PRIVATE_SOP_CLASS = "1.2.826.0.1.3680043.8.498.1.999"  # no PACS knows it
 
@@ -53,15 +54,6 @@ def sc_object(sop_class: str = SecondaryCaptureImageStorage, study: str | None =
 def outbox_for(folder: Path, port: int, aet: str = "PACS", **options: Any) -> Outbox:
     options = {"initial_s": 0.2, "max_s": 0.8, "timeout_s": 5.0, **options}
     return Outbox(folder, Destination(aet, "127.0.0.1", port), "COVIDCT", **options)
-
-
-def wait_for(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_results_are_delivered_and_found_back_by_their_sop_instance_uid(
@@ -112,7 +104,7 @@ def test_while_orthanc_is_down_the_result_waits_with_backoff_then_is_stored_once
     ds = sc_object()
     item = box.put(ds)
     with box:
-        assert wait_for(lambda: len(tries) >= 5, 10), tries  # the put and four failed tries
+        assert poll(lambda: len(tries) >= 5, 10), tries  # the put and four failed tries
         assert box.depth == 1
         failed = tries[1:]
         for n, (at, record) in enumerate(failed, start=1):

@@ -13,8 +13,9 @@ import pytest
 
 from dicomnode.multipart import encode_related, parse_related
 from dicomnode.records import SeriesState
-from tests.dicomnode.scanner import Recorder, node_settings, running_node, wait_for
+from tests.dicomnode.scanner import Recorder, node_settings, running_node
 from tests.dicomnode.series_data import fixture_series
+from tests.waiting import wait_for
 
 REFERENCED, FAILED, REASON = "00081199", "00081198", "00081197"
 SOP_INSTANCE = "00081155"
@@ -194,6 +195,30 @@ def test_the_api_key_is_asked_for_and_the_body_is_capped_before_it_is_read(
         assert r.status_code == 413 and "limit" in r.json()["detail"]
         status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=10)
         assert status.status_code == 200  # no key: no patient data there
+
+
+def test_a_client_still_sending_gets_the_whole_413_and_a_clean_close(tmp_path: Path) -> None:
+    """A body declared over the cap, of which the client has sent 2 MB before it reads: the
+    answer comes whole and the connection ends with a FIN. Closed with those bytes unread, the
+    socket would be reset and the client could lose the answer."""
+    import socket
+
+    settings = node_settings(tmp_path, api_key="s3cret", max_stow_bytes=1_000_000)
+    with running_node(settings, http=True) as node:
+        assert node.http_server is not None
+        with socket.create_connection(("127.0.0.1", node.http_server.port), timeout=30) as c:
+            c.sendall(
+                b"POST /dicomweb/studies HTTP/1.1\r\nHost: node\r\nX-API-Key: s3cret\r\n"
+                b"Content-Type: multipart/related; type=application/dicom; boundary=b\r\n"
+                b"Content-Length: 50000000\r\n\r\n"
+            )
+            c.sendall(b"\0" * 2_000_000)
+            answer = b""
+            while chunk := c.recv(65536):  # ConnectionResetError: reset, the answer lost
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert b"limit" in body and body.endswith(b"}"), body
 
 
 def test_multipart_related_round_trips_in_any_chunking() -> None:

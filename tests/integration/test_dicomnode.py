@@ -26,9 +26,10 @@ from gateway.settings import GatewaySettings
 from serving.server import free_port
 from tests.dicomnode.orthanc import Orthanc, running_orthanc
 from tests.dicomnode.results_data import dciodvfy_errors
-from tests.dicomnode.scanner import NODE_AET, node_settings, storescu, wait_for
+from tests.dicomnode.scanner import NODE_AET, node_settings, storescu
 from tests.dicomnode.series_data import ct_series, fixture_series
 from tests.integration.conftest import running_gateway
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 

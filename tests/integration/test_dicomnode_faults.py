@@ -36,11 +36,12 @@ from dicomnode.uids import ResultUids
 from gateway.settings import GatewaySettings
 from serving.server import free_port
 from tests.dicomnode.orthanc import Orthanc, running_orthanc
-from tests.dicomnode.scanner import SALT, echoscu, node_settings, storescu, wait_for
+from tests.dicomnode.scanner import SALT, echoscu, node_settings, storescu
 from tests.dicomnode.series_data import fixture_series
 from tests.dicomnode.test_report import _texts
 from tests.integration.conftest import running_gateway
 from tests.integration.test_dicomnode import _probabilities, _study_answer
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_shutdown import _processes_mentioning, _wait, start_serve
+from tests.integration.test_shutdown import _processes_mentioning, start_serve
+from tests.waiting import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
@@ -105,7 +106,7 @@ def test_triton_killed_under_load_then_sigterm_under_load(
     pngs = sorted((fixtures / "covidxct-real" / "images").glob("*.png"))
     study = [("files", (p.name, p.read_bytes())) for p in pngs] * 4  # 20 slices
     try:
-        assert _wait(lambda: _status(f"{url}/readyz") == 200, 180), "serve did not get ready"
+        assert poll(lambda: _status(f"{url}/readyz") == 200, 180), "serve did not get ready"
         [first_triton] = _tritons(models)
 
         # 1. Triton killed under load
@@ -113,11 +114,11 @@ def test_triton_killed_under_load_then_sigterm_under_load(
             time.sleep(3)
             killed = time.monotonic()
             os.kill(first_triton, signal.SIGKILL)
-            assert _wait(lambda: _status(f"{url}/readyz") == 503, 5), "/readyz still 200 after 5 s"
+            assert poll(lambda: _status(f"{url}/readyz") == 503, 5), "/readyz still 200 after 5 s"
             not_ready = time.monotonic()
-            assert _wait(lambda: _triton_ready(http), 120), "the supervisor did not restart Triton"
+            assert poll(lambda: _triton_ready(http), 120), "the supervisor did not restart Triton"
             triton_back = time.monotonic()
-            assert _wait(lambda: _status(f"{url}/readyz") == 200, 10), "gateway did not recover"
+            assert poll(lambda: _status(f"{url}/readyz") == 200, 10), "gateway did not recover"
             gateway_back = time.monotonic()
             time.sleep(3)
         answers = load.answers
@@ -164,7 +165,7 @@ def test_triton_killed_under_load_then_sigterm_under_load(
         assert later <= {200, 503, "ConnectError"}, later
         assert proc.returncode == 0, out[-3000:]
         assert "tritonserver exited" in out and "restarted (restart 1)" in out, out[-3000:]
-        assert _wait(lambda: not _tritons(models), 15), "tritonserver survived"
+        assert poll(lambda: not _tritons(models), 15), "tritonserver survived"
         print(
             f"SIGTERM under load: {len(in_flight)} studies in flight, {len(cut)} cut; "
             f"stopped {stopped - term:.1f} s after SIGTERM, exit 0"

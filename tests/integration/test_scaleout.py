@@ -34,8 +34,9 @@ from gateway.fleet import HEARTBEAT_S
 from rollout.control import TritonFleet
 from tests.integration.test_faults import Load as Unpaced
 from tests.integration.test_faults import _cmdline, _status, _triton_ready, _tritons
-from tests.integration.test_shutdown import Serve, _wait, start_serve
+from tests.integration.test_shutdown import Serve, start_serve
 from tests.loadclient import Load, assert_one_clean_switch, p99
+from tests.waiting import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
@@ -59,8 +60,8 @@ def scaled(
         repository, tmp, env, "--triton-replicas", str(REPLICAS), "--workers", str(WORKERS)
     )
     try:
-        assert _wait(lambda: _status(f"{serve.url}/readyz") == 200, 240), "serve never ready"
-        assert _wait(lambda: len(_serving(serve)["gateways"]) == WORKERS, 30), _serving(serve)
+        assert poll(lambda: _status(f"{serve.url}/readyz") == 200, 240), "serve never ready"
+        assert poll(lambda: len(_serving(serve)["gateways"]) == WORKERS, 30), _serving(serve)
         yield serve
     finally:
         serve.process.send_signal(signal.SIGTERM)
@@ -184,7 +185,7 @@ def test_one_of_three_tritons_killed_under_load_fails_no_request(scaled: Serve) 
         # a fresh connection each time lands on either gateway process: 6 in a row ready
         return all(states() == ["ready"] * REPLICAS for _ in range(6))
 
-    assert _wait(all_ready, 30), states()
+    assert poll(all_ready, 30), states()
     tritons = _tritons(scaled.models)
     assert len(tritons) == REPLICAS
     victim = tritons[1]
@@ -193,10 +194,10 @@ def test_one_of_three_tritons_killed_under_load_fails_no_request(scaled: Serve) 
         time.sleep(4)
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        assert _wait(lambda: not _triton_ready(victim_http), 5)
-        assert _wait(lambda: _triton_ready(victim_http), 60), "the supervisor did not restart it"
+        assert poll(lambda: not _triton_ready(victim_http), 5)
+        assert poll(lambda: _triton_ready(victim_http), 60), "the supervisor did not restart it"
         back = time.monotonic()
-        readmitted = _wait(all_ready, 10)
+        readmitted = poll(all_ready, 10)
         admitted_after = time.monotonic() - back
         time.sleep(4)
         ended = time.monotonic()

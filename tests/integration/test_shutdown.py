@@ -19,6 +19,7 @@ import pytest
 
 from bench.corpus import real_pngs
 from serving.server import free_port
+from tests.waiting import poll
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,15 +50,6 @@ def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 @dataclass
@@ -125,8 +117,8 @@ def test_tritonserver_dies_with_a_parent_killed_by_sigkill(tmp_path: Path) -> No
         assert _alive(triton_pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=30)
-        assert _wait(lambda: not _alive(triton_pid), 15), "tritonserver outlived its parent"
-        assert _wait(lambda: not any(_listening(p) for p in ports), 15)
+        assert poll(lambda: not _alive(triton_pid), 15), "tritonserver outlived its parent"
+        assert poll(lambda: not any(_listening(p) for p in ports), 15)
     finally:
         parent.kill()
 
@@ -151,7 +143,7 @@ def test_sigterm_to_covidct_serve_drains_then_stops_gateway_and_triton(
             except httpx.HTTPError:
                 return False
 
-        assert _wait(ready, 180), "covidct serve did not become ready"
+        assert poll(ready, 180), "covidct serve did not become ready"
         assert _processes_mentioning(str(models)), "no tritonserver serving the copy"
         answers: list[int | str] = []
 
@@ -175,7 +167,7 @@ def test_sigterm_to_covidct_serve_drains_then_stops_gateway_and_triton(
         assert answers == [200] * 4, (answers, out[-3000:])
         assert proc.returncode == 0, out[-3000:]
         assert "stopped" in out
-        assert _wait(lambda: not _processes_mentioning(str(models)), 15), "tritonserver survived"
+        assert poll(lambda: not _processes_mentioning(str(models)), 15), "tritonserver survived"
         assert not any(_listening(p) for p in (port, grpc, http, metrics))
     finally:
         if proc.poll() is None:

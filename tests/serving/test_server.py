@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from serving.server import STDOUT, TritonServer
-from tests.dicomnode.scanner import wait_for
+from tests.waiting import poll, wait_for
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,6 @@ def test_a_restarted_server_is_stopped_gracefully_not_killed(tmp_path: Path) -> 
     restart."""
     import os
     import signal
-    import time
 
     from serving.server import Supervisor, free_port
 
@@ -145,9 +144,7 @@ def test_a_restarted_server_is_stopped_gracefully_not_killed(tmp_path: Path) -> 
         first = server.process.pid
         assert len(_group(first)) >= 2, "no Python backend stub beside the server"
         os.kill(first, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while supervisor.restarts < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        poll(lambda: supervisor.restarts >= 1, 60)
         assert supervisor.restarts == 1 and server.process.pid != first
         assert _group(first) == [], "the killed server's stub outlived it"
         second = server.process.pid
