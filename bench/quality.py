@@ -296,7 +296,10 @@ def run_quality_bench(
             f = recorded[(recipe.name, seed)] | {"seed": seed, "recorded": True}
         else:
             p = predictions(run_dir(work, recipe, seed), data)
-            f = run_figures(p) | {"seed": seed}
+            f = run_figures(p) | {
+                "seed": seed,
+                "train_seconds": _train_seconds(run_dir(work, recipe, seed)),
+            }
             preds.setdefault(recipe.name, []).append(p)
         figures.setdefault(recipe.name, []).append(f)
     summaries = {name: recipe_summary(runs) for name, runs in figures.items()}
@@ -322,10 +325,26 @@ def run_quality_bench(
             "best": best,
             "summaries": summaries,
             "runs": figures,
-            "wall_seconds": round(time.perf_counter() - started, 1),
+            "wall_seconds": round(time.perf_counter() - started, 1),  # this sitting's
+            "train_seconds": _training_total(figures),
         },
     )
     return section
+
+
+def _train_seconds(run: Path) -> float | None:
+    """The run's training time, as ``covidct train`` wrote it in metrics.json."""
+    seconds = json.loads((run / "metrics.json").read_text()).get("train_seconds")
+    return float(seconds) if seconds is not None else None
+
+
+def _training_total(figures: dict[str, list[dict[str, Any]]]) -> dict[str, float | int]:
+    """Training time summed over the runs that recorded one (runs carried from a sitting
+    before this figure was kept have none), and how many did."""
+    seconds = [
+        r["train_seconds"] for runs in figures.values() for r in runs if r.get("train_seconds")
+    ]
+    return {"total": round(sum(seconds), 1), "runs": len(seconds)}
 
 
 def _pictures(out: Path, best: str, preds: list[dict[str, Any]], runs: int) -> list[Path]:

@@ -127,6 +127,7 @@ def recipe_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "val_ece_before",
         "val_ece_after",
         "test_scan_covid_ppv",
+        "train_seconds",
     ]
     return {k: spread([r.get(k) for r in runs]) for k in keys} | {
         "rules_chosen": [r["rule"] for r in runs],

@@ -81,8 +81,7 @@ class BodyLimit:
         if declared:
             refused = _check_declared(declared, limit)
             if refused is not None:
-                waits = any(k.lower() == b"expect" for k, _ in scope["headers"])
-                drain = receive if isinstance(refused, PayloadTooLarge) and not waits else None
+                drain = body_to_drop(scope, receive) if refused.status == 413 else None
                 await _answer(scope, send, refused, drain)
                 return
         received = 0
@@ -127,6 +126,18 @@ async def _answer(scope: Scope, send: Send, error: HttpError, drain: Receive | N
     request_id = str(scope.get("state", {}).get("request_id", "-"))
     log.info("%s refused before reading the body: %s id=%s", scope["path"], error, request_id)
     await send_problem(send, error, request_id, close=True, drain=drain)
+
+
+def body_to_drop(scope: Scope, receive: Receive) -> Receive | None:
+    """``receive`` when a request refused unread still has a body coming (a length over 0, or
+    chunked), for ``send_problem`` to drop before closing; None when there is none, or when
+    the client waits for ``100 Continue`` (it sends nothing unless asked)."""
+    headers = {k.lower(): v for k, v in scope["headers"]}
+    if b"expect" in headers:
+        return None
+    length = headers.get(b"content-length", b"0").strip()
+    has_body = (length.isdigit() and int(length) > 0) or b"transfer-encoding" in headers
+    return receive if has_body else None
 
 
 async def _drain(receive: Receive) -> None:

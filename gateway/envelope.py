@@ -4,7 +4,9 @@ request id, API key, the saturation fast path, metrics and the one log line.
 Saturation is answered here, before routing and before a byte of the body is read: when the
 predictions in flight have reached the limit, a prediction request gets 503 with Retry-After
 at the cost of a few dictionary lookups, so a flood of clients cannot slow the answers of the
-requests already admitted. (The routes check again when they take their slots.)
+requests already admitted. (The routes check again when they take their slots.) What the
+client still sends of a refused body is dropped before the connection closes, so the answer is
+not lost to a reset (``covidct.bodylimit``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gateway.limits import (
     Receive,
     Scope,
     Send,
+    body_to_drop,
     send_problem,
 )
 from gateway.settings import GatewaySettings
@@ -76,7 +79,7 @@ class Envelope:
         refusal = self._refusal(path, headers)
         try:
             if refusal is not None:
-                await send_problem(send_with_id, refusal, rid)
+                await send_problem(send_with_id, refusal, rid, drain=body_to_drop(scope, receive))
             else:
                 await self.app(scope, receive, send_with_id)
         finally:

@@ -20,6 +20,7 @@ from covidct.bodylimit import Message as Message
 from covidct.bodylimit import Receive as Receive
 from covidct.bodylimit import Scope as Scope
 from covidct.bodylimit import Send as Send
+from covidct.bodylimit import body_to_drop as body_to_drop
 from covidct.bodylimit import send_problem as send_problem
 from gateway.settings import GatewaySettings
 

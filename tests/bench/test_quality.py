@@ -145,7 +145,7 @@ def _finished(run: Path, preds: dict[str, np.ndarray]) -> None:
     """A run folder that counts as finished, with its predictions written."""
     (run / "saved_model").mkdir(parents=True)
     (run / "saved_model" / "saved_model.pb").write_bytes(b"")
-    (run / "metrics.json").write_text("{}")
+    (run / "metrics.json").write_text('{"train_seconds": 812.5}')
     np.savez(run / "predictions.npz", **preds)
 
 
@@ -185,6 +185,8 @@ def test_recorded_runs_are_carried_when_their_folders_are_gone(tmp_path: Path) -
     assert [r["seed"] for r in result["runs"]["baseline"]] == [0, 1, 2]
     assert all(r["recorded"] for r in result["runs"]["baseline"])
     assert "recorded" not in result["runs"]["no-intensity"][0]
+    assert result["runs"]["no-intensity"][0]["train_seconds"] == 812.5
+    assert result["train_seconds"] == {"total": 812.5, "runs": 1}  # carried runs have none
     assert result["best"] == "baseline"
     assert (out / "baseline-roc.png").read_bytes() == b"\x89PNG kept"
     assert "Carried as recorded from an earlier sitting" in text

@@ -15,6 +15,7 @@ from dicomnode.multipart import encode_related, parse_related
 from dicomnode.records import SeriesState
 from tests.dicomnode.scanner import Recorder, node_settings, running_node
 from tests.dicomnode.series_data import fixture_series
+from tests.rawhttp import refused_mid_body
 from tests.waiting import wait_for
 
 REFERENCED, FAILED, REASON = "00081199", "00081198", "00081197"
@@ -201,22 +202,16 @@ def test_a_client_still_sending_gets_the_whole_413_and_a_clean_close(tmp_path: P
     """A body declared over the cap, of which the client has sent 2 MB before it reads: the
     answer comes whole and the connection ends with a FIN. Closed with those bytes unread, the
     socket would be reset and the client could lose the answer."""
-    import socket
-
     settings = node_settings(tmp_path, api_key="s3cret", max_stow_bytes=1_000_000)
     with running_node(settings, http=True) as node:
         assert node.http_server is not None
-        with socket.create_connection(("127.0.0.1", node.http_server.port), timeout=30) as c:
-            c.sendall(
-                b"POST /dicomweb/studies HTTP/1.1\r\nHost: node\r\nX-API-Key: s3cret\r\n"
-                b"Content-Type: multipart/related; type=application/dicom; boundary=b\r\n"
-                b"Content-Length: 50000000\r\n\r\n"
-            )
-            c.sendall(b"\0" * 2_000_000)
-            answer = b""
-            while chunk := c.recv(65536):  # ConnectionResetError: reset, the answer lost
-                answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+        head, body = refused_mid_body(
+            node.http_server.port,
+            "/dicomweb/studies",
+            {"X-API-Key": "s3cret", "Content-Type": "multipart/related; boundary=b"},
+            50_000_000,
+            2_000_000,
+        )
     assert head.startswith(b"HTTP/1.1 413"), head
     assert b"limit" in body and body.endswith(b"}"), body
 

@@ -28,6 +28,7 @@ from gateway.errors import InferenceTimeout, NotReady
 from gateway.settings import GatewaySettings
 from gateway.triton import Inference
 from tests.builders import huge_png_dims
+from tests.rawhttp import refused_mid_body
 
 SPEC = ModelSpec(image_size=64, provenance=Provenance(synthetic=True))
 
@@ -288,6 +289,28 @@ def test_api_key_required_everywhere_but_health(png: bytes) -> None:
         assert c.get("/v1/models", headers={"x-api-key": "wrong"}).status_code == 401
         r = c.post("/v1/predict", content=png, headers={"x-api-key": "s3cret"})
         assert r.status_code == 200
+
+
+@pytest.mark.parametrize("refusal", ["401", "503"])
+def test_a_refused_client_still_sending_gets_the_whole_answer(refusal: str) -> None:
+    """The envelope's refusals come before the body is read; a client still sending it
+    gets the answer whole and a clean close (closed with bytes unread, the socket would be
+    reset and the answer could be lost). 503: no prediction may be in flight."""
+    from dicomnode.web import WebServer
+
+    settings = {"api_key": "s3cret"} if refusal == "401" else {"max_in_flight": 0}
+    app = create_app(GatewaySettings(**settings), backend_factory=lambda s: FakeTriton())
+    with TestClient(app):  # the lifespan: the gateway's state, as uvicorn's would make it
+        server = WebServer("127.0.0.1", 0, app)
+        server.start()
+        try:
+            head, body = refused_mid_body(
+                server.port, "/v1/predict", {"Content-Type": "image/png"}, 50_000_000, 2_000_000
+            )
+        finally:
+            server.stop()
+    assert head.startswith(f"HTTP/1.1 {refusal}".encode()), head
+    assert body.startswith(b"{") and body.endswith(b"}"), body
 
 
 def test_no_image_bytes_or_patient_tags_in_logs(caplog: pytest.LogCaptureFixture) -> None:
