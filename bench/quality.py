@@ -100,6 +100,11 @@ RECIPES: tuple[Recipe, ...] = (
         ("--balance", "sampling", "--brightness", "0", "--contrast", "0"),
     ),
     Recipe("epochs-20", "20 epochs (cosine schedule over 20)", ("--epochs", "20")),
+    Recipe(
+        "sampling-no-intensity-20",
+        "class-balanced sampling, no brightness/contrast augmentation, 20 epochs",
+        ("--balance", "sampling", "--brightness", "0", "--contrast", "0", "--epochs", "20"),
+    ),
     Recipe("densenet201", "DenseNet201 backbone", ("--backbone", "densenet201")),
     Recipe("size-128", "input 128x128", ("--image-size", "128")),
 )

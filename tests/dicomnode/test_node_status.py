@@ -79,7 +79,12 @@ def test_status_metrics_and_the_audit_log_carry_no_patient_data(
         echoscu(node.receiver.port, aet="INTRUDER")
         wait_for(lambda: node.status()["counts"].get("done"))
         status = httpx.get(f"{base}/status").json()
-        metrics = httpx.get(f"{base}/metrics").text
+
+        def counted() -> str | None:  # done in the spool a moment before the metrics say so
+            text = httpx.get(f"{base}/metrics").text
+            return text if "covidct_pacs_end_to_end_seconds_count 1.0" in text else None
+
+        metrics = wait_for(counted)
         assert httpx.get(f"{base}/other").status_code == 404
     assert status["counts"] == {"done": 1} and status["outbox_depth"] == 2
     assert status["dicom_port"] == node.receiver.port and status["ae_title"] == "COVIDCT"
