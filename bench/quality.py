@@ -300,11 +300,9 @@ def run_quality_bench(
         if (recipe, seed) in carried:
             f = recorded[(recipe.name, seed)] | {"seed": seed, "recorded": True}
         else:
-            p = predictions(run_dir(work, recipe, seed), data)
-            f = run_figures(p) | {
-                "seed": seed,
-                "train_seconds": _train_seconds(run_dir(work, recipe, seed)),
-            }
+            run = run_dir(work, recipe, seed)
+            p = predictions(run, data)
+            f = run_figures(p) | {"seed": seed, "train_seconds": _train_seconds(run)}
             preds.setdefault(recipe.name, []).append(p)
         figures.setdefault(recipe.name, []).append(f)
     summaries = {name: recipe_summary(runs) for name, runs in figures.items()}

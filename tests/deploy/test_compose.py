@@ -38,7 +38,7 @@ from bench.corpus import real_data_dir, real_pngs
 from serving.server import free_port
 from tests.cli_helpers import TINY_TRAIN, covidct
 from tests.loadclient import Load, assert_one_clean_switch, p99
-from tests.waiting import poll
+from tests.waiting import http_status, poll
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
@@ -81,6 +81,17 @@ def compose_cmd(*args: str) -> list[str | Path]:
     """docker-compose on the CPU profile with the test's host-network override."""
     files = ["-f", REPO / "docker-compose.yml", "-f", REPO / "deploy" / "compose.test.yml"]
     return ["docker-compose", "-p", PROJECT, *files, "--profile", "cpu", "--profile", "pacs", *args]
+
+
+def compose_logs(env: dict[str, str], tail: int) -> str:
+    """Each service's last ``tail`` log lines (and what docker-compose said on stderr)."""
+    logs = subprocess.run(
+        compose_cmd("logs", "--no-color", "--tail", str(tail)),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return logs.stdout + logs.stderr
 
 
 def fill_wheelhouse(env: dict[str, str]) -> None:
@@ -192,21 +203,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         up = True
         yield s
     finally:
-        logs = subprocess.run(
-            compose_cmd("logs", "--no-color", "--tail", "200"),
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        (tmp / "compose.log").write_text(logs.stdout + logs.stderr)
+        (tmp / "compose.log").write_text(compose_logs(env, 200))
         if not up:  # pytest shows a failed setup's output: each service's last lines
-            tail = subprocess.run(
-                compose_cmd("logs", "--no-color", "--tail", "30"),
-                capture_output=True,
-                text=True,
-                env=env,
-            )
-            print(f"the stack did not come up; its last log lines:\n{tail.stdout}{tail.stderr}")
+            print(f"the stack did not come up; its last log lines:\n{compose_logs(env, 30)}")
         subprocess.run(
             compose_cmd("down", "-v", "--timeout", "40"),  # volumes too: the next run starts clean
             capture_output=True,
@@ -216,15 +215,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         print(f"\ncompose test timings (s): { {k: round(v) for k, v in timings.items()} }")
 
 
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def wait_answers(url: str, timeout: float) -> None:
-    assert poll(lambda: answers(url), timeout, every=0.5), f"{url} did not answer in {timeout} s"
+    assert poll(lambda: http_status(url) == 200, timeout, every=0.5), (
+        f"{url} did not answer in {timeout} s"
+    )
 
 
 def wait_ready(url: str, timeout: float) -> None:

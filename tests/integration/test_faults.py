@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.integration.test_shutdown import _processes_mentioning, start_serve
-from tests.waiting import poll
+from tests.waiting import http_status, poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
@@ -82,13 +82,6 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _status(url: str) -> int:
-    try:
-        return httpx.get(url, timeout=2).status_code
-    except httpx.HTTPError:
-        return 0
-
-
 def _triton_ready(http_port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1):
@@ -106,7 +99,7 @@ def test_triton_killed_under_load_then_sigterm_under_load(
     pngs = sorted((fixtures / "covidxct-real" / "images").glob("*.png"))
     study = [("files", (p.name, p.read_bytes())) for p in pngs] * 4  # 20 slices
     try:
-        assert poll(lambda: _status(f"{url}/readyz") == 200, 180), "serve did not get ready"
+        assert poll(lambda: http_status(f"{url}/readyz") == 200, 180), "serve did not get ready"
         [first_triton] = _tritons(models)
 
         # 1. Triton killed under load
@@ -114,11 +107,13 @@ def test_triton_killed_under_load_then_sigterm_under_load(
             time.sleep(3)
             killed = time.monotonic()
             os.kill(first_triton, signal.SIGKILL)
-            assert poll(lambda: _status(f"{url}/readyz") == 503, 5), "/readyz still 200 after 5 s"
+            assert poll(lambda: http_status(f"{url}/readyz") == 503, 5), (
+                "/readyz still 200 after 5 s"
+            )
             not_ready = time.monotonic()
             assert poll(lambda: _triton_ready(http), 120), "the supervisor did not restart Triton"
             triton_back = time.monotonic()
-            assert poll(lambda: _status(f"{url}/readyz") == 200, 10), "gateway did not recover"
+            assert poll(lambda: http_status(f"{url}/readyz") == 200, 10), "gateway did not recover"
             gateway_back = time.monotonic()
             time.sleep(3)
         answers = load.answers

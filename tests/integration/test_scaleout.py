@@ -33,10 +33,10 @@ from export.repository import versions
 from gateway.fleet import HEARTBEAT_S
 from rollout.control import TritonFleet
 from tests.integration.test_faults import Load as Unpaced
-from tests.integration.test_faults import _cmdline, _status, _triton_ready, _tritons
+from tests.integration.test_faults import _cmdline, _triton_ready, _tritons
 from tests.integration.test_shutdown import Serve, start_serve
 from tests.loadclient import Load, assert_one_clean_switch, p99
-from tests.waiting import poll
+from tests.waiting import http_status, poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("ci-run")]
 
@@ -60,7 +60,7 @@ def scaled(
         repository, tmp, env, "--triton-replicas", str(REPLICAS), "--workers", str(WORKERS)
     )
     try:
-        assert poll(lambda: _status(f"{serve.url}/readyz") == 200, 240), "serve never ready"
+        assert poll(lambda: http_status(f"{serve.url}/readyz") == 200, 240), "serve never ready"
         assert poll(lambda: len(_serving(serve)["gateways"]) == WORKERS, 30), _serving(serve)
         yield serve
     finally:
