@@ -168,10 +168,11 @@ class Puller:
         Raises:
             DicomWebError: the archive did not answer, or not with a multipart of DICOM.
         """
-        receiver = StowIntake(self.intake, series.study, source=SOURCE)
         started = time.perf_counter()
-        for part in self.client.retrieve_series(series.study, series_uid, self.max_instance_bytes):
-            receiver.part(part)
+        with StowIntake(self.intake, series.study, source=SOURCE) as receiver:
+            parts = self.client.retrieve_series(series.study, series_uid, self.max_instance_bytes)
+            for part in parts:
+                receiver.part(part)
         answer = receiver.response
         logger.info(
             "pull: series %s retrieved: %d kept, %d refused in %.2f s",

@@ -96,6 +96,7 @@ class Spool:
         self._instances: dict[str, dict[str, InstanceInfo]] = {}
         self._activity: dict[str, float] = {}  # monotonic time of the latest instance
         self._since: dict[str, float] = {}  # monotonic time it started receiving (again)
+        self._held: dict[str, int] = {}  # open requests still delivering the series
         self._reopened: set[str] = set()
         self._reserved = 0
         self.used_bytes = 0
@@ -275,9 +276,29 @@ class Spool:
 
     def quiet_s(self, key: str) -> float:
         """Seconds since the series' latest instance (monotonic; from the spool's opening
-        for series received before it)."""
+        for series received before it); 0 while a request delivering it is still open
+        (``hold``)."""
         with self._lock:
+            if self._held.get(key):
+                return 0.0
             return time.monotonic() - self._activity.get(key, 0.0)
+
+    def hold(self, key: str) -> None:
+        """A request delivering this series is open (a STOW-RS request, a pull's WADO-RS
+        retrieval): the series is not quiet until the request ``release``s it, however long
+        it pauses between instances. ``MAX_SERIES_S`` still applies (``receiving_s``)."""
+        with self._lock:
+            self._held[key] = self._held.get(key, 0) + 1
+
+    def release(self, key: str) -> None:
+        """The request that ``hold`` the series has ended: ``STABLE_S`` counts from now."""
+        with self._lock:
+            left = self._held.get(key, 0) - 1
+            if left > 0:
+                self._held[key] = left
+            else:
+                self._held.pop(key, None)
+            self._activity[key] = time.monotonic()
 
     def receiving_s(self, key: str) -> float:
         """Seconds since the series started receiving (or received again after it was

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from dicomnode.intake import (
     Refusal,
 )
 from dicomnode.multipart import DICOM, Part
+from dicomnode.records import series_key
 from dicomnode.series import CT_SOP_CLASSES
 
 logger = logging.getLogger(__name__)
@@ -100,9 +102,19 @@ class StowIntake:
         self.study = study
         self.source = source
         self.response = StoreResponse()
+        self._held: set[str] = set()
+        self._closed = False
+        self._lock = threading.Lock()  # ``close`` may come while a part is being kept
+
+    def __enter__(self) -> StowIntake:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def part(self, part: Part) -> None:
-        """Check and keep one part; its outcome goes into ``response``."""
+        """Check and keep one part; its outcome goes into ``response``. The series of a kept
+        part stays receiving until ``close`` (a pause between parts does not complete it)."""
         ds, refusal = self._check(part)
         sop_class = str(ds.get("SOPClassUID", "")) if ds is not None else ""
         sop_uid = str(ds.get("SOPInstanceUID", "")) if ds is not None else ""
@@ -110,8 +122,22 @@ class StowIntake:
             refusal = self.intake.accept(ds, bytes(part.data), _syntax(ds), self.source)
         if refusal is None:
             self.response.stored.append((sop_class, sop_uid))
+            assert ds is not None
+            key = series_key(str(ds.SeriesInstanceUID))
+            with self._lock:
+                if not self._closed and key not in self._held:
+                    self.intake.spool.hold(key)
+                    self._held.add(key)
         else:
             self.response.failed.append((sop_class, sop_uid, refusal, part.index))
+
+    def close(self) -> None:
+        """The request has ended (answered, failed or cut off): its series' ``STABLE_S``
+        counts from now."""
+        with self._lock:
+            self._closed = True
+            while self._held:
+                self.intake.spool.release(self._held.pop())
 
     def _check(self, part: Part) -> tuple[Dataset | None, Refusal | None]:
         refuse = self.intake.refuse

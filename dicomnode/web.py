@@ -212,23 +212,23 @@ async def stow(
         raise UnsupportedMediaTypeError(
             f'type="{content_type.type}": only application/dicom parts are taken'
         )
-    receiver = StowIntake(intake, study)
     ended: list[Part] = []
     parser = RelatedParser(content_type.boundary, ended.append, settings.max_instance_bytes)
     started = time.perf_counter()
-    try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-            while ended:
-                await run_in_threadpool(receiver.part, ended.pop(0))
-        parser.close()
-    except MultipartError as e:
-        kept = len(receiver.response.stored)
-        raise BadRequest(f"{e}; {kept} instance(s) before the fault were stored") from e
-    except ClientDisconnect:  # nobody to answer; what was stored stays
-        kept = len(receiver.response.stored)
-        logger.warning("STOW-RS: the client went away after %d stored instance(s)", kept)
-        return Response(status_code=400)
+    with StowIntake(intake, study) as receiver:  # its series stay receiving until the end
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                while ended:
+                    await run_in_threadpool(receiver.part, ended.pop(0))
+            parser.close()
+        except MultipartError as e:
+            kept = len(receiver.response.stored)
+            raise BadRequest(f"{e}; {kept} instance(s) before the fault were stored") from e
+        except ClientDisconnect:  # nobody to answer; what was stored stays
+            kept = len(receiver.response.stored)
+            logger.warning("STOW-RS: the client went away after %d stored instance(s)", kept)
+            return Response(status_code=400)
     answer = receiver.response
     logger.info(
         "STOW-RS: %d stored, %d failed in %.2f s",

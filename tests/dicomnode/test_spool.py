@@ -178,3 +178,30 @@ def test_settle_marks_a_quiet_series_complete_or_skipped(tmp_path: Path) -> None
     assert s.settle(KEY, 0.0, lambda items: None) is None  # no longer receiving
     saved = json.loads((tmp_path / "series" / KEY / RECORD).read_text())
     assert saved["state"] == "skipped" and saved["reason"] == "1 slices"
+
+
+def test_a_held_series_is_not_quiet_until_released_and_max_s_still_applies(
+    tmp_path: Path,
+) -> None:
+    s = spool(tmp_path)
+    store(s, 1)
+    s.hold(KEY)
+    s.hold(KEY)  # two requests deliver it
+    time.sleep(0.3)
+    assert s.quiet_s(KEY) == 0.0
+    assert s.settle(KEY, 0.2, lambda items: None) is None  # paused, but still being delivered
+    s.release(KEY)
+    assert s.settle(KEY, 0.2, lambda items: None) is None  # the other request is still open
+    s.release(KEY)
+    assert s.quiet_s(KEY) < 0.2  # STABLE_S counts from the end of the last request
+    time.sleep(0.3)
+    settled = s.settle(KEY, 0.2, lambda items: None)
+    assert settled is not None and settled.state is SeriesState.COMPLETE
+
+    other = "1.2.826.0.1.3680043.8.498.9"
+    store(s, 2, series=other)
+    s.hold(series_key(other))  # a request that never ends
+    time.sleep(0.3)
+    skipped = s.settle(series_key(other), 0.1, lambda items: None, max_s=0.25)
+    assert skipped is not None and skipped.state is SeriesState.SKIPPED
+    assert skipped.reason is not None and "MAX_SERIES_S" in skipped.reason

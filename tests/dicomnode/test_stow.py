@@ -5,6 +5,8 @@ the status and Failure Reason PS3.18 gives it, and what was stored before a faul
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -177,6 +179,40 @@ def test_a_body_cut_off_keeps_the_parts_before_it_and_says_how_many(
         assert r.status_code == 400, r.text
         assert "2 instance(s) before the fault were stored" in r.json()["detail"]
         assert node.spool.records()[0].instance_count == 2
+
+
+def test_a_request_that_pauses_between_parts_keeps_its_series_receiving_to_its_end(
+    tmp_path: Path, series: list[Path]
+) -> None:
+    """A pause of more than STABLE_S inside one request does not complete the series: it would
+    be skipped with the slices so far (fewer than MIN_SLICES) and, with KEEP_HOURS 0, purged
+    before the rest arrived. STABLE_S counts from the request's end."""
+    recorder = Recorder()
+    with running_node(node_settings(tmp_path), recorder, http=True) as node:
+        assert node.http_server is not None
+        content_type, body = encode_related([p.read_bytes() for p in series])
+        boundary = content_type.rsplit("boundary=", 1)[1].encode()
+        delimiter = b"--" + boundary + b"\r\n"
+        half = [i for i in range(len(body)) if body.startswith(delimiter, i)][10] + len(delimiter)
+        during: list[tuple[SeriesState, int]] = []
+
+        def slowly() -> Iterator[bytes]:
+            yield body[:half]
+            time.sleep(node.settings.stable_s * 3)
+            during.extend((r.state, r.instance_count) for r in node.spool.records())
+            yield body[half:]
+
+        r = httpx.post(
+            f"http://127.0.0.1:{node.http_server.port}/dicomweb/studies",
+            content=slowly(),
+            headers={"Content-Type": content_type},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert during == [(SeriesState.RECEIVING, 10)]
+        wait_for(lambda: [r.state for r in node.spool.records()] == [SeriesState.DONE], 30)
+        assert len(recorder.calls) == 1 and len(recorder.calls[0].paths) == len(series)
+        assert node.spool.records()[0].instance_count == len(series)
 
 
 def test_the_api_key_is_asked_for_and_the_body_is_capped_before_it_is_read(
