@@ -77,6 +77,13 @@ class Stack:
         return self.compose("ps", "-q", service).strip()
 
 
+#: The host ports the test stack listens on (host network), each picked free.
+PORTS = (
+    "TRITON_GRPC_PORT", "TRITON_HTTP_PORT", "TRITON_METRICS_PORT", "GATEWAY_PORT",
+    "PACS_HTTP_PORT", "PACS_DICOM_PORT", "NODE_DICOM_PORT", "NODE_HTTP_PORT",
+)  # fmt: skip
+
+
 def compose_cmd(*args: str) -> list[str | Path]:
     """docker-compose on the CPU profile with the test's host-network override."""
     files = ["-f", REPO / "docker-compose.yml", "-f", REPO / "deploy" / "compose.test.yml"]
@@ -171,15 +178,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     env_file = tmp / "stack.env"  # .env.example as users copy it, with the admin key set
     env_file.write_text((REPO / ".env.example").read_text() + f"\nCOVIDCT_ADMIN_KEY={ADMIN}\n")
-    ports = {
-        n: free_port()
-        for n in (
-            "TRITON_GRPC_PORT", "TRITON_HTTP_PORT", "TRITON_METRICS_PORT", "GATEWAY_PORT",
-            "PACS_HTTP_PORT", "PACS_DICOM_PORT", "NODE_DICOM_PORT", "NODE_HTTP_PORT",
-        )
-    }  # fmt: skip
-    env.update({k: str(v) for k, v in ports.items()})
     env.update(MODEL_REPOSITORY=str(repository), COVIDCT_ENV_FILE=str(env_file))
+    started = time.perf_counter()
+    # The ports are picked after the build (minutes), so that nothing else takes one meanwhile;
+    # the build does not use them.
+    sh(*compose_cmd("build", "--force-rm"), env={**env, **dict.fromkeys(PORTS, "0")}, timeout=1500)
+    timings["build"] = time.perf_counter() - started
+    ports = {n: free_port() for n in PORTS}
+    env.update({k: str(v) for k, v in ports.items()})
     s = Stack(
         env,
         repository,
@@ -189,9 +195,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         f"http://127.0.0.1:{ports['TRITON_METRICS_PORT']}/metrics",
         timings,
     )
-    started = time.perf_counter()
-    s.compose("build", "--force-rm")
-    timings["build"] = time.perf_counter() - started
     started = time.perf_counter()
     up = False
     try:
