@@ -72,17 +72,21 @@ def conversion_key(saved_model: Path, spec: ModelSpec, opset: int, slices: Seque
         "spec": spec.to_dict(),
         "saved_model": sha256_tree(saved_model),
         "opset": opset,
-        "tools": {t: _version(t) for t in TOOLS},
+        "tools": tool_versions(TOOLS),
         "slices": [sha256_file(p) for p in slices],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "absent"
+def tool_versions(packages: Sequence[str]) -> dict[str, str]:
+    """Each installed package's version (``absent`` for one not installed)."""
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return versions
 
 
 def lookup(key: str, root: Path | None = None) -> Entry | None:

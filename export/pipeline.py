@@ -7,7 +7,6 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -300,9 +299,7 @@ def _manifest(run: Path, spec: ModelSpec, serving: TritonOptions) -> dict[str, A
         # sha256 of each split's label file: a redeploy compares test splits with these.
         "data_splits": _split_checksums(run),
         "serving": asdict(serving),
-        "tools": {
-            p: metadata.version(p) for p in ("tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime")
-        },
+        "tools": convcache.tool_versions((*convcache.TOOLS, "onnxruntime")),
     }
 
 

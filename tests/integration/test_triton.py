@@ -207,6 +207,9 @@ def test_gpu_targets_are_generated(ci_run: Path, tmp_path: Path) -> None:
         manifests.append(json.loads((version / "manifest.json").read_text()))
     assert [m["onnx_cached"] for m in manifests] == [False, True]
     assert manifests[0]["parity"] == manifests[1]["parity"]  # the same graph, checked again
+    tools = manifests[0]["tools"]  # what made the version, as installed
+    assert set(tools) == {"tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime"}
+    assert "absent" not in tools.values() and all(v[0].isdigit() for v in tools.values())
     assert manifests[1]["onnx_seconds"] < manifests[0]["onnx_seconds"]
     onnx = [tmp_path / t / "covidct" / "1" / "model.onnx" for t in ("onnx-trt", "tensorrt-plan")]
     assert onnx[0].read_bytes() == onnx[1].read_bytes()
