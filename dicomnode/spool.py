@@ -291,7 +291,7 @@ class Spool:
             self._held[key] = self._held.get(key, 0) + 1
 
     def release(self, key: str) -> None:
-        """The request that ``hold`` the series has ended: ``STABLE_S`` counts from now."""
+        """A request that held the series (``hold``) has ended: ``STABLE_S`` counts from now."""
         with self._lock:
             left = self._held.get(key, 0) - 1
             if left > 0:
