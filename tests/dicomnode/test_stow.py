@@ -198,8 +198,8 @@ def test_a_request_that_pauses_between_parts_keeps_its_series_receiving_to_its_e
 
         def slowly() -> Iterator[bytes]:
             yield body[:half]
-            kept = lambda: [r.instance_count for r in node.spool.records()] == [10]  # noqa: E731
-            wait_for(kept, 30)  # the first ten stored (slow under load), then the pause
+            # the first ten stored (slow under load), then the pause
+            wait_for(lambda: [r.instance_count for r in node.spool.records()] == [10], 30)
             time.sleep(node.settings.stable_s * 3)
             during.extend((r.state, r.instance_count) for r in node.spool.records())
             yield body[half:]
